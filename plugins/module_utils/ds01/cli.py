@@ -1,0 +1,159 @@
+"""The ``ds01`` command: one entry point for admins, users and the runtime units.
+
+Each feature registers its sub-commands from its own ``cli_<feature>.py`` module (listed in
+``COMMAND_MODULES``); this file owns only what they share: finding the config, ``--json``,
+and the edge that turns any failure into a sentence and an exit code instead of a traceback.
+
+Exit codes: 0 success, 1 "the answer is no" (a check failed, a request would be refused),
+2 usage or configuration error, 3 an infrastructure fault (Docker, NVML, a file) was logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional
+
+from . import config as config_mod
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_FAULT = 3
+
+# Feature modules that add sub-commands; each defines ``register(subparsers)``.
+COMMAND_MODULES = (
+    "cli_config",
+    "cli_events",
+    "cli_gpu",
+    "cli_detect",
+    "cli_lifecycle",
+    "cli_observe",
+    "cli_gateway",
+)
+
+log = logging.getLogger("ds01")
+
+
+class CommandError(Exception):
+    """A failure a command reports as one sentence and an exit code (never a traceback)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAULT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Context:
+    """What every command handler gets: the parsed arguments and lazily loaded shared state."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._config: Optional[config_mod.Config] = None
+
+    @property
+    def config_path(self) -> str:
+        return config_mod.find_config_path(getattr(self.args, "config", None))
+
+    @property
+    def config(self) -> config_mod.Config:
+        """The validated config; a ``ConfigError`` is turned into exit 2 by ``main``."""
+        if self._config is None:
+            self._config = config_mod.load_config(self.config_path)
+            for warning in self._config.warnings:
+                log.warning("%s", warning)
+        return self._config
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+        """Print ``data`` as JSON with ``--json``, else the human rendering of it."""
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        else:
+            text = human(data)
+            if text:
+                sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a stable JSON document instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ds01",
+        description="ds01: fair, safe and visible sharing of a lab GPU server.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="resource-limits.yaml to use (default: $DS01_CONFIG, else /etc/ds01/resource-limits.yaml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            # A feature module that is not part of this build is simply absent; anything
+            # else missing (a dependency inside a present module) is a real error.
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="ds01: %(levelname)s: %(message)s")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own exit (usage error or --help)
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    if getattr(args, "verbose", False):
+        logging.getLogger().setLevel(logging.INFO)
+    handler = getattr(args, "func", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    ctx = Context(args)
+    try:
+        return int(handler(ctx) or EXIT_OK)
+    except config_mod.ConfigError as exc:
+        sys.stderr.write(exc.render() + "\n")
+        sys.stderr.write("Fix the file(s) above, then run `ds01 config check`.\n")
+        return EXIT_USAGE
+    except CommandError as exc:
+        sys.stderr.write(f"ds01: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `ds01 ... | head` closed the pipe: not an error worth a message.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stop further flush errors at exit
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as exc:  # the CLI edge: log, answer with a sentence, never a traceback
+        log.debug("unexpected failure", exc_info=True)
+        sys.stderr.write(
+            f"ds01: internal error ({type(exc).__name__}: {exc}). Nothing was changed. "
+            "Run again with DS01_DEBUG=1 for details and report it to the admins.\n"
+        )
+        if os.environ.get("DS01_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_FAULT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Docker API gateway (see gateway/server.py)."""
+
+from __future__ import annotations

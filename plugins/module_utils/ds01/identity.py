@@ -1,0 +1,56 @@
+"""Who is who: the one username sanitiser, the one owner resolver, the admin check.
+
+Everything that turns a login into a slice name, or a container into its owner, calls this
+module; nothing else in the project re-implements these rules (upstream had five owner chains
+and two sanitisers that disagreed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+SLICE_NAME_MAX = 32
+_HASH_LEN = 6
+_INVALID = re.compile(r"[^A-Za-z0-9_]")
+_UNDERSCORES = re.compile(r"_+")
+LOGIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+-]{0,255}$")
+
+
+def valid_login(login: object) -> bool:
+    """A login we accept anywhere (config files, labels, the kernel's answer via passwd)."""
+    return isinstance(login, str) and bool(LOGIN_RE.match(login))
+
+
+def sanitize_username(login: str) -> str:
+    """Login → the token used inside systemd slice names.
+
+    Rules (reference §6.1, with its divergences removed): drop the ``@domain`` part; every
+    character outside ``[A-Za-z0-9_]`` becomes ``_`` (so no ``-``, which systemd reads as
+    hierarchy, and no ``.``); runs of ``_`` collapse; leading/trailing ``_`` go. A result over
+    32 characters keeps its first 25 characters and gets ``_`` plus 6 hex digits of the SHA-256
+    of the *original* login, so long names stay distinct. An empty result (a login made only of
+    punctuation) becomes ``u_<hash>``. Two logins may still sanitise alike (``alice@a`` and
+    ``alice@b``): the config check reports such collisions and the admin resolves them with
+    ``slice_name`` in user-overrides.yaml.
+    """
+    local = login.split("@", 1)[0]
+    name = _UNDERSCORES.sub("_", _INVALID.sub("_", local)).strip("_")
+    digest = hashlib.sha256(login.encode("utf-8")).hexdigest()[:_HASH_LEN]
+    if not name:
+        return f"u_{digest}"
+    if len(name) > SLICE_NAME_MAX:
+        name = name[: SLICE_NAME_MAX - _HASH_LEN - 1].rstrip("_") + "_" + digest
+    return name
+
+
+def slice_unit(group: str, sanitized: str) -> str:
+    """``ds01-<group>-<sanitized>.slice``: the user's slice (parent ``ds01-<group>.slice``)."""
+    return f"ds01-{group}-{sanitized}.slice"
+
+
+def group_slice_unit(group: str) -> str:
+    return f"ds01-{group}.slice"
+
+
+ROOT_SLICE = "ds01.slice"
