@@ -666,8 +666,14 @@ class _Reader:
                 Problem(file, "", "cannot be read (permission denied); it must be readable (mode 0644)")
             )
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            self.problems.append(Problem(file, "", f"cannot be read: {exc}"))
+        except IsADirectoryError:
+            self.problems.append(Problem(file, "", "is a directory, not a YAML file"))
+            return None
+        except OSError as exc:
+            self.problems.append(Problem(file, "", f"cannot be read: {exc.strerror}"))
+            return None
+        except UnicodeDecodeError:
+            self.problems.append(Problem(file, "", "is not UTF-8 text"))
             return None
         if not HAS_YAML:
             self.problems.append(Problem(file, "", "PyYAML is not installed in this Python"))
@@ -854,6 +860,7 @@ class Config:
         self.default_group = ""
         self.groups: dict[str, _Group] = {}
         self.policies: dict = {}
+        self.policies_set: frozenset = frozenset()
         self.container_types: dict[str, ContainerTypePolicy] = {}
         self.overrides: dict[str, dict] = {}
         self.members: dict[str, str] = {}  # login -> group
@@ -940,7 +947,7 @@ class Config:
         sources.update({f"aggregate.{k}": v for k, v in agg_sources.items()})
         policy_values = dict(self.policies)
         for key in policy_values:
-            sources[f"policies.{key}"] = "policies"
+            sources[f"policies.{key}"] = "policies" if key in self.policies_set else "builtin"
         for layer, source in ((group.policies, f"group:{group_name}"), ((override or {}).get("policies", {}), "override")):
             for key, value in layer.items():
                 policy_values[key] = value
@@ -1022,6 +1029,8 @@ def load_config(path: str) -> Config:
     if reader.problems:
         raise ConfigError(reader.problems)
     top = _as_section(reader, file, (), raw)
+    if reader.problems:  # not a mapping: nothing below can be read
+        raise ConfigError(reader.problems)
     for key in top:
         if key not in TOP_LEVEL:
             reader.problem(file, (key,), "unknown top-level key" + _did_you_mean(key, TOP_LEVEL))
@@ -1036,6 +1045,7 @@ def load_config(path: str) -> Config:
     policies_raw = _as_section(reader, file, ("policies",), top.get("policies"))
     policies = _check_keys(reader, file, ("policies",), policies_raw, POLICY_KEYS, POLICY_ALIASES, POLICY_IGNORED)
     config.policies = {k: policies.get(k, d) for k, (_kind, d) in POLICY_KEYS.items()}
+    config.policies_set = frozenset(policies)
     _read_container_types(reader, config, file, _as_section(reader, file, ("container_types",), top.get("container_types")))
     _read_groups(reader, config, file, _as_section(reader, file, ("groups",), top.get("groups")))
     _read_default_group(reader, config, file, top)
@@ -1049,7 +1059,7 @@ def load_config(path: str) -> Config:
     _read_overrides(reader, config, overrides_file, (), _as_section(reader, overrides_file, (), from_file))
     _read_exemptions(reader, config)
     for sentence in config.slice_problems():
-        reader.problems.append(Problem(os.path.join(config.directory, OVERRIDES_FILE), "slice_name", sentence))
+        reader.problems.append(Problem(os.path.join(config.directory, MEMBERS_DIR), "", sentence))
     if reader.problems:
         raise ConfigError(reader.problems)
     config.warnings = reader.warnings
@@ -1197,7 +1207,7 @@ def _read_members(reader: _Reader, config: Config) -> None:
                 Problem(
                     file,
                     "",
-                    f"names group '{group}', which resources-limits.yaml does not define"
+                    f"names group '{group}', which resource-limits.yaml does not define"
                     + _did_you_mean(group, config.groups)
                     + " (define the group, or rename/remove the file)",
                 )
@@ -1211,8 +1221,14 @@ def _read_members(reader: _Reader, config: Config) -> None:
                 Problem(file, "", "cannot be read (permission denied); members files must be readable (mode 0644)")
             )
             continue
-        except (OSError, UnicodeDecodeError) as exc:
-            reader.problems.append(Problem(file, "", f"cannot be read: {exc}"))
+        except IsADirectoryError:
+            reader.problems.append(Problem(file, "", "is a directory; a members file lists one login per line"))
+            continue
+        except OSError as exc:
+            reader.problems.append(Problem(file, "", f"cannot be read: {exc.strerror}"))
+            continue
+        except UnicodeDecodeError:
+            reader.problems.append(Problem(file, "", "is not UTF-8 text"))
             continue
         config.files.append(file)
         for number, text in enumerate(lines, start=1):

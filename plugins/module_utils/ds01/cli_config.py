@@ -1,0 +1,159 @@
+"""``ds01 config check`` and ``ds01 config show USER``.
+
+JSON shapes (stable, schema "1"):
+
+``ds01 config check --json``::
+
+    {"schema_version": "1", "ok": bool, "config": "<path>", "files": ["<path>", ...],
+     "problems": [{"file", "line", "key", "message"}, ...], "warnings": ["<sentence>", ...],
+     "users": <number of known logins>, "groups": ["student", ...]}
+
+``ds01 config show USER --json``: ``{"schema_version": "1", "config": "<path>"}`` plus the
+fields of ``Limits.as_dict()``: ``user, group, sanitized, slice, override, listed,
+safe_defaults, limits{…}, aggregate{…}|null, policies{…}, container_types{…}, exemptions[…],
+sources{key: "builtin"|"defaults"|"group:<name>"|"override"|"policies"}``. Sizes are bytes,
+durations are in the unit their key names, null means unlimited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import pwd
+from typing import Any
+
+from . import cli
+from . import config as config_mod
+
+SCHEMA_VERSION = "1"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("config", help="check the configuration, show a user's limits")
+    actions = parser.add_subparsers(dest="config_action", metavar="ACTION")
+
+    check = actions.add_parser("check", help="validate resource-limits.yaml and its companion files")
+    cli.add_json_flag(check)
+    check.set_defaults(func=cmd_check)
+
+    show = actions.add_parser("show", help="the resolved limits of a user, with where each value came from")
+    show.add_argument("user", nargs="?", help="login name (default: you)")
+    cli.add_json_flag(show)
+    show.set_defaults(func=cmd_show)
+
+    parser.set_defaults(func=lambda ctx: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return cli.EXIT_USAGE
+
+
+def cmd_check(ctx: cli.Context) -> int:
+    path = os.path.abspath(ctx.config_path)
+    try:
+        config = config_mod.load_config(path)
+    except config_mod.ConfigError as exc:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "ok": False,
+            "config": path,
+            "files": [],
+            "problems": [p.as_dict() for p in exc.problems],
+            "warnings": [],
+            "users": None,
+            "groups": [],
+        }
+        ctx.emit(data, lambda _d: exc.render())
+        return cli.EXIT_NO
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "ok": True,
+        "config": path,
+        "files": config.files,
+        "problems": [],
+        "warnings": config.warnings,
+        "users": len(config.known_users()),
+        "groups": list(config.groups),
+    }
+
+    def human(d: dict) -> str:
+        lines = [f"ds01: {d['config']} is valid: {len(d['groups'])} groups ({', '.join(d['groups'])}), "
+                 f"{d['users']} listed users, {len(d['files'])} files read."]
+        lines += [f"  warning: {w}" for w in d["warnings"]]
+        return "\n".join(lines)
+
+    ctx.emit(data, human)
+    return cli.EXIT_OK
+
+
+def _current_login() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
+
+
+def cmd_show(ctx: cli.Context) -> int:
+    login = ctx.args.user or _current_login()
+    config = ctx.config
+    limits = config.resolve(login)
+    data = {"schema_version": SCHEMA_VERSION, "config": config.path, **limits.as_dict()}
+    ctx.emit(data, lambda _d: render_limits(limits))
+    return cli.EXIT_OK
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "unlimited"
+    if key in ("memory", "memory_swap", "shm_size"):
+        return config_mod.format_size(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        text = f"{value:g}"
+        for suffix in ("_h", "_m", "_s"):
+            if key.endswith(suffix):
+                return text + suffix[1]
+        return text
+    if isinstance(value, (list, tuple)):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def render_limits(limits: config_mod.Limits) -> str:
+    """The human view of ``config show``: value and source per line."""
+    where = "listed" if limits.listed else f"not listed, so the default group '{limits.group}'"
+    lines = [
+        f"User {limits.user}: group {limits.group} ({where})" + (", with a personal override" if limits.is_override else ""),
+        f"  systemd slice: {limits.slice_name}",
+        "",
+        "  Limits (source in brackets):",
+    ]
+    width = max(len(k) for k in config_mod.LIMIT_KEYS)
+    for key in config_mod.LIMIT_KEYS:
+        lines.append(f"    {key:<{width}}  {_fmt(key, getattr(limits, key)):<12} [{limits.sources.get(key, '?')}]")
+    lines.append("")
+    if limits.aggregate is None:
+        lines.append("  Per-user totals (slice): none (no aggregate block: accounting only)")
+    else:
+        lines.append("  Per-user totals (slice):")
+        for key, value in limits.aggregate.as_dict().items():
+            lines.append(
+                f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('aggregate.' + key, 'unset')}]"
+            )
+    lines.append("")
+    lines.append("  Lifecycle policies:")
+    for key, value in limits.policies.as_dict().items():
+        lines.append(f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('policies.' + key, 'builtin')}]")
+    now = dt.datetime.now(dt.timezone.utc)
+    if limits.exemptions:
+        lines.append("")
+        lines.append("  Lifecycle exemptions:")
+        for exemption in limits.exemptions:
+            state = "active" if exemption.active(now) else "expired"
+            until = exemption.expires_on.isoformat() if exemption.expires_on else "permanent"
+            scope = f" (container {exemption.container})" if exemption.container else ""
+            lines.append(f"    {', '.join(sorted(exemption.exempt_from))}{scope}: {state}, until {until}")
+    return "\n".join(lines)
