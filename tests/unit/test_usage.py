@@ -1,0 +1,108 @@
+"""Slice usage on cgroup v2, v1-hybrid and v1 layouts (fake sysfs trees), and on this machine's real one."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import usage
+
+UNIT = "ds01-student-alice.slice"
+CG = "ds01.slice/ds01-student.slice/ds01-student-alice.slice"
+PSI = "some avg10=1.50 avg60=0.75 avg300=0.10 total=12345\nfull avg10=0.50 avg60=0.25 avg300=0.00 total=678\n"
+
+
+def _tree(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        ("ds01.slice", "/ds01.slice"),
+        ("ds01-student.slice", "/ds01.slice/ds01-student.slice"),
+        (UNIT, "/" + CG),
+        ("-.slice", "/"),
+    ],
+)
+def test_systemd_naming_rule(unit, expected):
+    assert usage.systemd_control_group(unit) == expected
+
+
+def test_v2(tmp_path):
+    _tree(
+        tmp_path,
+        {
+            "cgroup.controllers": "cpu memory pids\n",
+            f"{CG}/memory.current": "1048576\n",
+            f"{CG}/memory.max": "103079215104\n",
+            f"{CG}/cpu.stat": "usage_usec 2500000\nuser_usec 1\n",
+            f"{CG}/pids.current": "12\n",
+            f"{CG}/pids.max": "max\n",
+            f"{CG}/memory.events": "low 0\nhigh 3\nmax 1\noom 2\noom_kill 2\n",
+            f"{CG}/cpu.pressure": PSI,
+            f"{CG}/memory.pressure": PSI,
+            f"{CG}/io.pressure": PSI,
+        },
+    )
+    got = usage.SliceReader(str(tmp_path), control_group=lambda unit: None).read(UNIT)
+    assert got.layout == "v2" and got.exists
+    assert (got.memory_current, got.memory_max, got.cpu_usage_seconds) == (1048576, 103079215104, 2.5)
+    assert (got.tasks_current, got.tasks_max, got.oom_kills) == (12, None, 2)
+    assert got.psi["memory"]["some"]["avg10"] == 1.5 and got.psi["io"]["full"]["total"] == 678
+
+
+def test_hybrid_reads_v1_controllers_and_unified_psi(tmp_path):
+    _tree(
+        tmp_path,
+        {
+            "unified/cgroup.controllers": "\n",
+            f"unified/{CG}/cpu.pressure": PSI,
+            f"memory/{CG}/memory.usage_in_bytes": "2048\n",
+            f"memory/{CG}/memory.limit_in_bytes": f"{usage.UNLIMITED_V1}\n",
+            f"memory/{CG}/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n",
+            f"cpuacct/{CG}/cpuacct.usage": "3000000000\n",
+            f"pids/{CG}/pids.current": "7\n",
+            f"pids/{CG}/pids.max": "12288\n",
+        },
+    )
+    got = usage.SliceReader(str(tmp_path), control_group=lambda unit: "/" + CG).read(UNIT)
+    assert got.layout == "hybrid" and got.exists
+    assert (got.memory_current, got.memory_max, got.oom_kills) == (2048, None, 5)
+    assert (got.cpu_usage_seconds, got.tasks_current, got.tasks_max) == (3.0, 7, 12288)
+    assert got.psi["cpu"]["some"]["avg60"] == 0.75 and "memory" not in got.psi
+
+
+def test_v1_combined_cpu_cpuacct_and_no_psi(tmp_path):
+    _tree(
+        tmp_path,
+        {
+            f"memory/{CG}/memory.usage_in_bytes": "10\n",
+            f"memory/{CG}/memory.limit_in_bytes": "4096\n",
+            f"cpu,cpuacct/{CG}/cpuacct.usage": "500000000\n",
+        },
+    )
+    got = usage.SliceReader(str(tmp_path), control_group=lambda unit: None).read(UNIT)
+    assert got.layout == "v1" and got.memory_max == 4096 and got.cpu_usage_seconds == 0.5
+    assert got.psi == {} and got.oom_kills is None
+
+
+def test_missing_slice_is_unknown_not_zero(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("")
+    got = usage.SliceReader(str(tmp_path), control_group=lambda unit: None).read(UNIT)
+    assert not got.exists and got.memory_current is None and got.cpu_usage_seconds is None
+
+
+def test_this_machine_root_cgroup_reads_real_numbers():
+    """On the real /sys/fs/cgroup the root slice has memory and CPU usage on any layout."""
+    if not os.path.isdir("/sys/fs/cgroup"):
+        pytest.fail("no /sys/fs/cgroup on this machine")
+    got = usage.SliceReader().read("-.slice")
+    assert got.layout in ("v2", "hybrid", "v1")
+    assert got.cpu_usage_seconds is not None and got.cpu_usage_seconds > 0
+    if got.layout != "v1":
+        assert "cpu" in got.psi
