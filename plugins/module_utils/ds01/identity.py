@@ -7,8 +7,11 @@ and two sanitisers that disagreed).
 
 from __future__ import annotations
 
+import grp
 import hashlib
+import pwd
 import re
+from typing import Iterable, Optional
 
 SLICE_NAME_MAX = 32
 _HASH_LEN = 6
@@ -54,3 +57,32 @@ def group_slice_unit(group: str) -> str:
 
 
 ROOT_SLICE = "ds01.slice"
+
+
+def is_admin(login: Optional[str], uid: int, admin_group: str, admin_users: Iterable[str] = ()) -> bool:
+    """The one admin check: root, a login in ``admin_users``, or a member of ``admin_group``
+    (listed in the group or having it as primary group). Unknown groups or logins: not admin."""
+    if uid == 0:
+        return True
+    if not login:
+        return False
+    if login in admin_users:
+        return True
+    try:
+        group = grp.getgrnam(admin_group)
+    except KeyError:
+        return False
+    if login in group.gr_mem:
+        return True
+    try:
+        return pwd.getpwnam(login).pw_gid == group.gr_gid
+    except KeyError:
+        return False
+
+
+def login_of_uid(uid: int) -> Optional[str]:
+    """The login name of ``uid`` (None when the account database does not know it)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
