@@ -1,0 +1,154 @@
+"""``ds01 lifecycle run [--dry-run] [--json] [--now ISO]``: one lifecycle sweep.
+
+Run by ``ds01-lifecycle.timer`` every 5 minutes (role ds01_runtime_units). ``--dry-run`` lists
+the decisions and changes nothing (no state, no notice, no signal, no event). ``--now`` replaces
+the clock of the *policy* (tests, "what would happen at 18:00?"); activity rates are still measured
+over real seconds.
+
+JSON (schema "1")::
+
+    {"schema_version": "1", "now": ISO, "dry_run": bool, "demand": float|null,
+     "containers": [{"id", "name", "owner", "state", "type", "gpu": bool,
+                     "actions": [{"kind", "rule", "reason", "event", "grace_s"?, "signal"?, "notice"?}],
+                     "notes": [str], "skipped": str|null}],
+     "errors": [{"id", "container", "step", "error"}],
+     "summary": {"containers", "actions", "stops", "removes", "notices", "errors", "wall_s", "cpu_s"}}
+
+Exit status: 0, or 3 when a container could not be handled (it is logged and in ``errors``; the
+sweep still handled every other container), or when Docker cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import logging
+import os
+from typing import Any, Optional
+
+from . import cli, notify
+from . import lifecycle as lc
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "lifecycle.lock"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("lifecycle", help="idle/runtime enforcement and cleanup of containers")
+    actions = parser.add_subparsers(dest="lifecycle_action", metavar="ACTION")
+    run = actions.add_parser(
+        "run",
+        help="one sweep: warn, stop and remove idle or overdue containers (the timer runs it every 5 minutes)",
+    )
+    run.add_argument("--dry-run", action="store_true", help="list the decisions; change, send and record nothing")
+    run.add_argument("--now", metavar="ISO", help="decide as if it were this time (e.g. 2026-11-22T18:00:00Z)")
+    cli.add_json_flag(run)
+    run.set_defaults(func=cmd_run)
+    parser.set_defaults(func=lambda ctx: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return cli.EXIT_USAGE
+
+
+def _parse_now(text: Optional[str]) -> dt.datetime:
+    if not text:
+        return dt.datetime.now(dt.timezone.utc)
+    when = lc.parse_time(text)
+    if when is None:
+        raise cli.CommandError(f"--now {text!r} is not an ISO time such as 2026-11-22T18:00:00Z", cli.EXIT_USAGE)
+    return when
+
+
+def docker_client() -> Any:
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:
+        raise cli.CommandError("the Python docker SDK is not installed in this environment", cli.EXIT_FAULT) from exc
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except DockerException as exc:
+        raise cli.CommandError(f"cannot reach Docker ({exc}); nothing was changed", cli.EXIT_FAULT) from exc
+    return client
+
+
+def event_emitter(config: Any) -> Optional[Any]:
+    """``emit(event_type, user=…, **details)`` onto the event log, or None when events.py is absent."""
+    try:
+        from . import events
+    except ImportError:
+        log.warning("events.py is not available: lifecycle actions are logged but not recorded as events")
+        return None
+    event_log = events.EventLog(events.default_log_path(config))
+
+    def emit(event_type: str, user: Optional[str] = None, **details: Any) -> None:
+        if not event_log.write(event_type, user=user, source="lifecycle", **details):
+            log.warning("event %s could not be recorded", event_type)
+
+    return emit
+
+
+class _Lock:
+    """One sweep at a time (timer and a manual run): ``flock`` on ``<run_dir>/lifecycle.lock``."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> _Lock:
+        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise cli.CommandError(
+                "another lifecycle sweep is running; try again in a moment", cli.EXIT_FAULT
+            ) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def cmd_run(ctx: cli.Context) -> int:
+    now = _parse_now(ctx.args.now)
+    config = ctx.config
+    client = docker_client()
+    ops = lc.DockerOps(client)
+    gpu = lc.gpu_probe_from_config(config)
+    dry = bool(ctx.args.dry_run)
+    if dry:
+        report = lc.run_sweep(config, ops, now, dry_run=True, gpu=gpu)
+    else:
+        notifier = notify.Notifier(client, home_roots=config.paths.home_roots)
+        with _Lock(config.paths.run_dir):
+            report = lc.run_sweep(config, ops, now, gpu=gpu, notifier=notifier, emit=event_emitter(config))
+    ctx.emit(report.as_dict(), _human)
+    return cli.EXIT_FAULT if report.errors else cli.EXIT_OK
+
+
+def _human(data: dict) -> str:
+    out = []
+    head = "would" if data["dry_run"] else "did"
+    for item in data["containers"]:
+        who = f"{item['name']} ({item['owner'] or 'no owner'}, {item['state']})"
+        for action in item["actions"]:
+            out.append(f"{head} {action['kind']:<6} {who}: {action['reason']}")
+    for error in data["errors"]:
+        out.append(f"FAILED {error['step']} {error['container']}: {error['error']}")
+    summary = data["summary"]
+    demand = f", GPU demand {data['demand']:.0%}" if data.get("demand") is not None else ""
+    out.append(
+        f"{summary['containers']} containers checked at {data['now']}{demand}: "
+        f"{summary['actions']} actions ({summary['stops']} stops, {summary['removes']} removals, "
+        f"{summary['notices']} notices), {summary['errors']} errors"
+        + (" — dry run, nothing changed" if data["dry_run"] else "")
+    )
+    return "\n".join(out)
