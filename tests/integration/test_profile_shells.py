@@ -1,0 +1,207 @@
+"""The profile.d scripts in real login shells of real Unix users (bash -l and dash -l).
+
+The scripts are rendered into a world-readable temp directory and sourced from each user's
+``~/.bash_profile`` / ``~/.profile`` exactly the way ``/etc/profile`` sources ``/etc/profile.d/*.sh``
+(``for i in DIR/*.sh; do [ -r "$i" ] && . "$i"; done``). The users are created with ``useradd`` and
+removed afterwards; the shells run as them (``runuser``), with an empty environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import profile
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: needs root"),
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("useradd", "userdel", "runuser")), reason="needs useradd/runuser"
+    ),
+]
+
+PREFIX = "ds01t"
+USERS = {
+    "exempt": f"{PREFIX}_exempt",
+    "plain": f"{PREFIX}_plain",
+    "granted": f"{PREFIX}_granted",
+    "expired": f"{PREFIX}_expired",
+    "permanent": f"{PREFIX}_perm",
+    "malformed": f"{PREFIX}_bad",
+}
+SHELLS = [s for s in ("bash", "dash") if shutil.which(s)]
+SOURCE_LOOP = 'for i in {dir}/*.sh; do if [ -r "$i" ]; then . "$i"; fi; done; unset i\n'
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Rendered scripts, exempt file, grants, homes and users; removed afterwards."""
+    top = tempfile.mkdtemp(prefix="ds01-shells-")
+    os.chmod(top, 0o755)
+    profile_dir = os.path.join(top, "profile.d")
+    grant_dir = os.path.join(top, "grants")
+    homes = os.path.join(top, "home")
+    bin_dir = os.path.join(top, "bin")
+    for d in (profile_dir, grant_dir, homes, bin_dir):
+        os.mkdir(d)
+    os.chmod(grant_dir, 0o711)  # users open their own file by name, cannot list
+    for d in (profile_dir, homes, bin_dir):
+        os.chmod(d, 0o755)
+    exempt_file = os.path.join(top, "gpu-exempt-users")
+    ds01_bin = os.path.join(bin_dir, "ds01")
+
+    scripts = profile.render_scripts(exempt_file, grant_dir, ds01_bin, greeting=True)
+    for name, text in scripts.items():
+        path = os.path.join(profile_dir, name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        os.chmod(path, 0o644)
+    with open(exempt_file, "w") as handle:
+        handle.write(profile.render_exempt_users([USERS["exempt"], "someone_else"]))
+    os.chmod(exempt_file, 0o644)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    grants = {
+        "granted": profile.render_grant(USERS["granted"], "root", now, now + dt.timedelta(hours=2)),
+        "expired": profile.render_grant(
+            USERS["expired"], "root", now - dt.timedelta(hours=3), now - dt.timedelta(hours=1)
+        ),
+        "permanent": profile.render_grant(USERS["permanent"], "root", now, None),
+        "malformed": '{"user": "x", "type": "temporary", "expires_at": "2099-01-01T00:00:00Z"}\n',
+    }
+    for key, text in grants.items():
+        path = os.path.join(grant_dir, USERS[key] + ".json")
+        with open(path, "w") as handle:
+            handle.write(text)
+        os.chmod(path, 0o644)
+
+    created = []
+    try:
+        for login in USERS.values():
+            subprocess.run(["userdel", "-f", login], capture_output=True, check=False)
+            home = os.path.join(homes, login)
+            subprocess.run(["useradd", "-M", "-N", "-d", home, "-s", "/bin/sh", login], check=True, capture_output=True)
+            created.append(login)
+            os.mkdir(home)
+            for rc in (".bash_profile", ".profile"):
+                with open(os.path.join(home, rc), "w") as handle:
+                    handle.write(SOURCE_LOOP.format(dir=profile_dir))
+            shutil.chown(home, login)
+            os.chmod(home, 0o755)
+        yield {"top": top, "profile_dir": profile_dir, "ds01_bin": ds01_bin, "grant_dir": grant_dir}
+    finally:
+        for login in created:
+            subprocess.run(["userdel", "-f", login], capture_output=True, check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def login_shell(world, login, shell, command, interactive=False):
+    flags = ["-l", "-i", "-c"] if interactive else ["-l", "-c"]
+    home = os.path.join(world["top"], "home", login)
+    env = ["env", "-i", f"HOME={home}", f"USER={login}", f"LOGNAME={login}", "PATH=/usr/bin:/bin", "TERM=dumb"]
+    return subprocess.run(
+        ["runuser", "-u", login, "--", *env, shutil.which(shell), *flags, command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        cwd="/",
+    )
+
+
+CUDA = 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"'
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("exempt", "[unset]"),  # listed in the exempt-users file
+        ("plain", "[]"),  # neither exempt nor granted: GPUs hidden
+        ("granted", "[unset]"),  # grant expires in two hours
+        ("expired", "[]"),  # grant expired an hour ago
+        ("permanent", "[unset]"),
+        ("malformed", "[]"),  # no expires_epoch: fails closed
+    ],
+)
+def test_deterrent(world, shell, who, expected):
+    proc = login_shell(world, USERS[who], shell, CUDA)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == expected
+    assert "ds01" not in proc.stderr  # no script noise at login
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_root_is_never_hidden(world, shell):
+    home = tempfile.mkdtemp()
+    try:
+        with open(os.path.join(home, ".profile"), "w") as handle:
+            handle.write(SOURCE_LOOP.format(dir=world["profile_dir"]))
+        shutil.copy(os.path.join(home, ".profile"), os.path.join(home, ".bash_profile"))
+        proc = subprocess.run(
+            ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", shutil.which(shell), "-l", "-c", CUDA],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        assert proc.stdout.strip().splitlines()[-1] == "[unset]"
+    finally:
+        shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_path_and_no_leftover_variables(world, shell):
+    proc = login_shell(world, USERS["plain"], shell, 'echo "$PATH"; set | grep -c "^__ds01_" || true')
+    lines = proc.stdout.strip().splitlines()
+    bin_dir = os.path.dirname(world["ds01_bin"])
+    assert bin_dir in lines[-2].split(":")
+    assert lines[-1] == "0"
+
+
+def write_ds01(world, body):
+    with open(world["ds01_bin"], "w") as handle:
+        handle.write("#!/bin/sh\n" + body)
+    os.chmod(world["ds01_bin"], 0o755)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_greeting(world, shell):
+    write_ds01(world, 'echo "ds01: group student, GPU 0.5/2.0 gpueq, args: $*"\n')
+    try:
+        interactive = login_shell(world, USERS["plain"], shell, "true", interactive=True)
+        assert "ds01: group student, GPU 0.5/2.0 gpueq, args: limits --brief" in interactive.stdout
+        quiet = login_shell(world, USERS["plain"], shell, "true")
+        assert "ds01:" not in quiet.stdout  # non-interactive: silent
+    finally:
+        os.unlink(world["ds01_bin"])
+    missing = login_shell(world, USERS["plain"], shell, "echo ok", interactive=True)
+    assert missing.returncode == 0 and missing.stdout.strip().splitlines()[-1] == "ok"
+    assert "ds01" not in missing.stdout + missing.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_slow_or_failing_ds01_never_blocks_login(world, shell):
+    write_ds01(world, "echo partial; sleep 20\n")
+    try:
+        start = time.monotonic()
+        proc = login_shell(world, USERS["plain"], shell, "echo logged-in", interactive=True)
+        elapsed = time.monotonic() - start
+    finally:
+        os.unlink(world["ds01_bin"])
+    assert proc.stdout.strip().splitlines()[-1] == "logged-in"
+    assert elapsed < 4, elapsed
+    write_ds01(world, "echo boom >&2; exit 3\n")
+    try:
+        proc = login_shell(world, USERS["plain"], shell, "echo logged-in", interactive=True)
+    finally:
+        os.unlink(world["ds01_bin"])
+    assert proc.returncode == 0 and "boom" not in proc.stderr and proc.stdout.strip().endswith("logged-in")
