@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "cli_lifecycle",
     "cli_observe",
     "cli_gateway",
+    "cli_access",
 )
 
 log = logging.getLogger("ds01")

@@ -1,0 +1,712 @@
+"""The event log: envelope, size rule, a writer that never raises, a tolerant reader, and ``ds01 events``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import stat
+
+import pytest
+
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli, events
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def fixed_clock(moment=T0):
+    return lambda: moment
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    return str(tmp_path / "events.jsonl")
+
+
+def lines_of(path):
+    with open(path, "rb") as handle:
+        return handle.read().split(b"\n")[:-1]
+
+
+def records(path):
+    return [json.loads(line) for line in lines_of(path)]
+
+
+# -- envelope ------------------------------------------------------------------------------------------
+
+
+def test_envelope_shape_and_key_order(log_path):
+    assert events.EventLog(log_path, clock=fixed_clock()).write(
+        "gpu.allocate", user="alice", source="gateway", container="alice-proj", slots=["1.0"]
+    )
+    (line,) = lines_of(log_path)
+    assert line == (
+        b'{"timestamp":"2026-11-22T12:00:00.123Z","event_type":"gpu.allocate","schema_version":"1",'
+        b'"user":"alice","source":"gateway","details":{"container":"alice-proj","slots":["1.0"]}}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("user", "source", "details", "keys"),
+    [
+        (None, None, {}, ["timestamp", "event_type", "schema_version"]),
+        ("", "", {}, ["timestamp", "event_type", "schema_version"]),
+        ("alice", None, {}, ["timestamp", "event_type", "schema_version", "user"]),
+        (None, "lifecycle", {"n": 0}, ["timestamp", "event_type", "schema_version", "source", "details"]),
+        # a None detail is information ("no owner found"), not absence
+        (None, None, {"owner": None}, ["timestamp", "event_type", "schema_version", "details"]),
+    ],
+)
+def test_empty_fields_are_omitted(log_path, user, source, details, keys):
+    assert events.EventLog(log_path).write("container.create", user=user, source=source, **details)
+    (record,) = records(log_path)
+    assert list(record) == keys
+
+
+def test_detail_keys_may_share_a_name_with_the_type_parameter(log_path):
+    assert events.EventLog(log_path).write("user.added", event_type="x", self="y")
+    assert records(log_path)[0]["details"] == {"event_type": "x", "self": "y"}
+
+
+def test_timestamp_is_utc_with_z_and_milliseconds(log_path):
+    local = dt.datetime(2026, 11, 22, 13, 0, 0, 999999, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    events.EventLog(log_path, clock=fixed_clock(local)).write("a.b")
+    assert records(log_path)[0]["timestamp"] == "2026-11-22T12:00:00.999Z"
+
+
+def test_file_is_created_0640(tmp_path, log_path):
+    old = os.umask(0o022)
+    try:
+        events.EventLog(log_path).write("a.b")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(log_path).st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "gpu",
+        "GPU.allocate",
+        "gpu.",
+        ".gpu",
+        "gpu..allocate",
+        "1gpu.allocate",
+        "gpu.alloc-ate",
+        "gpu allocate",
+        "",
+        None,
+    ],
+)
+def test_bad_type_is_dropped_and_logged(log_path, caplog, event_type):
+    with caplog.at_level(logging.WARNING, logger=events.__name__):
+        assert events.EventLog(log_path).write(event_type, user="alice") is False
+    assert not os.path.exists(log_path)
+    assert "dropped" in caplog.text
+
+
+@pytest.mark.parametrize("event_type", ["gpu.allocate", "gpu.allocation.lock_timeout", "detection.host_gpu_process_2"])
+def test_good_types(log_path, event_type):
+    assert events.EventLog(log_path).write(event_type)
+    assert records(log_path)[0]["event_type"] == event_type
+
+
+# -- size rule -----------------------------------------------------------------------------------------
+
+
+def _line(pad, **extra):
+    return events.render_line("gpu.allocate", "alice", "gateway", {"pad": pad, **extra}, timestamp=T0)
+
+
+def _pad_for(total):
+    """A pad length that makes the line exactly ``total`` bytes."""
+    return total - len(_line(""))
+
+
+def test_line_of_exactly_4000_bytes_is_kept_whole():
+    line = _line("x" * _pad_for(4000))
+    assert len(line) == 4000 and line.endswith(b"\n")
+    assert json.loads(line)["details"]["pad"] == "x" * _pad_for(4000)
+
+
+def test_line_of_4001_bytes_is_truncated_keeping_the_container():
+    base = len(_line("", container="alice-proj"))
+    kept = _line("x" * (4000 - base), container="alice-proj")
+    assert len(kept) == 4000 and "truncated" not in json.loads(kept)["details"]
+    line = _line("x" * (4001 - base), container="alice-proj")
+    record = json.loads(line)
+    assert len(line) < 4000
+    assert record["details"] == {"truncated": True, "original_size": 4001, "container": "alice-proj"}
+    assert (record["user"], record["source"], record["event_type"]) == ("alice", "gateway", "gpu.allocate")
+    assert record["timestamp"] == "2026-11-22T12:00:00.123Z"
+
+
+def test_render_line_truncates_above_the_limit():
+    line = _line("x" * 10_000, container="c" * 300, container_id="abc123")
+    details = json.loads(line)["details"]
+    assert details["truncated"] is True and details["original_size"] > 10_000
+    assert details["container_id"] == "abc123"
+    assert "container" not in details  # too long to keep
+    assert "pad" not in details
+
+
+def test_truncated_event_is_written_and_still_found_by_container(log_path):
+    event_log = events.EventLog(log_path)
+    assert event_log.write("gpu.allocate", user="alice", container="big-one", blob="y" * 9000)
+    (line,) = lines_of(log_path)
+    assert len(line) + 1 <= events.MAX_LINE_BYTES
+    found = list(event_log.read(events.EventFilter(container="big-one")))
+    assert found[0]["details"]["truncated"] is True
+
+
+def test_event_too_big_even_without_details_is_dropped(log_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert events.EventLog(log_path).write("a.b", user="u" * 5000) is False
+    assert not os.path.exists(log_path)
+    assert "dropped" in caplog.text
+
+
+# -- never raises --------------------------------------------------------------------------------------
+
+
+class Unprintable:
+    def __str__(self):
+        return "<unprintable thing>"
+
+
+def test_unserialisable_details_become_text(log_path):
+    assert events.EventLog(log_path).write(
+        "a.b", when=dt.datetime(2026, 1, 1, tzinfo=UTC), obj=Unprintable(), ratio=float("nan"), nested={"inf": 1e999}
+    )
+    details = records(log_path)[0]["details"]
+    assert details == {
+        "when": "2026-01-01 00:00:00+00:00",
+        "obj": "<unprintable thing>",
+        "ratio": "nan",
+        "nested": {"inf": "inf"},
+    }
+
+
+def test_details_json_cannot_hold_are_dropped_without_raising(log_path, caplog):
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    event_log = events.EventLog(log_path)
+    with caplog.at_level(logging.WARNING):
+        assert event_log.write("a.b", loop=cyclic) is False
+        assert event_log.write("a.b", mapping={(1, 2): "tuple key"}) is False
+    assert not os.path.exists(log_path)
+    assert caplog.text.count("dropped") == 2
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "is_a_directory", "read_only_fs"])
+def test_unwritable_path_answers_false_and_logs(tmp_path, caplog, monkeypatch, where):
+    if where == "missing_dir":
+        path = str(tmp_path / "no" / "such" / "events.jsonl")
+    elif where == "is_a_directory":
+        path = str(tmp_path)
+    else:
+        path = str(tmp_path / "events.jsonl")
+
+        def refuse(*_args):
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(events.os, "open", refuse)
+    event_log = events.EventLog(path)
+    with caplog.at_level(logging.DEBUG, logger=events.__name__):
+        assert event_log.write("a.b", x=1) is False
+        assert event_log.write("a.b", x=2) is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # repeats of the same failure are not a flood
+    assert "not recorded" in warnings[0].getMessage()
+
+
+def test_short_write_is_a_failure_and_never_completed(log_path, monkeypatch, caplog):
+    real_write = os.write
+    calls = []
+
+    def short(fd, data):
+        calls.append(len(data))
+        return real_write(fd, data[:10])
+
+    monkeypatch.setattr(events.os, "write", short)
+    with caplog.at_level(logging.WARNING):
+        assert events.EventLog(log_path).write("a.b", x=1) is False
+    assert len(calls) == 1  # no second write that could interleave with another writer's line
+    assert "short write" in caplog.text
+
+
+def test_disk_full_answers_false(log_path, monkeypatch):
+    def full(_fd, _data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(events.os, "write", full)
+    assert events.EventLog(log_path).write("a.b") is False
+
+
+def test_one_write_call_per_line(log_path, monkeypatch):
+    real_write = os.write
+    sizes = []
+
+    def spy(fd, data):
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(events.os, "write", spy)
+    event_log = events.EventLog(log_path)
+    for i in range(3):
+        event_log.write("a.b", i=i, pad="z" * (i * 1000))
+    assert sizes == [len(line) + 1 for line in lines_of(log_path)]
+
+
+def test_default_log_path():
+    class Paths:
+        log_dir = "/srv/sandbox/log"
+
+    class Config:
+        paths = Paths()
+
+    assert events.default_log_path() == "/var/log/ds01/events.jsonl"
+    assert events.default_log_path(None) == "/var/log/ds01/events.jsonl"
+    assert events.default_log_path(Config()) == "/srv/sandbox/log/events.jsonl"
+
+
+# -- reader --------------------------------------------------------------------------------------------
+
+
+def write_lines(path, items):
+    with open(path, "a", encoding="utf-8") as handle:
+        for item in items:
+            handle.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+
+
+def ev(ts, event_type="gpu.allocate", user="alice", **details):
+    record = {"timestamp": ts, "event_type": event_type, "schema_version": "1", "user": user}
+    if details:
+        record["details"] = details
+    return record
+
+
+@pytest.fixture
+def sample(log_path):
+    write_lines(
+        log_path,
+        [
+            ev(
+                "2026-11-22T10:00:00.000Z", "gpu.allocate", "alice", container="alice-proj", container_id="a1b2c3d4e5f6"
+            ),
+            ev("2026-11-22T10:30:00.000Z", "gpuxyz.alloc", "alice", container="alice-other"),
+            ev("2026-11-22T11:00:00.000Z", "gpu.release", "bob", container="bob-job"),
+            ev("2026-11-22T11:30:00.000Z", "maintenance.idle_kill", "alice", container="alice-proj"),
+            {
+                "timestamp": "2026-11-22T11:45:00.000Z",
+                "event_type": "container.create",
+                "schema_version": "1",
+                "container": "top-level-c",
+            },
+            ev("2026-11-22T12:00:00.000Z", "gpu", "carol"),
+            ev("2026-11-22T12:30:00.000Z", "gpu.allocation.lock_timeout", "alice"),
+        ],
+    )
+    return events.EventLog(log_path)
+
+
+def types_of(found):
+    return [event["event_type"] for event in found]
+
+
+CET = dt.timezone(dt.timedelta(hours=1))
+PST = dt.timezone(dt.timedelta(hours=-8))
+
+FILTER_TABLE = [
+    (
+        {},
+        [
+            "gpu.allocate",
+            "gpuxyz.alloc",
+            "gpu.release",
+            "maintenance.idle_kill",
+            "container.create",
+            "gpu",
+            "gpu.allocation.lock_timeout",
+        ],
+    ),
+    ({"user": "alice"}, ["gpu.allocate", "gpuxyz.alloc", "maintenance.idle_kill", "gpu.allocation.lock_timeout"]),
+    ({"user": "ali"}, []),  # exact, not a prefix
+    ({"type_prefix": "gpu"}, ["gpu.allocate", "gpu.release", "gpu", "gpu.allocation.lock_timeout"]),
+    ({"type_prefix": "gpu."}, ["gpu.allocate", "gpu.release", "gpu", "gpu.allocation.lock_timeout"]),
+    ({"type_prefix": "gpu.allocat"}, []),  # prefix on a dot boundary only
+    ({"type_prefix": "gpu.allocation"}, ["gpu.allocation.lock_timeout"]),
+    ({"container": "alice-proj"}, ["gpu.allocate", "maintenance.idle_kill"]),
+    ({"container": "alice"}, []),  # names are exact
+    ({"container": "a1b2c3"}, ["gpu.allocate"]),  # id prefix
+    ({"container": "a1b2c3d4e5f6" + "0" * 52}, ["gpu.allocate"]),  # full id, event kept the short one
+    ({"container": "top-level-c"}, ["container.create"]),
+    ({"user": "alice", "type_prefix": "gpu", "container": "alice-proj"}, ["gpu.allocate"]),
+    # since <= t < until, compared as instants whatever the zone
+    (
+        {"since": dt.datetime(2026, 11, 22, 12, 0, tzinfo=CET)},
+        ["gpu.release", "maintenance.idle_kill", "container.create", "gpu", "gpu.allocation.lock_timeout"],
+    ),
+    (
+        {"until": dt.datetime(2026, 11, 22, 4, 0, tzinfo=PST)},
+        ["gpu.allocate", "gpuxyz.alloc", "gpu.release", "maintenance.idle_kill", "container.create"],
+    ),
+    (
+        {"since": dt.datetime(2026, 11, 22, 11, 0, tzinfo=UTC), "until": dt.datetime(2026, 11, 22, 12, 30, tzinfo=CET)},
+        ["gpu.release"],
+    ),
+    ({"limit": 2}, ["gpu", "gpu.allocation.lock_timeout"]),
+    ({"limit": 2, "user": "alice"}, ["maintenance.idle_kill", "gpu.allocation.lock_timeout"]),
+    ({"limit": 100, "user": "bob"}, ["gpu.release"]),
+    ({"limit": 0}, []),
+]
+
+
+@pytest.mark.parametrize(("filters", "expected"), FILTER_TABLE)
+def test_reader_filters(sample, filters, expected):
+    assert types_of(sample.read(events.EventFilter(**filters))) == expected
+
+
+def test_read_accepts_a_mapping_of_filters(sample):
+    assert types_of(sample.read({"user": "bob"})) == ["gpu.release"]
+
+
+def test_since_compares_instants_not_strings(log_path):
+    # "+01:00" stamps sort after "Z" stamps as strings; as instants 12:30+01:00 is 11:30Z
+    write_lines(log_path, [ev("2026-11-22T12:30:00+01:00", "a.early"), ev("2026-11-22T11:45:00Z", "a.late")])
+    since = events.parse_time("2026-11-22T11:40:00Z")
+    assert types_of(events.EventLog(log_path).read(events.EventFilter(since=since))) == ["a.late"]
+
+
+def test_naive_filter_times_are_local(sample, monkeypatch):
+    naive = dt.datetime(2026, 11, 22, 12, 0)
+    filt = events.EventFilter(since=naive)
+    assert filt.since == naive.astimezone()
+
+
+def test_corrupt_and_blank_lines_are_skipped_and_counted(log_path):
+    write_lines(
+        log_path,
+        [
+            ev("2026-11-22T10:00:00Z", "a.one"),
+            "",
+            "{not json",
+            "[1, 2]",
+            '"a string"',
+            ev("2026-11-22T10:01:00Z", "a.two"),
+        ],
+    )
+    with open(log_path, "ab") as handle:
+        handle.write(b'\xff\xfe binary\n{"timestamp": "2026-11-22T10:02:00Z", "event_type": "a.partial", "sch')
+    for filters in (events.EventFilter(), events.EventFilter(limit=10)):
+        stream = events.EventLog(log_path).read(filters)
+        assert types_of(stream) == ["a.one", "a.two"]
+        assert stream.skipped_lines == 6
+
+
+def test_limit_reads_backwards_and_stops_early(log_path):
+    write_lines(log_path, ["garbage at the start"] + [ev(f"2026-11-22T10:00:{i:02d}Z", f"a.n{i}") for i in range(30)])
+    stream = events.EventLog(log_path).read(events.EventFilter(limit=3))
+    assert types_of(stream) == ["a.n27", "a.n28", "a.n29"]
+    assert stream.skipped_lines == 0  # never got as far back as the garbage
+
+
+def test_backwards_reading_across_block_boundaries(log_path, monkeypatch):
+    monkeypatch.setattr(events, "_READ_BLOCK", 7)
+    write_lines(log_path, [ev(f"2026-11-22T10:00:{i:02d}Z", f"a.n{i}", pad="p" * i) for i in range(20)])
+    forward = list(events.EventLog(log_path).read(events.EventFilter()))
+    backward = list(events.EventLog(log_path).read(events.EventFilter(limit=20)))
+    assert forward == backward and len(forward) == 20
+
+
+def test_old_schema_is_normalised(log_path):
+    write_lines(
+        log_path,
+        [
+            {
+                "ts": "2025-06-01T14:00:00+02:00",
+                "event": "gpu.allocated",
+                "user": "carol",
+                "container": "c1",
+                "gpu": "0",
+            },
+            {"ts": "2025-06-01T13:00:00", "event": "gpu.released", "details": {"reason": "hold_expired"}, "extra": 1},
+        ],
+    )
+    first, second = events.EventLog(log_path).read()
+    assert first == {
+        "timestamp": "2025-06-01T12:00:00.000Z",
+        "event_type": "gpu.allocated",
+        "schema_version": "0",
+        "user": "carol",
+        "details": {"container": "c1", "gpu": "0"},
+    }
+    assert second["timestamp"] == "2025-06-01T13:00:00.000Z"  # zone-less stamps were written in UTC
+    assert second["details"] == {"reason": "hold_expired", "extra": 1}
+    found = events.EventLog(log_path).read(events.EventFilter(container="c1", type_prefix="gpu"))
+    assert types_of(found) == ["gpu.allocated"]
+
+
+def test_missing_log_reads_as_empty(tmp_path):
+    stream = events.EventLog(str(tmp_path / "nothing.jsonl")).read(events.EventFilter(limit=5))
+    assert list(stream) == [] and stream.skipped_lines == 0
+
+
+def test_writer_and_reader_round_trip(log_path):
+    event_log = events.EventLog(log_path)
+    event_log.write("gpu.allocate", user="alice", source="gateway", container="alice-proj", slots=["0", "1.2"])
+    (event,) = event_log.read()
+    assert event["details"] == {"container": "alice-proj", "slots": ["0", "1.2"]}
+    assert events.event_time(event).tzinfo is not None
+
+
+def test_rotated_files_are_read_when_since_reaches_back(tmp_path):
+    live = tmp_path / "events.jsonl"
+    old = tmp_path / "events.jsonl-20261120"
+    older = tmp_path / "events.jsonl.2"
+    gz = tmp_path / "events.jsonl-20261101.gz"
+    write_lines(str(older), [ev("2026-11-19T10:00:00Z", "a.older")])
+    write_lines(str(old), [ev("2026-11-20T10:00:00Z", "a.old")])
+    write_lines(str(live), [ev("2026-11-22T10:00:00Z", "a.live")])
+    gz.write_bytes(b"\x1f\x8b not read")
+    for path, day in ((older, 19), (old, 20), (live, 22)):
+        stamp = dt.datetime(2026, 11, day, 10, 0, 1, tzinfo=UTC).timestamp()
+        os.utime(path, (stamp, stamp))
+    event_log = events.EventLog(str(live))
+    assert types_of(event_log.read()) == ["a.live"]
+    since_20 = dt.datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+    assert types_of(event_log.read(events.EventFilter(since=since_20))) == ["a.old", "a.live"]
+    since_19 = dt.datetime(2026, 11, 19, 0, 0, tzinfo=UTC)
+    assert types_of(event_log.read(events.EventFilter(since=since_19))) == ["a.older", "a.old", "a.live"]
+    assert types_of(event_log.read(events.EventFilter(since=since_19, limit=2))) == ["a.old", "a.live"]
+
+
+def test_unreadable_log_raises_oserror_on_iteration(tmp_path):
+    (tmp_path / "events.jsonl").mkdir()
+    stream = events.EventLog(str(tmp_path / "events.jsonl")).read()
+    with pytest.raises(IsADirectoryError):
+        list(stream)
+
+
+# -- time values ---------------------------------------------------------------------------------------
+
+NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+
+TIME_TABLE = [
+    ("now", NOW),
+    ("30s", NOW - dt.timedelta(seconds=30)),
+    ("15m", NOW - dt.timedelta(minutes=15)),
+    ("2h", NOW - dt.timedelta(hours=2)),
+    ("7d", NOW - dt.timedelta(days=7)),
+    ("1w", NOW - dt.timedelta(weeks=1)),
+    ("2h ago", NOW - dt.timedelta(hours=2)),
+    (" 15 min ", NOW - dt.timedelta(minutes=15)),
+    ("2026-11-20T08:00:00Z", dt.datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    ("2026-11-20T08:00:00.250z", dt.datetime(2026, 11, 20, 8, 0, 0, 250000, tzinfo=UTC)),
+    ("2026-11-20T09:00:00+01:00", dt.datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    ("2026-11-20T09:00:00+0100", dt.datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    ("2026-11-20T00:00-08:00", dt.datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    # no zone: local time
+    ("2026-11-20T08:00", dt.datetime(2026, 11, 20, 8).astimezone()),
+    ("2026-11-20 08:00:00", dt.datetime(2026, 11, 20, 8).astimezone()),
+    ("2026-11-20", dt.datetime(2026, 11, 20).astimezone()),
+    ("today", dt.datetime.combine(NOW.astimezone().date(), dt.time()).astimezone()),
+    ("yesterday", dt.datetime.combine(NOW.astimezone().date() - dt.timedelta(days=1), dt.time()).astimezone()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TIME_TABLE)
+def test_parse_time(text, expected):
+    parsed = events.parse_time(text, now=NOW)
+    assert parsed.tzinfo is not None
+    assert parsed == expected
+
+
+@pytest.mark.parametrize("text", ["", "soon", "2h later", "-2h", "5y", "2026-13-01", "2026-11-20T25:00", "12:00"])
+def test_parse_time_rejects_with_a_sentence(text):
+    with pytest.raises(ValueError, match="is not a time: use ISO-8601"):
+        events.parse_time(text, now=NOW)
+
+
+# -- the CLI -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_config(tmp_path):
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    path = tmp_path / "resource-limits.yaml"
+    path.write_text(f"default_group: student\ndefaults: {{}}\ngroups:\n  student: {{}}\npaths:\n  log_dir: {log_dir}\n")
+    return str(path), str(log_dir / "events.jsonl")
+
+
+def run_cli(capsys, config_path, *argv):
+    code = cli.main(["--config", config_path, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_log_then_query_json(capsys, cli_config):
+    config_path, log_path = cli_config
+    code, _out, err = run_cli(
+        capsys,
+        config_path,
+        "events",
+        "log",
+        "gpu.allocate",
+        "--user",
+        "alice",
+        "container=alice-proj",
+        "n=3",
+        "ok=true",
+        'slots=["1.0"]',
+        "note=two words",
+        "--source",
+        "test",
+    )
+    assert (code, err) == (0, "")
+    run_cli(
+        capsys, config_path, "events", "log", "maintenance.idle_kill", "user=bob", "source=lifecycle", "container=b1"
+    )
+    with open(log_path, "a") as handle:
+        handle.write("corrupt\n")
+    code, out, _err = run_cli(capsys, config_path, "events", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["count"], data["skipped_lines"], data["schema_version"]) == (2, 1, "1")
+    first, second = data["events"]
+    assert first["user"] == "alice" and first["source"] == "test"
+    assert first["details"] == {"container": "alice-proj", "n": 3, "ok": True, "slots": ["1.0"], "note": "two words"}
+    assert (second["user"], second["source"], second["details"]) == ("bob", "lifecycle", {"container": "b1"})
+
+
+def test_cli_human_table_is_aligned(capsys, cli_config):
+    config_path, log_path = cli_config
+    write_lines(
+        log_path,
+        [
+            ev("2026-11-22T10:00:00.000Z", "gpu.allocate", "alice", container="alice-proj", slots=["1.0"]),
+            ev("2026-11-22T10:01:00.000Z", "maintenance.idle_kill", "bob", container_id="abcdef123456", reason="idle"),
+            {"timestamp": "2026-11-22T10:02:00.000Z", "event_type": "system.start", "schema_version": "1"},
+        ],
+    )
+    code, out, _err = run_cli(capsys, config_path, "events")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIMESTAMP", "EVENT_TYPE", "USER", "CONTAINER", "DETAILS"]
+    column = lines[0].index("USER")
+    assert [line[column:].split()[0] for line in lines[1:]] == ["alice", "bob", "-"]
+    assert lines[1].split()[3:] == ["alice-proj", 'slots=["1.0"]']
+    assert lines[2].split()[3:] == ["abcdef123456", "reason=idle"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--user", "alice"], ["gpu.allocate", "gpuxyz.alloc", "maintenance.idle_kill", "gpu.allocation.lock_timeout"]),
+        (["--type", "gpu", "--limit", "2"], ["gpu", "gpu.allocation.lock_timeout"]),
+        (["--container", "a1b2c3"], ["gpu.allocate"]),
+        (
+            ["--since", "2026-11-22T12:00:00+01:00", "--until", "2026-11-22T12:00:00Z"],
+            ["gpu.release", "maintenance.idle_kill", "container.create"],
+        ),
+        (["--limit", "1"], ["gpu.allocation.lock_timeout"]),
+        (["--all", "--type", "maintenance"], ["maintenance.idle_kill"]),
+    ],
+)
+def test_cli_filters(capsys, cli_config, argv, expected):
+    config_path, log_path = cli_config
+    write_lines(
+        log_path,
+        [
+            ev(
+                "2026-11-22T10:00:00.000Z", "gpu.allocate", "alice", container="alice-proj", container_id="a1b2c3d4e5f6"
+            ),
+            ev("2026-11-22T10:30:00.000Z", "gpuxyz.alloc", "alice"),
+            ev("2026-11-22T11:00:00.000Z", "gpu.release", "bob"),
+            ev("2026-11-22T11:30:00.000Z", "maintenance.idle_kill", "alice"),
+            ev("2026-11-22T11:45:00.000Z", "container.create", "dave"),
+            ev("2026-11-22T12:00:00.000Z", "gpu", "carol"),
+            ev("2026-11-22T12:30:00.000Z", "gpu.allocation.lock_timeout", "alice"),
+        ],
+    )
+    code, out, _err = run_cli(capsys, config_path, "events", *argv, "--json")
+    assert code == 0
+    assert types_of(json.loads(out)["events"]) == expected
+
+
+def test_cli_default_limit_is_50(capsys, cli_config):
+    config_path, log_path = cli_config
+    write_lines(log_path, [ev(f"2026-11-22T10:{i // 60:02d}:{i % 60:02d}Z", "a.b", n=i) for i in range(120)])
+    _code, out, _err = run_cli(capsys, config_path, "events", "--json")
+    data = json.loads(out)
+    assert data["count"] == 50 and data["events"][0]["details"]["n"] == 70
+    _code, out, _err = run_cli(capsys, config_path, "events", "--all", "--json")
+    assert json.loads(out)["count"] == 120
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--since", "last tuesday"], 2, "--since: 'last tuesday' is not a time"),
+        (["--until", "soon"], 2, "--until: 'soon' is not a time"),
+        (["--since", "now", "--until", "1h"], 2, "is not before --until"),
+        (["--limit", "0"], 2, "not 1 or more"),
+        (["--limit", "5", "--all"], 2, "not allowed with"),
+        (["log", "x.y", "novalue"], 2, "'novalue' is not KEY=VALUE"),
+        (["log", "x.y", "--color", "red"], 2, "unknown option --color"),
+    ],
+)
+def test_cli_usage_errors(capsys, cli_config, argv, code, message):
+    config_path, _log_path = cli_config
+    got, _out, err = run_cli(capsys, config_path, "events", *argv)
+    assert got == code
+    assert message in err
+
+
+def test_cli_unreadable_log_says_who_may_read_it(capsys, cli_config, monkeypatch):
+    config_path, log_path = cli_config
+    write_lines(log_path, [ev("2026-11-22T10:00:00Z")])
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(events.EventStream, "_open", staticmethod(denied))
+    code, out, err = run_cli(capsys, config_path, "events")
+    assert code == cli.EXIT_FAULT and out == ""
+    assert err == (
+        f"ds01: cannot read {log_path}: permission denied "
+        "(the event log is readable by root and the ds01-admin group)\n"
+    )
+
+
+def test_cli_log_exits_0_when_the_event_cannot_be_recorded(capsys, tmp_path):
+    config_path = tmp_path / "resource-limits.yaml"
+    config_path.write_text(
+        f"default_group: student\ngroups:\n  student: {{}}\npaths:\n  log_dir: {tmp_path / 'gone'}\n"
+    )
+    code, _out, err = run_cli(capsys, str(config_path), "events", "log", "a.b", "x=1")
+    assert code == 0
+    assert "warning: event a.b not recorded" in err
+    code, _out, err = run_cli(capsys, str(config_path), "events", "log", "Not-A-Type")
+    assert code == 0
+    assert "not recorded" in err
+
+
+def test_cli_log_exits_0_with_a_broken_config(capsys, tmp_path):
+    config_path = tmp_path / "resource-limits.yaml"
+    config_path.write_text("groups: [this is not a mapping\n")
+    code, _out, err = run_cli(capsys, str(config_path), "events", "log", "a.b")
+    assert code == 0
+    assert "not recorded: the configuration is invalid" in err
+
+
+def test_cli_empty_log(capsys, cli_config):
+    config_path, _log_path = cli_config
+    code, out, err = run_cli(capsys, config_path, "events")
+    assert code == 0 and out == "no matching events\n"
+    assert "does not exist yet" in err
+    code, out, _err = run_cli(capsys, config_path, "events", "--json")
+    assert json.loads(out) == {"schema_version": "1", "count": 0, "skipped_lines": 0, "events": []}
