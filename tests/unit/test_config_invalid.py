@@ -14,36 +14,116 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "invalid")
 
 # case directory -> (file the problem is in, line or None, key path or "", substrings of the message)
 CASES = {
-    "01-unknown-key-typo": ("resource-limits.yaml", 2, "defaults.max_gpu_equivalent", ["unknown key", "did you mean 'max_gpu_equivalents'"]),
-    "02-wrong-type": ("resource-limits.yaml", 4, "groups.student.max_containers_per_user", ["got 'three'", "a whole number >= 1"]),
-    "03-negative-quota": ("resource-limits.yaml", 4, "groups.student.max_gpu_equivalents", ["got -1", "a number > 0, or null for unlimited"]),
+    "01-unknown-key-typo": (
+        "resource-limits.yaml",
+        2,
+        "defaults.max_gpu_equivalent",
+        ["unknown key", "did you mean 'max_gpu_equivalents'"],
+    ),
+    "02-wrong-type": (
+        "resource-limits.yaml",
+        4,
+        "groups.student.max_containers_per_user",
+        ["got 'three'", "a whole number >= 1"],
+    ),
+    "03-negative-quota": (
+        "resource-limits.yaml",
+        4,
+        "groups.student.max_gpu_equivalents",
+        ["got -1", "a number > 0, or null for unlimited"],
+    ),
     "04-zero-timeout": ("resource-limits.yaml", 2, "defaults.idle_timeout_h", ["got 0", "hours > 0"]),
-    "05-legacy-bare-number": ("resource-limits.yaml", 2, "defaults.max_runtime", ["bare number is ambiguous", "max_runtime_h: 48", "'48h'"]),
-    "06-legacy-bad-unit": ("resource-limits.yaml", 2, "defaults.idle_timeout", ["'30 parsecs'", "a duration with a unit"]),
+    "05-legacy-bare-number": (
+        "resource-limits.yaml",
+        2,
+        "defaults.max_runtime",
+        ["bare number is ambiguous", "max_runtime_h: 48", "'48h'"],
+    ),
+    "06-legacy-bad-unit": (
+        "resource-limits.yaml",
+        2,
+        "defaults.idle_timeout",
+        ["'30 parsecs'", "a duration with a unit"],
+    ),
     "07-alias-and-new-key": ("resource-limits.yaml", 3, "defaults.max_gpu_slots", ["keep only 'max_gpu_equivalents'"]),
-    "08-login-in-two-groups": ("groups/student.members", 1, "alice", ["group 'student'", "group 'researcher'", "researcher.members:2"]),
+    "08-login-in-two-groups": (
+        "groups/student.members",
+        1,
+        "alice",
+        ["group 'student'", "group 'researcher'", "researcher.members:2"],
+    ),
     "09-members-file-undefined-group": ("groups/postdoc.members", None, "", ["group 'postdoc'", "does not define"]),
     "10-members-path-unreadable": ("groups/student.members", None, "", ["is a directory"]),
-    "11-default-group-undefined": ("resource-limits.yaml", 1, "default_group", ["got 'students'", "defined groups: student"]),
+    "11-default-group-undefined": (
+        "resource-limits.yaml",
+        1,
+        "default_group",
+        ["got 'students'", "defined groups: student"],
+    ),
     "12-yaml-syntax-error": ("resource-limits.yaml", 5, "", ["is not valid YAML"]),
     "13-top-level-not-mapping": ("resource-limits.yaml", None, "", ["expected a mapping"]),
-    "14-unknown-top-level-key": ("resource-limits.yaml", 5, "polices", ["unknown top-level key", "did you mean 'policies'"]),
+    "14-unknown-top-level-key": (
+        "resource-limits.yaml",
+        5,
+        "polices",
+        ["unknown top-level key", "did you mean 'policies'"],
+    ),
     "15-group-name-with-hyphen": ("resource-limits.yaml", 4, "groups.post-doc", ["no '-'"]),
-    "16-aggregate-cpu-quota-number": ("resource-limits.yaml", 5, "groups.student.aggregate.cpu_quota", ["got 96", "'400%'"]),
-    "17-memory-high-above-max": ("resource-limits.yaml", 6, "groups.student.aggregate.memory_high", ["128G is above memory_max 96G"]),
+    "16-aggregate-cpu-quota-number": (
+        "resource-limits.yaml",
+        5,
+        "groups.student.aggregate.cpu_quota",
+        ["got 96", "'400%'"],
+    ),
+    "17-memory-high-above-max": (
+        "resource-limits.yaml",
+        6,
+        "groups.student.aggregate.memory_high",
+        ["128G is above memory_max 96G"],
+    ),
     "18-bad-size": ("resource-limits.yaml", 2, "defaults.memory", ["got 'lots'", "'32g'"]),
-    "19-exemption-bad-date": ("lifecycle-exemptions.yaml", 4, "exemptions[0].expires_on", ["'next tuesday'", "ISO date"]),
-    "20-exemption-unknown-rule": ("lifecycle-exemptions.yaml", 3, "exemptions[0].exempt_from[0]", ["got 'idle'", "idle_timeout_h"]),
+    "19-exemption-bad-date": (
+        "lifecycle-exemptions.yaml",
+        4,
+        "exemptions[0].expires_on",
+        ["'next tuesday'", "ISO date"],
+    ),
+    "20-exemption-unknown-rule": (
+        "lifecycle-exemptions.yaml",
+        3,
+        "exemptions[0].exempt_from[0]",
+        ["got 'idle'", "idle_timeout_h"],
+    ),
     "21-override-bad-login": ("user-overrides.yaml", 1, "bad user!", ["is not a login name"]),
     "22-duplicate-key": ("resource-limits.yaml", 3, "defaults.max_cpus", ["duplicate key"]),
-    "23-fake-backend-without-topology": ("resource-limits.yaml", 5, "gpu_allocation.topology", ["must name a topology file"]),
-    "24-slice-name-collision": ("groups", None, "", ["'alice@staff.example.org'", "'alice@students.example.org'", "slice name 'alice'", "slice_name"]),
+    "23-fake-backend-without-topology": (
+        "resource-limits.yaml",
+        5,
+        "gpu_allocation.topology",
+        ["must name a topology file"],
+    ),
+    "24-slice-name-collision": (
+        "groups",
+        None,
+        "",
+        ["'alice@staff.example.org'", "'alice@students.example.org'", "slice name 'alice'", "slice_name"],
+    ),
     "25-fraction-out-of-range": ("resource-limits.yaml", 6, "policies.high_demand_threshold", ["got 1.5", "<= 1"]),
-    "26-unknown-container-type": ("resource-limits.yaml", 6, "container_types.devcontainers", ["did you mean 'devcontainer'"]),
+    "26-unknown-container-type": (
+        "resource-limits.yaml",
+        6,
+        "container_types.devcontainers",
+        ["did you mean 'devcontainer'"],
+    ),
     "27-null-not-allowed": ("resource-limits.yaml", 2, "defaults.allow_full_gpu", ["null is not allowed"]),
     "28-members-bad-line": ("groups/student.members", 3, "", ["'bob smith' is not a login name"]),
     "29-boolean-as-number": ("resource-limits.yaml", 2, "defaults.max_cpus", ["expected a number > 0"]),
-    "30-override-unknown-key": ("user-overrides.yaml", 2, "alice.idle_timeout_hours", ["did you mean 'idle_timeout_h'"]),
+    "30-override-unknown-key": (
+        "user-overrides.yaml",
+        2,
+        "alice.idle_timeout_hours",
+        ["did you mean 'idle_timeout_h'"],
+    ),
     "31-empty-groups": ("resource-limits.yaml", 2, "groups", ["at least one group"]),
 }
 
@@ -55,7 +135,7 @@ def _load(case: str) -> config.ConfigError:
 
 
 def test_every_fixture_directory_has_an_expectation():
-    assert sorted(CASES) + ["32-many-problems-at-once"] == sorted(os.listdir(FIXTURES))
+    assert [*sorted(CASES), "32-many-problems-at-once"] == sorted(os.listdir(FIXTURES))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -95,7 +175,15 @@ def test_cli_reports_without_traceback(case):
     """`ds01 config check` exits 1 with the problem list on stdout, never a Python traceback."""
     path = os.path.join(FIXTURES, case, "resource-limits.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.ds01.infra.plugins.module_utils.ds01", "--config", path, "config", "check"],
+        [
+            sys.executable,
+            "-m",
+            "ansible_collections.ds01.infra.plugins.module_utils.ds01",
+            "--config",
+            path,
+            "config",
+            "check",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},

@@ -23,8 +23,26 @@ def lab():
 # login -> (group, listed, override, max_gpu_equivalents, source of it, memory bytes, idle_timeout_h, slice)
 RESOLUTION = {
     "alice": ("student", True, False, 2.0, "group:student", 32 * G, 0.5, "ds01-student-alice.slice"),
-    "123456@hertie-school.lan": ("student", True, False, 2.0, "group:student", 32 * G, 0.5, "ds01-student-123456.slice"),
-    "carol.smith@hertie-school.lan": ("researcher", True, False, 4.0, "group:researcher", 64 * G, 1.0, "ds01-researcher-carol_smith.slice"),
+    "123456@hertie-school.lan": (
+        "student",
+        True,
+        False,
+        2.0,
+        "group:student",
+        32 * G,
+        0.5,
+        "ds01-student-123456.slice",
+    ),
+    "carol.smith@hertie-school.lan": (
+        "researcher",
+        True,
+        False,
+        4.0,
+        "group:researcher",
+        64 * G,
+        1.0,
+        "ds01-researcher-carol_smith.slice",
+    ),
     "erin": ("faculty", True, False, 4.0, "group:faculty", 128 * G, 2.0, "ds01-faculty-erin.slice"),
     "datasciencelab": ("admin", True, False, None, "group:admin", 128 * G, 1.0, "ds01-admin-datasciencelab.slice"),
     # unknown login: the default group, not listed anywhere
@@ -174,7 +192,11 @@ def test_members_files_and_inline_members_union(tmp_path):
 
 
 def test_sanitised_member_entry_matches_its_login(tmp_path):
-    path = _write(tmp_path, "default_group: student\ngroups:\n  student: {}\n  staff: {}\n", {"groups/staff.members": "first_last\n"})
+    path = _write(
+        tmp_path,
+        "default_group: student\ngroups:\n  student: {}\n  staff: {}\n",
+        {"groups/staff.members": "first_last\n"},
+    )
     assert config.load_config(path).resolve("first.last@lab.example").group == "staff"
 
 
@@ -182,7 +204,10 @@ def test_slice_name_override_resolves_a_collision(tmp_path):
     path = _write(
         tmp_path,
         BASE,
-        {"groups/student.members": "alice@a.example\nalice@b.example\n", "user-overrides.yaml": "alice@b.example:\n  slice_name: alice_b\n"},
+        {
+            "groups/student.members": "alice@a.example\nalice@b.example\n",
+            "user-overrides.yaml": "alice@b.example:\n  slice_name: alice_b\n",
+        },
     )
     loaded = config.load_config(path)
     assert loaded.resolve("alice@a.example").slice_name == "ds01-student-alice.slice"
@@ -191,12 +216,17 @@ def test_slice_name_override_resolves_a_collision(tmp_path):
 
 
 def test_inline_override_is_replaced_by_file_override(tmp_path):
-    path = _write(tmp_path, BASE + "user_overrides:\n  kim:\n    max_cpus: 2\n", {"user-overrides.yaml": "kim:\n  max_cpus: 6\n"})
+    path = _write(
+        tmp_path, BASE + "user_overrides:\n  kim:\n    max_cpus: 2\n", {"user-overrides.yaml": "kim:\n  max_cpus: 6\n"}
+    )
     assert config.load_config(path).resolve("kim").max_cpus == 6.0
 
 
 def test_explicit_null_aggregate_clears_the_inherited_one(tmp_path):
-    text = "defaults:\n  aggregate:\n    memory_max: 10G\ndefault_group: student\ngroups:\n  student: {}\n  admin:\n    aggregate: null\n"
+    text = (
+        "defaults:\n  aggregate:\n    memory_max: 10G\n"
+        "default_group: student\ngroups:\n  student: {}\n  admin:\n    aggregate: null\n"
+    )
     loaded = config.load_config(_write(tmp_path, text, {"groups/admin.members": "root_like\n"}))
     assert loaded.resolve("anyone").aggregate.memory_max == "10G"
     assert loaded.resolve("root_like").aggregate is None
@@ -241,7 +271,10 @@ def test_find_config_path_order(monkeypatch):
     assert config.find_config_path(None) == "/etc/ds01/resource-limits.yaml"
 
 
-@pytest.mark.parametrize(("text", "expected"), [("32g", 32 * G), ("512m", 512 * 1024**2), ("1.5G", int(1.5 * G)), (1024, 1024), ("2GiB", 2 * G)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("32g", 32 * G), ("512m", 512 * 1024**2), ("1.5G", int(1.5 * G)), (1024, 1024), ("2GiB", 2 * G)],
+)
 def test_parse_size(text, expected):
     assert config.parse_size(text) == expected
 

@@ -38,7 +38,17 @@ def test_plain_package_cli_answers(tmp_path):
     """`python -m ds01` from the copied tree works, as /usr/local/bin/ds01 runs it on a host."""
     (tmp_path / "resource-limits.yaml").write_text("default_group: student\ngroups:\n  student: {}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "ds01", "--config", str(tmp_path / "resource-limits.yaml"), "config", "show", "kim", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "ds01",
+            "--config",
+            str(tmp_path / "resource-limits.yaml"),
+            "config",
+            "show",
+            "kim",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         check=False,

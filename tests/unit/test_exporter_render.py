@@ -16,9 +16,27 @@ from ansible_collections.ds01.infra.plugins.module_utils.ds01 import exporter
 def _snapshot(_previous):
     snap = exporter.empty_snapshot()
     snap["slots"] = [
-        {"gpu": 0, "slot": "0", "uuid": "GPU-0", "kind": "gpu", "profile": None, "gpueq": 1.0, "container": "train", "user": "alice"},
+        {
+            "gpu": 0,
+            "slot": "0",
+            "uuid": "GPU-0",
+            "kind": "gpu",
+            "profile": None,
+            "gpueq": 1.0,
+            "container": "train",
+            "user": "alice",
+        },
         {"gpu": 2, "slot": "2.0", "uuid": "MIG-a", "kind": "mig", "profile": "3g.20gb", "gpueq": 3 / 7},
-        {"gpu": 2, "slot": "2.1", "uuid": "MIG-b", "kind": "mig", "profile": "1g.5gb", "gpueq": 1 / 7, "container": "nb", "user": "bob"},
+        {
+            "gpu": 2,
+            "slot": "2.1",
+            "uuid": "MIG-b",
+            "kind": "mig",
+            "profile": "1g.5gb",
+            "gpueq": 1 / 7,
+            "container": "nb",
+            "user": "bob",
+        },
     ]
     snap["containers"] = [
         {"name": "train", "state": "running", "type": "docker", "user": "alice"},
@@ -26,8 +44,22 @@ def _snapshot(_previous):
         {"name": "rogue", "state": "running", "type": "docker", "user": "carol", "unmanaged_gpu": True},
     ]
     snap["users"] = {
-        "alice": {"group": "student", "gpueq": 1.0, "slots": 1, "containers": 1, "gpu_quota": 2.0, "container_quota": 3},
-        "bob": {"group": "admin", "gpueq": 1 / 7, "slots": 1, "containers": 1, "gpu_quota": None, "container_quota": None},
+        "alice": {
+            "group": "student",
+            "gpueq": 1.0,
+            "slots": 1,
+            "containers": 1,
+            "gpu_quota": 2.0,
+            "container_quota": 3,
+        },
+        "bob": {
+            "group": "admin",
+            "gpueq": 1 / 7,
+            "slots": 1,
+            "containers": 1,
+            "gpu_quota": None,
+            "container_quota": None,
+        },
     }
     snap["events_24h"] = {"gpu.allocate": 4, "gpu.reject": 1}
     snap["refusals_24h"] = {"USER_AT_LIMIT": 1}
@@ -43,7 +75,10 @@ def _snapshot(_previous):
             "psi": {"memory": {"some": {"avg10": 25.0, "avg60": 10.0, "avg300": 1.0, "total": 5.0}}},
         }
     }
-    snap["gateway"] = {"requests": {"forwarded": 10, "refused": 2}, "latency": {"buckets": [[0.01, 8], [0.1, 12], ["+Inf", 12]], "sum": 0.3}}
+    snap["gateway"] = {
+        "requests": {"forwarded": 10, "refused": 2},
+        "latency": {"buckets": [[0.01, 8], [0.1, 12], ["+Inf", 12]], "sum": 0.3},
+    }
     return snap
 
 
@@ -72,7 +107,10 @@ def test_values_parse_back(text):
     assert s[("ds01_unmanaged_gpu_containers", ())] == 1
     assert s[("ds01_containers", (("state", "exited"), ("type", "devcontainer")))] == 1
     assert s[("ds01_user_oom_kills_total", (("group", "student"), ("user", "alice")))] == 1
-    key = ("ds01_user_pressure_ratio", (("group", "student"), ("kind", "some"), ("resource", "memory"), ("user", "alice"), ("window", "avg10")))
+    key = (
+        "ds01_user_pressure_ratio",
+        (("group", "student"), ("kind", "some"), ("resource", "memory"), ("user", "alice"), ("window", "avg10")),
+    )
     assert s[key] == 0.25
     assert s[("ds01_gateway_requests_total", (("outcome", "refused"),))] == 2
     assert s[("ds01_gateway_request_seconds_count", ())] == 12

@@ -44,6 +44,17 @@ def test_punctuation_only_login_gets_a_hash_token():
     assert token.startswith("u_") and len(token) == 8
 
 
-@pytest.mark.parametrize(("login", "ok"), [("alice", True), ("a@b.c", True), ("bad user", False), ("", False), ("../x", False), ("x/y", False), ("-x", False)])
+@pytest.mark.parametrize(
+    ("login", "ok"),
+    [
+        ("alice", True),
+        ("a@b.c", True),
+        ("bad user", False),
+        ("", False),
+        ("../x", False),
+        ("x/y", False),
+        ("-x", False),
+    ],
+)
 def test_valid_login(login, ok):
     assert identity.valid_login(login) is ok

@@ -15,7 +15,16 @@ T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 
 @pytest.mark.parametrize(
     ("used", "limit", "level"),
-    [(0, 2.0, 0), (1.5, 2.0, 0), (1.6, 2.0, 80), (1.99, 2.0, 80), (2.0, 2.0, 100), (3, 2.0, 100), (5, None, 0), (4, 5, 80)],
+    [
+        (0, 2.0, 0),
+        (1.5, 2.0, 0),
+        (1.6, 2.0, 80),
+        (1.99, 2.0, 80),
+        (2.0, 2.0, 100),
+        (3, 2.0, 100),
+        (5, None, 0),
+        (4, 5, 80),
+    ],
 )
 def test_levels(used, limit, level):
     assert qa.level_of(used, limit) == level

@@ -25,17 +25,24 @@ EXIT_NO = 1
 EXIT_USAGE = 2
 EXIT_FAULT = 3
 
-# Feature modules that add sub-commands; each defines ``register(subparsers)``.
-COMMAND_MODULES = (
-    "cli_config",
-    "cli_events",
-    "cli_gpu",
-    "cli_detect",
-    "cli_lifecycle",
-    "cli_observe",
-    "cli_gateway",
-    "cli_access",
-)
+# Feature modules that add sub-commands; each defines ``register(subparsers)``. The map from
+# command word to module lets ``ds01 limits --brief`` (run at every login) import only what it
+# needs instead of every feature and the Docker SDK.
+COMMANDS = {
+    "config": "cli_config",
+    "events": "cli_events",
+    "gpu": "cli_gpu",
+    "detect": "cli_detect",
+    "workloads": "cli_detect",
+    "lifecycle": "cli_lifecycle",
+    "exporter": "cli_observe",
+    "limits": "cli_observe",
+    "why": "cli_observe",
+    "alerts": "cli_observe",
+    "gateway": "cli_gateway",
+    "access": "cli_access",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 log = logging.getLogger("ds01")
 
@@ -86,7 +93,23 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document instead of text")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_word(argv: list[str]) -> Optional[str]:
+    """The sub-command named in ``argv`` (skipping global options), if any."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--config":
+            skip = True
+            continue
+        if arg.startswith("-"):
+            continue
+        return arg
+    return None
+
+
+def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ds01",
         description="ds01: fair, safe and visible sharing of a lab GPU server.",
@@ -98,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    word = _command_word(list(sys.argv[1:] if argv is None else argv))
+    names = (COMMANDS[word],) if word in COMMANDS else COMMAND_MODULES
+    for name in names:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
@@ -114,10 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="ds01: %(levelname)s: %(message)s")
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse's own exit (usage error or --help)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    except Exception as exc:  # the CLI edge: a broken feature module must not print a traceback
+        log.debug("could not build the command line", exc_info=True)
+        sys.stderr.write(f"ds01: internal error while reading the command line ({type(exc).__name__}: {exc}).\n")
+        return EXIT_FAULT
     if getattr(args, "verbose", False):
         logging.getLogger().setLevel(logging.INFO)
     handler = getattr(args, "func", None)

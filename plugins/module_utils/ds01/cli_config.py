@@ -55,6 +55,7 @@ def cmd_check(ctx: cli.Context) -> int:
     try:
         config = config_mod.load_config(path)
     except config_mod.ConfigError as exc:
+        rendered = exc.render()
         data = {
             "schema_version": SCHEMA_VERSION,
             "ok": False,
@@ -65,7 +66,7 @@ def cmd_check(ctx: cli.Context) -> int:
             "users": None,
             "groups": [],
         }
-        ctx.emit(data, lambda _d: exc.render())
+        ctx.emit(data, lambda _d: rendered)
         return cli.EXIT_NO
     data = {
         "schema_version": SCHEMA_VERSION,
@@ -79,8 +80,10 @@ def cmd_check(ctx: cli.Context) -> int:
     }
 
     def human(d: dict) -> str:
-        lines = [f"ds01: {d['config']} is valid: {len(d['groups'])} groups ({', '.join(d['groups'])}), "
-                 f"{d['users']} listed users, {len(d['files'])} files read."]
+        lines = [
+            f"ds01: {d['config']} is valid: {len(d['groups'])} groups ({', '.join(d['groups'])}), "
+            f"{d['users']} listed users, {len(d['files'])} files read."
+        ]
         lines += [f"  warning: {w}" for w in d["warnings"]]
         return "\n".join(lines)
 
@@ -126,7 +129,8 @@ def render_limits(limits: config_mod.Limits) -> str:
     """The human view of ``config show``: value and source per line."""
     where = "listed" if limits.listed else f"not listed, so the default group '{limits.group}'"
     lines = [
-        f"User {limits.user}: group {limits.group} ({where})" + (", with a personal override" if limits.is_override else ""),
+        f"User {limits.user}: group {limits.group} ({where})"
+        + (", with a personal override" if limits.is_override else ""),
         f"  systemd slice: {limits.slice_name}",
         "",
         "  Limits (source in brackets):",

@@ -24,9 +24,10 @@ import math
 import os
 import re
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 from . import identity
 
@@ -370,10 +371,10 @@ CONTAINER_TYPE_KEYS: dict[str, tuple[Kind, Any]] = {
 }
 CONTAINER_TYPE_ALIASES = {"idle_timeout": "idle_timeout_h", "max_runtime": "max_runtime_h"}
 CONTAINER_TYPE_ALIASES["sigterm_grace_seconds"] = "sigterm_grace_s"
-CONTAINER_TYPE_IGNORED = {
-    key: "GPU caps per container type were removed; use max_gpu_slots_per_container"
-    for key in ("default_mig_count", "max_mig_per_container", "max_gpus")
-}
+CONTAINER_TYPE_IGNORED = dict.fromkeys(
+    ("default_mig_count", "max_mig_per_container", "max_gpus"),
+    "GPU caps per container type were removed; use max_gpu_slots_per_container",
+)
 
 _login_check = _string(identity.LOGIN_RE.pattern, "a login name (letters, digits, '.', '_', '@', '+', '-')")
 
@@ -413,9 +414,8 @@ SECTIONS: dict[str, dict[str, tuple[Kind, Any]]] = {
     },
 }
 SECTION_IGNORED: dict[str, dict[str, str]] = {
-    "gpu_allocation": {
-        key: "not used: the GPU inventory comes from NVML (or the fake topology)"
-        for key in (
+    "gpu_allocation": dict.fromkeys(
+        (
             "slots_per_gpu",
             "mig_instances_per_gpu",
             "strategy",
@@ -425,8 +425,9 @@ SECTION_IGNORED: dict[str, dict[str, str]] = {
             "mig_profile",
             "mig_gpus",
             "respect_reservations",
-        )
-    },
+        ),
+        "not used: the GPU inventory comes from NVML (or the fake topology)",
+    ),
     "access_control": {"wrapper": "the docker wrapper is replaced by the ds01 gateway"},
     "bare_metal_access": {},
 }
@@ -699,7 +700,12 @@ class _Reader:
                 sub = (*path, key)
                 if key in seen:
                     self.problems.append(
-                        Problem(file, _dotted(sub), "duplicate key (YAML keeps only the last one)", key_node.start_mark.line + 1)
+                        Problem(
+                            file,
+                            _dotted(sub),
+                            "duplicate key (YAML keeps only the last one)",
+                            key_node.start_mark.line + 1,
+                        )
                     )
                 seen.add(key)
                 self.lines.setdefault((file, sub), key_node.start_mark.line + 1)
@@ -764,7 +770,9 @@ def _check_keys(
         canonical = aliases.get(key)
         if canonical is not None:
             if canonical in raw:
-                reader.problem(file, sub, f"both '{canonical}' and its old name '{key}' are set; keep only '{canonical}'")
+                reader.problem(
+                    file, sub, f"both '{canonical}' and its old name '{key}' are set; keep only '{canonical}'"
+                )
                 continue
             value = _convert_alias(reader, file, sub, key, canonical, value)
             if value is _INVALID:
@@ -901,7 +909,7 @@ class Config:
 
     def known_users(self) -> dict[str, str]:
         """Every login the config names (members and override users) → its group; archived excluded."""
-        users = {login: group for login, group in self.members.items()}
+        users = dict(self.members)
         for login in self.overrides:
             users.setdefault(login, self.group_of(login)[0])
         return {u: g for u, g in users.items() if u not in self.archived}
@@ -948,7 +956,10 @@ class Config:
         policy_values = dict(self.policies)
         for key in policy_values:
             sources[f"policies.{key}"] = "policies" if key in self.policies_set else "builtin"
-        for layer, source in ((group.policies, f"group:{group_name}"), ((override or {}).get("policies", {}), "override")):
+        for layer, source in (
+            (group.policies, f"group:{group_name}"),
+            ((override or {}).get("policies", {}), "override"),
+        ):
             for key, value in layer.items():
                 policy_values[key] = value
                 sources[f"policies.{key}"] = source
@@ -1046,7 +1057,9 @@ def load_config(path: str) -> Config:
     policies = _check_keys(reader, file, ("policies",), policies_raw, POLICY_KEYS, POLICY_ALIASES, POLICY_IGNORED)
     config.policies = {k: policies.get(k, d) for k, (_kind, d) in POLICY_KEYS.items()}
     config.policies_set = frozenset(policies)
-    _read_container_types(reader, config, file, _as_section(reader, file, ("container_types",), top.get("container_types")))
+    _read_container_types(
+        reader, config, file, _as_section(reader, file, ("container_types",), top.get("container_types"))
+    )
     _read_groups(reader, config, file, _as_section(reader, file, ("groups",), top.get("groups")))
     _read_default_group(reader, config, file, top)
     _read_members(reader, config)
@@ -1100,7 +1113,9 @@ def _read_aggregate(reader: _Reader, file: str, path: tuple, raw: Any) -> Option
     if high and top and high != "infinity" and top != "infinity" and not high.endswith("%") and not top.endswith("%"):
         try:
             if parse_size(high) > parse_size(top):
-                reader.problem(file, (*path, "memory_high"), f"{high} is above memory_max {top}; it must be <= memory_max")
+                reader.problem(
+                    file, (*path, "memory_high"), f"{high} is above memory_max {top}; it must be <= memory_max"
+                )
         except ValueError:
             pass
     return values
@@ -1135,7 +1150,9 @@ def _read_groups(reader: _Reader, config: Config, file: str, raw: dict) -> None:
         body = _as_section(reader, file, path, body)
         limits = _read_limits(reader, file, path, body, extra=GROUP_EXTRA)
         aggregate_set = "aggregate" in body
-        aggregate = _read_aggregate(reader, file, (*path, "aggregate"), body.get("aggregate")) if aggregate_set else None
+        aggregate = (
+            _read_aggregate(reader, file, (*path, "aggregate"), body.get("aggregate")) if aggregate_set else None
+        )
         pol_raw = _as_section(reader, file, (*path, "policies"), body.get("policies"))
         pol = _check_keys(reader, file, (*path, "policies"), pol_raw, POLICY_KEYS, POLICY_ALIASES, POLICY_IGNORED)
         members = body.get("members")
@@ -1258,10 +1275,16 @@ def _read_overrides(reader: _Reader, config: Config, file: str, path: tuple, raw
         if "aggregate" in body:
             entry["aggregate"] = _read_aggregate(reader, file, (*sub, "aggregate"), body["aggregate"])
         pol_raw = _as_section(reader, file, (*sub, "policies"), body.get("policies"))
-        entry["policies"] = _check_keys(reader, file, (*sub, "policies"), pol_raw, POLICY_KEYS, POLICY_ALIASES, POLICY_IGNORED)
+        entry["policies"] = _check_keys(
+            reader, file, (*sub, "policies"), pol_raw, POLICY_KEYS, POLICY_ALIASES, POLICY_IGNORED
+        )
         if "slice_name" in body:
             name = body["slice_name"]
-            if not isinstance(name, str) or identity.sanitize_username(name) != name or len(name) > identity.SLICE_NAME_MAX:
+            if (
+                not isinstance(name, str)
+                or identity.sanitize_username(name) != name
+                or len(name) > identity.SLICE_NAME_MAX
+            ):
                 reader.problem(
                     file, (*sub, "slice_name"), f"got {_show(name)}, expected letters, digits and '_' (at most 32)"
                 )

@@ -14,7 +14,8 @@ number of containers and users on one host):
 - ``ds01_user_gpu_equivalents{user,group}``, ``ds01_user_gpus_allocated{user,group}`` (slots),
   ``ds01_user_containers{user,group}``, ``ds01_user_gpu_quota_gpueq{user,group}`` and
   ``ds01_user_container_quota{user,group}`` (only finite quotas: usage/limit is one expression).
-- ``ds01_containers{state,type}``, ``ds01_unmanaged_gpu_containers``, ``ds01_unmanaged_gpu_container{container,user}`` 1.
+- ``ds01_containers{state,type}``, ``ds01_unmanaged_gpu_containers``,
+  ``ds01_unmanaged_gpu_container{container,user}`` 1.
 - ``ds01_events_24h{event_type}``, ``ds01_refusals_24h{code}``.
 - ``ds01_gateway_requests_total{outcome}``, ``ds01_gateway_request_seconds`` (histogram) when the
   gateway publishes its counters file; ``ds01_{detector,lifecycle}_last_run_timestamp_seconds``.
@@ -29,8 +30,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -109,7 +111,9 @@ def _g(name: str, doc: str, labels: Optional[list] = None) -> Any:
 
 
 def _slot_families(snap: dict) -> Iterable[Any]:
-    info = _g("ds01_gpu_slot_info", "An allocatable GPU or MIG slot (value 1)", ["gpu", "slot", "uuid", "kind", "profile"])
+    info = _g(
+        "ds01_gpu_slot_info", "An allocatable GPU or MIG slot (value 1)", ["gpu", "slot", "uuid", "kind", "profile"]
+    )
     weight = _g("ds01_gpu_slot_gpueq", "GPU-equivalents of a slot (whole GPU 1.0, MIG slices/7)", ["slot"])
     held = _g("ds01_gpu_slot_allocated", "A slot held by a container (value 1)", ["slot", "container", "user"])
     capacity = allocated = 0.0
@@ -149,7 +153,9 @@ def _user_families(snap: dict) -> Iterable[Any]:
 def _container_families(snap: dict) -> Iterable[Any]:
     by_state = _g("ds01_containers", "Containers by state and type", ["state", "type"])
     counts: dict = {}
-    unmanaged = _g("ds01_unmanaged_gpu_container", "A container holding GPUs without a ds01 allocation", ["container", "user"])
+    unmanaged = _g(
+        "ds01_unmanaged_gpu_container", "A container holding GPUs without a ds01 allocation", ["container", "user"]
+    )
     n_unmanaged = 0
     for container in snap["containers"]:
         key = (container.get("state") or "unknown", container.get("type") or "unknown")
@@ -253,14 +259,17 @@ def serve(cache: SnapshotCache, bind: str, port: int, ready: Optional[Callable[[
     registry = make_registry(cache)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 body, ctype, status = generate_latest(registry), CONTENT_TYPE_LATEST, 200
             elif path == "/health":
                 snap = cache.get()
                 healthy = snap["built_at"] > 0
-                payload = {"status": "ok" if healthy else "starting", "snapshot_age_s": round(time.time() - snap["built_at"], 3)}
+                payload = {
+                    "status": "ok" if healthy else "starting",
+                    "snapshot_age_s": round(time.time() - snap["built_at"], 3),
+                }
                 body, ctype, status = json.dumps(payload).encode(), "application/json", 200 if healthy else 503
             else:
                 body, ctype, status = b"ds01 exporter: see /metrics and /health\n", "text/plain", 404

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import os
 import pwd
 import re
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 SLICE_NAME_MAX = 32
 _HASH_LEN = 6
@@ -86,3 +88,87 @@ def login_of_uid(uid: int) -> Optional[str]:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# The one owner resolver (appended by the allocator issue)
+# --------------------------------------------------------------------------------------------
+
+OWNER_LABEL = "ds01.user"
+LEGACY_OWNER_LABEL = "aime.mlc.USER"
+DEVCONTAINER_FOLDER_LABEL = "devcontainer.local_folder"
+AIME_NAME_RE = re.compile(r"^(?P<name>.+)\._\.(?P<uid>\d+)$")
+
+# How an owner was found (stable strings: they appear in JSON and in the event log).
+OWNER_BY_LABEL = "ds01.user"
+OWNER_BY_LEGACY_LABEL = "aime.mlc.USER"
+OWNER_BY_NAME_UID = "name_uid"
+OWNER_BY_DEVCONTAINER = "devcontainer_folder"
+OWNER_UNKNOWN = "unknown"
+
+
+def _container_labels(attrs: Any) -> dict:
+    """Labels from an inspect document (``Config.Labels``) or a list summary (``Labels``)."""
+    if not isinstance(attrs, dict):
+        return {}
+    labels = attrs.get("Labels")
+    if labels is None:
+        labels = (attrs.get("Config") or {}).get("Labels")
+    return dict(labels or {})
+
+
+def _container_name(attrs: Any) -> str:
+    if not isinstance(attrs, dict):
+        return ""
+    name = attrs.get("Name")
+    if not name:
+        names = attrs.get("Names") or []
+        name = names[0] if names else ""
+    return str(name).lstrip("/")
+
+
+def _folder_owner(folder: str) -> Optional[str]:
+    """Login of the uid owning ``folder`` (or its nearest existing parent below a top-level
+    directory such as /home: never / or /home itself, which root owns for everyone)."""
+    path = os.path.normpath(folder)
+    if not os.path.isabs(path):
+        return None
+    while path.count(os.sep) >= 2:  # /home/alice is the shallowest path that can name a user
+        try:
+            return login_of_uid(os.stat(path).st_uid)
+        except FileNotFoundError:
+            path = os.path.dirname(path)
+        except OSError:
+            return None
+    return None
+
+
+def container_owner(attrs: Any) -> tuple[Optional[str], str]:
+    """The owner of a container and how it was found: ``(login or None, method)``.
+
+    ``attrs`` is Docker's inspect document or a list summary. The chain (reference §3.3, unified):
+
+    1. ``ds01.user`` label — the gateway sets it from the kernel-verified uid (a caller-supplied
+       value is overwritten there), so it is trusted;
+    2. legacy ``aime.mlc.USER`` label (containers of the old system keep working);
+    3. an AIME-style name ``<name>._.<uid>`` → the uid's login (passwd);
+    4. ``devcontainer.local_folder`` → the login owning that folder (``os.stat``), never the
+       ``/home/<login>`` spelled in the path, which anyone can write into a label;
+    5. ``(None, "unknown")``.
+    """
+    labels = _container_labels(attrs)
+    for key, method in ((OWNER_LABEL, OWNER_BY_LABEL), (LEGACY_OWNER_LABEL, OWNER_BY_LEGACY_LABEL)):
+        value = labels.get(key)
+        if valid_login(value):
+            return value, method
+    match = AIME_NAME_RE.match(_container_name(attrs))
+    if match:
+        login = login_of_uid(int(match.group("uid")))
+        if login:
+            return login, OWNER_BY_NAME_UID
+    folder = labels.get(DEVCONTAINER_FOLDER_LABEL)
+    if isinstance(folder, str) and folder:
+        login = _folder_owner(folder)
+        if login:
+            return login, OWNER_BY_DEVCONTAINER
+    return None, OWNER_UNKNOWN

@@ -73,11 +73,7 @@ def evaluate(
             continue  # cleared: dropped from the state, no longer shown at login
         before = prior.get(measure) or {}
         sent_at = _parse(before.get("sent_at"))
-        due = (
-            level > int(before.get("level", 0))
-            or sent_at is None
-            or now - sent_at >= dt.timedelta(hours=cooldown_h)
-        )
+        due = level > int(before.get("level", 0)) or sent_at is None or now - sent_at >= dt.timedelta(hours=cooldown_h)
         entry = {"level": level, "used": used, "limit": limit, "sent_at": before.get("sent_at")}
         if due:
             deliver.append(Alert(measure, level, float(used), float(limit)))
