@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Build the local images the tests and molecule use; no registry is reachable.
+#
+#   scripts/images.sh [--force]
+#
+#   local/debian-systemd:bookworm  debootstrap minbase + systemd, CMD /sbin/init (molecule)
+#   local/empty:latest             an empty image, for containers that are created, never started
+#   local/debian-min:bookworm      the same rootfs, CMD sleep infinity, for containers that run
+#
+# An image that exists is kept (--force rebuilds). The debootstrap rootfs tarball is kept in
+# .cache/images/ so that `docker system prune -a` costs a 5 s import, not a 90 s debootstrap.
+# Environment: DEBOOTSTRAP_MIRROR (default: the first Debian URI apt uses, else deb.debian.org).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
+IMAGE_CACHE="$DS01_CACHE/images"
+ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-bookworm.tar"
+SUITE=bookworm
+INCLUDE=python3,python3-apt,systemd,systemd-sysv,dbus,cron,udev,procps,sudo
+# Units that cannot work (or only get in the way) inside a container.
+MASKED_UNITS=(
+  systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket
+  getty.target console-getty.service systemd-logind.service
+)
+FORCE=0
+
+debian_mirror() {
+  local uri
+  if [ -n "${DEBOOTSTRAP_MIRROR:-}" ]; then
+    echo "$DEBOOTSTRAP_MIRROR"
+    return 0
+  fi
+  uri="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
+    /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1 || true)"
+  [ -n "$uri" ] || uri="$(sed -n 's/^deb[[:space:]]\{1,\}\(http[^[:space:]]*\/debian\)[[:space:]]\{1,\}.*/\1/p' \
+    /etc/apt/sources.list 2>/dev/null | head -n 1 || true)"
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# debootstrap a rootfs with systemd into a tarball under .cache/images (kept across prunes).
+build_rootfs_tar() {
+  local rootfs mirror unit
+  need_root "debootstrap"
+  command -v debootstrap >/dev/null || die "debootstrap not found: run 'make system-deps' first"
+  mkdir -p "$IMAGE_CACHE"
+  rootfs="$(mktemp -d "$IMAGE_CACHE/rootfs.XXXXXX")"
+  chmod 0755 "$rootfs" # mktemp makes it 0700, and the tar's "." becomes the image's "/"
+  # shellcheck disable=SC2064  # expand now: the path is fixed
+  trap "rm -rf '$rootfs'" EXIT
+  mirror="$(debian_mirror)"
+  info "debootstrap --variant=minbase $SUITE from $mirror (about 90 s)"
+  if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$mirror" \
+    >"$IMAGE_CACHE/debootstrap.log" 2>&1; then
+    tail -n 30 "$IMAGE_CACHE/debootstrap.log" >&2
+    die "debootstrap failed (full log: $IMAGE_CACHE/debootstrap.log)"
+  fi
+  for unit in "${MASKED_UNITS[@]}"; do
+    ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+  done
+  # No apt caches, package lists or logs in the image.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/* "$rootfs"/tmp/*
+  # A container gets its own hostname and machine-id.
+  : >"$rootfs/etc/machine-id"
+  tar -C "$rootfs" --numeric-owner -cf "$ROOTFS_TAR.tmp" .
+  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  rm -rf "$rootfs"
+  trap - EXIT
+  info "rootfs tarball: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
+}
+
+build_systemd_image() {
+  if [ ! -s "$ROOTFS_TAR" ] || [ "$FORCE" -eq 1 ]; then
+    build_rootfs_tar
+  else
+    info "reusing cached rootfs $ROOTFS_TAR"
+  fi
+  dk import -c 'ENV container=docker' -c 'CMD ["/sbin/init"]' "$ROOTFS_TAR" "$DS01_IMAGE_SYSTEMD" >/dev/null
+}
+
+build_empty_image() {
+  tar -c --files-from /dev/null | dk import - "$DS01_IMAGE_EMPTY" >/dev/null
+}
+
+# The same layer as the systemd image (no extra space), with a command that just waits:
+# tests give it their own command and run it with network_mode none.
+build_min_image() {
+  local cid
+  cid="$(dk create --network none "$DS01_IMAGE_SYSTEMD" /bin/true)"
+  dk commit -c 'CMD ["sleep", "infinity"]' "$cid" "$DS01_IMAGE_MIN" >/dev/null
+  dk rm "$cid" >/dev/null
+}
+
+# ensure IMAGE BUILD_FUNCTION: build unless present, and say how long it took.
+ensure() {
+  local image="$1" builder="$2" start
+  if [ "$FORCE" -eq 0 ] && image_exists "$image"; then
+    info "$image: present"
+    return 0
+  fi
+  start="$(now_s)"
+  info "$image: building"
+  "$builder"
+  info "$image: built in $(($(now_s) - start)) s ($(dk image inspect -f '{{.Size}}' "$image" | numfmt --to=iec))"
+}
+
+main() {
+  case "${1:-}" in
+    --force) FORCE=1 ;;
+    "") ;;
+    *) die "usage: $0 [--force]" ;;
+  esac
+  log "images: local base images"
+  pick_docker_client || die "the Docker engine does not answer: run 'make docker' first"
+  ensure "$DS01_IMAGE_SYSTEMD" build_systemd_image
+  ensure "$DS01_IMAGE_EMPTY" build_empty_image
+  # Built from the systemd image: rebuild it whenever that one was rebuilt.
+  ensure "$DS01_IMAGE_MIN" build_min_image
+}
+
+main "$@"
