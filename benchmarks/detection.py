@@ -179,7 +179,7 @@ def bench_poller(runs: int, tag: str) -> tuple:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     if not os.path.exists(DS01):

@@ -150,7 +150,7 @@ def main():
                     created += 1
                 setup = time.perf_counter() - t
                 cold = sweep_once(cfg, ops)
-                warm = [sweep_once(cfg, ops) for _ in range(args.repeat)]
+                warm = [sweep_once(cfg, ops) for _i in range(args.repeat)]
                 rows.append((size, cold, statistics.median(w[0] for w in warm), statistics.median(w[1] for w in warm)))
                 print(f"  {size} containers ready (+{setup:.1f} s to create)", file=sys.stderr)
             costs = read_costs(client, running, lc.HostReader()) if running else {}

@@ -91,7 +91,7 @@ def main():
             while not ports:
                 time.sleep(0.01)
             first = scrape(ports[0])
-            times = [scrape(ports[0]) for _ in range(args.scrapes)]
+            times = [scrape(ports[0]) for _i in range(args.scrapes)]
             print(
                 f"scrape {label}: first {first * 1000:.0f} ms, p50 {pct(times, 0.5):.1f} ms, "
                 f"p95 {pct(times, 0.95):.1f} ms over {args.scrapes}; snapshot build "
@@ -126,7 +126,7 @@ def main():
             elif os.path.exists(path):
                 os.unlink(path)
             times = []
-            for _ in range(10):
+            for _i in range(10):
                 t0 = time.perf_counter()
                 out = subprocess.run(argv, capture_output=True, text=True, check=True)
                 times.append(time.perf_counter() - t0)

@@ -148,7 +148,7 @@ def test_user():
     subprocess.run(["chown", "-R", f"{TEST_USER}:", home], check=True)
     yield TEST_USER
     if created:  # retried: a just-killed process of the user may not be reaped yet
-        for _ in range(50):
+        for _i in range(50):
             if subprocess.run(["userdel", "-r", TEST_USER], capture_output=True, check=False).returncode in (0, 6, 12):
                 break
             time.sleep(0.1)

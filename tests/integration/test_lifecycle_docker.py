@@ -272,7 +272,7 @@ def test_fresh_keepalive_file_keeps_an_idle_container(env):
     assert env.ops.keepalive_mtime(c.id, "/workspace/.no-such-file") is None
     env.sweeps(t0, [1, 16, 27, 31, 45])
     assert env.events_for(c) == []
-    assert any("keep-alive" in n for _, name, notes in env.notes() if name == c.name for n in notes)
+    assert any("keep-alive" in n for _first, name, notes in env.notes() if name == c.name for n in notes)
 
 
 def test_exempt_user_is_notified_once_and_kept(env):

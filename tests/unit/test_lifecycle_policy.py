@@ -275,7 +275,7 @@ def test_cpu_rate_uses_real_seconds_between_samples(cfg):
 
 def test_first_sample_without_previous_counters_is_inconclusive(cfg):
     limits = cfg.resolve("alice")
-    verdict, reasons, _ = lc.classify(lc.Sample(wall=1.0, cpu_ns=10), {}, limits.policies, T0)
+    verdict, reasons, _rest = lc.classify(lc.Sample(wall=1.0, cpu_ns=10), {}, limits.policies, T0)
     assert verdict == lc.UNKNOWN and "no CPU reading" in reasons[0]
 
 

@@ -212,7 +212,7 @@ def test_unknown_user_gets_no_terminal_and_no_home_file(tmp_path):
 def test_alerts_file_is_capped_keeping_the_newest_messages():
     box = notify.render("NOTICE", "x", ["y" * 50]).encode()
     data = b""
-    for _ in range(3000):
+    for _i in range(3000):
         data = notify._append_capped(data, box)
     assert len(data) <= notify.MAX_FILE_BYTES and data.startswith(b"=" * notify.WIDTH) and data.endswith(box)
 

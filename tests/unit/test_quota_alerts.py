@@ -35,19 +35,19 @@ def test_first_crossing_is_delivered_then_held_for_the_cooldown():
     assert [(a.measure, a.level) for a in sent] == [("gpu", 80)]
     again, state2 = qa.evaluate({"gpu": (1.7, 2.0)}, state, T0 + dt.timedelta(hours=1), cooldown_h=4)
     assert again == [] and state2["gpu"]["sent_at"] == state["gpu"]["sent_at"]
-    later, _ = qa.evaluate({"gpu": (1.7, 2.0)}, state2, T0 + dt.timedelta(hours=4), cooldown_h=4)
+    later, _rest = qa.evaluate({"gpu": (1.7, 2.0)}, state2, T0 + dt.timedelta(hours=4), cooldown_h=4)
     assert [a.level for a in later] == [80]
 
 
 def test_rising_to_100_is_delivered_at_once():
-    _, state = qa.evaluate({"containers": (4, 5)}, {}, T0, cooldown_h=4)
+    _first, state = qa.evaluate({"containers": (4, 5)}, {}, T0, cooldown_h=4)
     sent, state = qa.evaluate({"containers": (5, 5)}, state, T0 + dt.timedelta(minutes=5), cooldown_h=4)
     assert [(a.measure, a.level) for a in sent] == [("containers", 100)]
     assert "100% (5 of 5)" in sent[0].sentence() and "docker rm" in sent[0].sentence()
 
 
 def test_dropping_below_80_clears_the_alert(tmp_path):
-    _, state = qa.evaluate({"memory": (95 * 1024**3, 96 * 1024**3)}, {}, T0, cooldown_h=4)
+    _first, state = qa.evaluate({"memory": (95 * 1024**3, 96 * 1024**3)}, {}, T0, cooldown_h=4)
     qa.save_state(str(tmp_path), "alice", state)
     assert qa.load_state(str(tmp_path), "alice")["memory"]["level"] == 80
     sent, state = qa.evaluate({"memory": (10 * 1024**3, 96 * 1024**3)}, state, T0, cooldown_h=4)
@@ -57,7 +57,7 @@ def test_dropping_below_80_clears_the_alert(tmp_path):
 
 
 def test_memory_sentence_speaks_gib():
-    sent, _ = qa.evaluate({"memory": (96 * 1024**3, 96 * 1024**3)}, {}, T0, cooldown_h=4)
+    sent, _rest = qa.evaluate({"memory": (96 * 1024**3, 96 * 1024**3)}, {}, T0, cooldown_h=4)
     assert "96.0 GiB of 96.0 GiB" in sent[0].sentence()
 
 

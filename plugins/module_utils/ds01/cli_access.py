@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import sys
 import tempfile
 import time
 from typing import Any, Optional
@@ -153,10 +154,10 @@ def cmd_revoke(ctx: cli.Context) -> int:
     try:
         os.unlink(os.path.join(_grant_dir(config), f"{user}.json"))
     except FileNotFoundError:
-        print(f"{user} had no grant; nothing to revoke.")
+        sys.stdout.write(f"{user} had no grant; nothing to revoke.\n")
         return cli.EXIT_OK
     _log(config, "access.revoke", user, revoked_by=admin, reason="manual")
-    print(f"{user}'s grant is revoked; their next login shell hides the GPUs again.")
+    sys.stdout.write(f"{user}'s grant is revoked; their next login shell hides the GPUs again.\n")
     return cli.EXIT_OK
 
 

@@ -180,7 +180,7 @@ def is_infrastructure(
     attrs: Mapping[str, Any], infra_label: str = "ds01.protected", infra_names: Iterable[str] = ()
 ) -> bool:
     labels = _labels(attrs)
-    if any(_truthy(labels.get(key, "")) for key in {"ds01.protected", "ds01.monitoring", infra_label}):
+    if any(_truthy(labels.get(key, "")) for key in ("ds01.protected", "ds01.monitoring", infra_label)):
         return True
     if labels.get("ds01.container_type") == "infrastructure":
         return True
@@ -229,7 +229,7 @@ class GpuAccess:
 def _env(attrs: Mapping[str, Any]) -> dict:
     out = {}
     for item in (attrs.get("Config") or {}).get("Env") or []:
-        key, _, value = str(item).partition("=")
+        key, _sep, value = str(item).partition("=")
         out[key] = value
     return out
 
@@ -995,7 +995,7 @@ class DockerSource:
         """``docker inspect`` dicts of every container, all states."""
         try:
             return _list_all_attrs(self.client())
-        except DOCKER_ERRORS as exc:
+        except (DockerException, RequestException, OSError) as exc:
             self.reset()
             raise DockerUnavailable(str(exc)) from exc
 
@@ -1004,7 +1004,7 @@ class DockerSource:
             return self.client().api.inspect_container(cid)
         except NotFound:
             return None
-        except DOCKER_ERRORS as exc:
+        except (DockerException, RequestException, OSError) as exc:
             self.reset()
             raise DockerUnavailable(str(exc)) from exc
 
@@ -1014,7 +1014,7 @@ class DockerSource:
             client = docker.from_env(timeout=self.timeout)
             client.ping()
             return client, client.events(decode=True, filters={"type": "container"})
-        except DOCKER_ERRORS as exc:
+        except (DockerException, RequestException, OSError) as exc:
             raise DockerUnavailable(str(exc)) from exc
 
 
@@ -1337,7 +1337,7 @@ class Watcher:
                     self.queue.put(("event", event))
                     if self.stop_event.is_set():
                         break
-            except DOCKER_ERRORS as exc:
+            except (DockerException, RequestException, OSError) as exc:
                 reason = f"event stream lost: {exc}"
             except Exception as exc:  # noqa: BLE001 - the stream edge: anything the SDK raises ends this stream only
                 reason = f"event stream failed: {type(exc).__name__}: {exc}"

@@ -904,7 +904,7 @@ class HostReader:
             return int(text.strip()) if text and text.strip().isdigit() else None
         text = self._read(os.path.join(directory, "cpu.stat"))
         for line in (text or "").splitlines():
-            key, _, value = line.partition(" ")
+            key, _sep, value = line.partition(" ")
             if key == "usage_usec" and value.strip().isdigit():
                 return int(value) * 1000
         return None
@@ -915,7 +915,7 @@ class HostReader:
             return None
         total = 0
         for line in text.splitlines()[2:]:
-            name, _, rest = line.partition(":")
+            name, _sep, rest = line.partition(":")
             fields = rest.split()
             if name.strip() == "lo" or len(fields) < 9:
                 continue

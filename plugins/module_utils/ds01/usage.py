@@ -87,10 +87,10 @@ def parse_pressure(text: Optional[str]) -> dict:
     """``some avg10=0.00 avg60=0.00 avg300=0.00 total=0`` lines → nested dict of floats."""
     out: dict = {}
     for line in (text or "").splitlines():
-        kind, _, rest = line.partition(" ")
+        kind, _sep, rest = line.partition(" ")
         values = {}
         for item in rest.split():
-            key, _, value = item.partition("=")
+            key, _sep, value = item.partition("=")
             try:
                 values[key] = float(value)
             except ValueError:
