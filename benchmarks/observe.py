@@ -37,7 +37,7 @@ TOPOLOGY = "gpus:\n" + "".join(
 
 def pct(values, q):
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] * 1000
 
 
 def scrape(port):
@@ -63,7 +63,8 @@ def main():
     with open(os.path.join(root, "resource-limits.yaml"), "w") as handle:
         handle.write(
             f"groups: {{student: {{members: [{', '.join(users)}]}}}}\ndefault_group: student\n"
-            "gpu_allocation: {backend: fake, topology: topo.yaml}\npaths: {state_dir: state, log_dir: log, run_dir: run}\n"
+            "gpu_allocation: {backend: fake, topology: topo.yaml}\n"
+            "paths: {state_dir: state, log_dir: log, run_dir: run}\n"
         )
     cfg = config.load_config(os.path.join(root, "resource-limits.yaml"))
     made = []
