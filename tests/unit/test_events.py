@@ -66,7 +66,7 @@ def test_empty_fields_are_omitted(log_path, user, source, details, keys):
 
 
 def test_detail_keys_may_share_a_name_with_the_type_parameter(log_path):
-    assert events.EventLog(log_path).write("user.added", event_type="x", self="y")
+    assert events.EventLog(log_path).write("user.added", event_type="x", self="y")  # pylint: disable=kwarg-superseded-by-positional-arg
     assert records(log_path)[0]["details"] == {"event_type": "x", "self": "y"}
 
 

@@ -135,11 +135,11 @@ def test_removal_advice_frees_just_enough_stopped_first(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("used", "limit", "bar"),
+    ("used", "limit", "expected"),
     [(1, 2, "[#####.....] 50%"), (0, 1, "[..........] 0%"), (3, 2, "[##########] 150%"), (1, None, "(no limit)")],
 )
-def test_usage_bar(used, limit, bar):
-    assert ob.usage_bar(used, limit) == bar
+def test_usage_bar(used, limit, expected):
+    assert ob.usage_bar(used, limit) == expected
 
 
 def test_memory_limit_bytes():

@@ -1437,3 +1437,7 @@ class ConfigStore:
         if config is None:
             return safe_limits(login)
         return config.resolve(login)
+
+
+# Feature sections declared beside their feature (registered on import, before any config loads).
+from .gateway import schema as _gateway_schema  # noqa: E402, F401

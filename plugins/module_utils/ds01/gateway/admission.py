@@ -1,0 +1,220 @@
+"""Adapters from the gateway to the allocator, the GPU inventory and the event log.
+
+The gateway holds the allocator's reservation (a host-wide flock) from before the decision
+until the daemon has answered the create, so two concurrent creates can never be granted the
+same slot (reference §13 #10). The reservation's context manager is entered and left in a
+worker thread (flock waits block); the asyncio loop keeps serving other connections meanwhile.
+
+Fail safe: a GPU request the allocator cannot decide (module missing, NVML down, lock timeout,
+an exception inside it) is refused with a sentence; it is never forwarded unchecked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+NO_GPU_AVAILABLE = "NO_GPU_AVAILABLE"
+
+
+class AdmissionRefused(Exception):
+    def __init__(self, code: str, sentence: str) -> None:
+        super().__init__(f"{code}: {sentence}")
+        self.code = code
+        self.sentence = sentence
+
+
+@dataclass
+class Grant:
+    uuids: list
+    labels: dict = field(default_factory=dict)
+
+
+def _core(name: str) -> Any:
+    """A sibling core module (``allocator``, ``gpu``, ``events``), or None when it is not installed."""
+    package = __package__.rsplit(".", 1)[0]
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{package}.{name}":
+            return None
+        raise
+
+
+def _undecided(reason: str) -> AdmissionRefused:
+    return AdmissionRefused(
+        NO_GPU_AVAILABLE,
+        f"the GPU allocator cannot decide right now ({reason}); nothing was created. "
+        "Try again in a minute; if it persists, tell the admins. Containers without GPUs are not affected.",
+    )
+
+
+class Reservation:
+    """``enter()`` → Grant or AdmissionRefused; ``exit()`` releases (after the daemon answered)."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+        self._entered = False
+
+    def enter(self) -> Grant:
+        try:
+            grant = self._manager.__enter__()
+        except AdmissionRefused:
+            raise
+        except Exception as exc:  # the allocator's edge: whatever failed, the request is not forwarded
+            refusal = _as_refusal(exc)
+            if refusal is not None:
+                raise refusal from None
+            log.exception("the allocator failed")
+            raise _undecided(f"{type(exc).__name__}: {exc}") from None
+        self._entered = True
+        return _as_grant(grant)
+
+    def exit(self) -> None:
+        if self._entered:
+            self._entered = False
+            try:
+                self._manager.__exit__(None, None, None)
+            except Exception:  # releasing must not fail the create that already happened
+                log.exception("releasing the GPU reservation failed")
+
+
+def _as_refusal(exc: Exception) -> Optional[AdmissionRefused]:
+    code = getattr(exc, "code", None)
+    sentence = getattr(exc, "sentence", None) or getattr(exc, "message", None)
+    if isinstance(code, str) and code.isupper() and sentence:
+        return AdmissionRefused(code, str(sentence))
+    refusal = getattr(exc, "refusal", None)
+    if refusal is not None and getattr(refusal, "code", None):
+        return AdmissionRefused(
+            refusal.code, str(getattr(refusal, "sentence", None) or getattr(refusal, "message", ""))
+        )
+    return None
+
+
+def _as_grant(value: Any) -> Grant:
+    if isinstance(value, Grant):
+        return value
+    if value is None:
+        raise _undecided("the allocator returned no grant")
+    refusal = getattr(value, "refusal", None)
+    if refusal is not None:
+        raise AdmissionRefused(refusal.code, refusal.sentence)
+    if getattr(value, "code", None) and not getattr(value, "uuids", None):
+        raise AdmissionRefused(value.code, getattr(value, "sentence", "") or getattr(value, "message", ""))
+    uuids = list(getattr(value, "uuids", None) or [])
+    if not uuids:
+        raise _undecided("the allocator granted no device")
+    return Grant(uuids, dict(getattr(value, "labels", None) or {}))
+
+
+class Admission:
+    """The real allocator behind the gateway (``allocator.reserve``), plus the GPU inventory."""
+
+    def __init__(self, store: Any, upstream: Optional[str] = None) -> None:
+        self.store = store
+        self.upstream = upstream
+        self._client: Any = None
+
+    def client(self) -> Any:
+        """A docker SDK client on the daemon's own socket (the allocator reads holdings with it)."""
+        if self._client is None and self.upstream:
+            try:
+                import docker
+            except ImportError:
+                return None
+            self._client = docker.DockerClient(base_url=f"unix://{self.upstream}", timeout=30)
+        return self._client
+
+    def reservation(self, login: str, ask: Any, limits: Any, details: dict) -> Reservation:
+        allocator = _core("allocator")
+        if allocator is None:
+            return Reservation(_Failing(_undecided("the allocator is not installed")))
+        try:
+            manager = _reserve(allocator, self.store, login, ask, limits, details, self.client())
+        except AdmissionRefused as exc:
+            return Reservation(_Failing(exc))
+        except Exception as exc:  # the allocator's edge
+            log.exception("preparing the GPU reservation failed")
+            return Reservation(_Failing(_undecided(f"{type(exc).__name__}: {exc}")))
+        return Reservation(manager)
+
+    def inventory_uuids(self) -> Optional[set]:
+        """UUIDs of every GPU and MIG instance present now, or None when the inventory is unavailable."""
+        gpu = _core("gpu")
+        if gpu is None:
+            return None
+        try:
+            return _inventory_uuids(gpu, self.store)
+        except Exception:  # NVML down: the caller proceeds (fail safe) and logs
+            log.exception("the GPU inventory is unavailable")
+            return None
+
+
+class _Failing:
+    def __init__(self, refusal: AdmissionRefused) -> None:
+        self.refusal = refusal
+
+    def __enter__(self) -> Any:
+        raise self.refusal
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _reserve(allocator: Any, store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any) -> Any:
+    """``allocator.reserve(...)`` for this request; the grant is adapted by ``_as_grant``."""
+    if ask.count < 0:
+        request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None)
+    elif ask.device_ids:
+        request = allocator.Request(
+            count=len(ask.device_ids), device_ids=tuple(ask.device_ids), container=details.get("container") or None
+        )
+    else:
+        request = allocator.Request(count=max(1, ask.count), container=details.get("container") or None)
+    config = store.get()
+    if config is None:
+        raise _undecided("no valid configuration has ever been loaded, so the allocator has no lock path")
+    manager = allocator.reserve(login, request, config=config, limits=limits, client=client, source="gateway")
+    return _GrantAdapter(manager, allocator)
+
+
+class _GrantAdapter:
+    """The allocator's context manager, answering a Grant with the allocator's own labels."""
+
+    def __init__(self, manager: Any, allocator: Any) -> None:
+        self.manager = manager
+        self.allocator = allocator
+
+    def __enter__(self) -> Grant:
+        try:
+            grant = self.manager.__enter__()
+        except self.allocator.AllocationRefused as exc:
+            raise AdmissionRefused(exc.code, exc.sentence) from None
+        return Grant(list(grant.uuids), dict(self.allocator.grant_labels(grant)))
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.manager.__exit__(*exc)
+
+
+def _inventory_uuids(gpu: Any, store: Any) -> Optional[set]:
+    try:
+        inventory = gpu.inventory_from_config(store.get())
+    except gpu.GpuInventoryError as exc:
+        log.warning("the GPU inventory is unavailable: %s", exc)
+        return None
+    slots = list(inventory.slots()) + list(inventory.mig_parents())
+    return {slot.uuid for slot in slots}
+
+
+def write_event(config: Any, event_type: str, user: Optional[str], details: dict) -> bool:
+    events = _core("events")
+    if events is None:
+        log.info("event %s user=%s %s", event_type, user, details)
+        return False
+    path = events.default_log_path(config)
+    return bool(events.EventLog(path).write(event_type, user=user, source="gateway", **details))

@@ -1,0 +1,318 @@
+"""Strict HTTP/1.1 framing for the gateway: heads, Content-Length and chunked bodies.
+
+The gateway decides on what it parsed and forwards only what it parsed, re-framed by itself:
+a request head is rebuilt from the parsed fields and every body is re-sent with framing the
+gateway wrote. Anything ambiguous (both Content-Length and Transfer-Encoding, repeated or
+malformed Content-Length, obs-fold, bare CR/LF, invalid chunk sizes, a body over the limit)
+is a 400 before anything reaches the daemon, so no request can be smuggled past a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Optional
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+PIECE = 64 * 1024
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_METHOD = re.compile(rb"^[A-Z]{1,20}$")
+_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+_STATUS = re.compile(rb"^HTTP/1\.[01] [1-5][0-9]{2}(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$")
+_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,15})(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=[^\x00-\x1f\x7f;]*)?)*$")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class HttpError(Exception):
+    """A request the gateway refuses to interpret; answered with ``status`` and the sentence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Head:
+    """A parsed request or response head. ``headers`` keeps order and original spelling."""
+
+    start: tuple  # (method, target, version) or (version, status, reason)
+    headers: list = field(default_factory=list)
+
+    # -- header access --------------------------------------------------------------------
+    def get_all(self, name: str) -> list:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        values = self.get_all(name)
+        return values[-1] if values else default
+
+    def remove(self, *names: str) -> None:
+        lower = {n.lower() for n in names}
+        self.headers = [(k, v) for k, v in self.headers if k.lower() not in lower]
+
+    def set(self, name: str, value: str) -> None:
+        self.remove(name)
+        self.headers.append((name, value))
+
+    # -- request fields -------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.start[0]
+
+    @property
+    def target(self) -> str:
+        return self.start[1]
+
+    @target.setter
+    def target(self, value: str) -> None:
+        self.start = (self.start[0], value, self.start[2])
+
+    @property
+    def status(self) -> int:
+        return self.start[1]
+
+    def connection_tokens(self) -> set:
+        tokens = set()
+        for value in self.get_all("Connection"):
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+        return tokens
+
+    def serialize_request(self) -> bytes:
+        lines = [f"{self.start[0]} {self.start[1]} {self.start[2]}"]
+        lines += [f"{k}: {v}" for k, v in self.headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def serialize_response(self) -> bytes:
+        version, status, reason = self.start
+        lines = [f"{version} {status} {reason}".rstrip()]
+        lines += [f"{k}: {v}" for k, v in self.headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _split_lines(data: bytes) -> list:
+    if not data.endswith(b"\r\n\r\n"):
+        raise HttpError(400, "the request head is not terminated by an empty line")
+    lines = data[:-4].split(b"\r\n")
+    for line in lines:
+        if b"\r" in line or b"\n" in line:
+            raise HttpError(400, "bare CR or LF in the request head")
+    return lines
+
+
+def _parse_headers(lines: list) -> list:
+    if len(lines) > MAX_HEADERS:
+        raise HttpError(431, f"more than {MAX_HEADERS} header fields")
+    headers = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise HttpError(400, "obsolete line folding (obs-fold) in a header is not accepted")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise HttpError(400, f"malformed header line {line[:60]!r}")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise HttpError(400, f"control character in header {name.decode('latin-1')}")
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    return headers
+
+
+def parse_request_head(data: bytes) -> Head:
+    lines = _split_lines(data)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _METHOD.match(parts[0]) or not _VERSION.match(parts[2]):
+        raise HttpError(400, f"malformed request line {lines[0][:80]!r}")
+    target = parts[1]
+    if not target.startswith(b"/") or _BAD_VALUE.search(target) or b"#" in target:
+        raise HttpError(400, "the request target must be an absolute path")
+    return Head((parts[0].decode(), target.decode("latin-1"), parts[2].decode()), _parse_headers(lines[1:]))
+
+
+def parse_response_head(data: bytes) -> Head:
+    lines = _split_lines(data)
+    if not _STATUS.match(lines[0]):
+        raise HttpError(502, f"the Docker daemon sent a malformed status line {lines[0][:80]!r}")
+    version, status, reason = [*lines[0].split(b" ", 2), b""][:3]
+    return Head((version.decode(), int(status), reason.decode("latin-1")), _parse_headers(lines[1:]))
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a message body is delimited: ``none``, ``length`` (with ``length``), ``chunked``, ``close``."""
+
+    kind: str
+    length: int = 0
+
+
+NO_BODY = Framing("none")
+
+
+def request_framing(head: Head) -> Framing:
+    """The body framing of a request, refusing every ambiguous form (RFC 9112 §6)."""
+    te = head.get_all("Transfer-Encoding")
+    cl = head.get_all("Content-Length")
+    if te and cl:
+        raise HttpError(400, "both Transfer-Encoding and Content-Length are set; send only one")
+    if te:
+        if head.start[2] == "HTTP/1.0":
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if len(te) != 1 or te[0].strip().lower() != "chunked":
+            raise HttpError(400, f"unsupported Transfer-Encoding {', '.join(te)!r}; only 'chunked' is accepted")
+        return Framing("chunked")
+    if cl:
+        if len(cl) != 1:
+            raise HttpError(400, "more than one Content-Length header")
+        value = cl[0]
+        if not value.isdigit() or not value.isascii() or len(value) > 18:
+            raise HttpError(400, f"invalid Content-Length {value!r}")
+        length = int(value)
+        return Framing("length", length) if length else NO_BODY
+    return NO_BODY
+
+
+def response_framing(head: Head, request_method: str) -> Framing:
+    status = head.status
+    if request_method == "HEAD" or 100 <= status < 200 or status in (204, 304):
+        return NO_BODY
+    te = head.get_all("Transfer-Encoding")
+    if te:
+        if te[-1].strip().lower().split(",")[-1].strip() != "chunked":
+            return Framing("close")
+        return Framing("chunked")
+    cl = head.get_all("Content-Length")
+    if cl:
+        values = {v.strip() for v in cl}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise HttpError(502, "the Docker daemon sent an invalid Content-Length")
+        return Framing("length", int(next(iter(values))))
+    return Framing("close")
+
+
+async def read_head(reader: asyncio.StreamReader) -> Optional[bytes]:
+    """The next head (through the empty line), or None on a clean EOF before any byte."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise HttpError(400, "the connection closed in the middle of a request head") from None
+    except asyncio.LimitOverrunError:
+        raise HttpError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes") from None
+
+
+async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status: int = 400) -> AsyncIterator[bytes]:
+    """Yield the body's bytes in pieces (never more than PIECE at once), validating the framing."""
+    if framing.kind == "none":
+        return
+    if framing.kind == "length":
+        remaining = framing.length
+        while remaining:
+            piece = await reader.read(min(remaining, PIECE))
+            if not piece:
+                raise HttpError(error_status, "the connection closed before the whole body arrived")
+            remaining -= len(piece)
+            yield piece
+        return
+    if framing.kind == "close":
+        while True:
+            piece = await reader.read(PIECE)
+            if not piece:
+                return
+            yield piece
+    # chunked
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.IncompleteReadError:
+            raise HttpError(error_status, "the connection closed inside a chunked body") from None
+        except asyncio.LimitOverrunError:
+            raise HttpError(error_status, "a chunk-size line is too long") from None
+        match = _CHUNK_SIZE.match(line[:-2])
+        if not match or b"\r" in line[:-2] or b"\n" in line[:-2]:
+            raise HttpError(error_status, f"invalid chunk size line {line[:40]!r}")
+        size = int(match.group(1), 16)
+        if size == 0:
+            break
+        remaining = size
+        while remaining:
+            piece = await reader.read(min(remaining, PIECE))
+            if not piece:
+                raise HttpError(error_status, "the connection closed inside a chunk")
+            remaining -= len(piece)
+            yield piece
+        try:
+            end = await reader.readexactly(2)
+        except asyncio.IncompleteReadError:
+            raise HttpError(error_status, "the connection closed inside a chunked body") from None
+        if end != b"\r\n":
+            raise HttpError(error_status, "a chunk is longer than its declared size")
+    # trailer section: header lines up to an empty line; checked, then dropped
+    count = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise HttpError(error_status, "malformed chunked trailer") from None
+        if line == b"\r\n":
+            return
+        count += 1
+        if count > MAX_HEADERS:
+            raise HttpError(error_status, "too many trailer fields")
+        _parse_headers([line[:-2]])
+
+
+async def read_body(reader: asyncio.StreamReader, framing: Framing, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes (413) before reading them all."""
+    if framing.kind == "length" and framing.length > limit:
+        raise HttpError(413, f"the request body ({framing.length} bytes) is larger than the gateway accepts ({limit})")
+    parts = []
+    total = 0
+    async for piece in iter_body(reader, framing):
+        total += len(piece)
+        if total > limit:
+            raise HttpError(413, f"the request body is larger than the gateway accepts ({limit} bytes)")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+REASONS = {
+    101: "Switching Protocols",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Payload Too Large",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def json_response(status: int, body: object, close: bool = False, extra: Optional[list] = None) -> bytes:
+    """A complete response with a JSON body (Docker's error shape is ``{"message": "..."}``)."""
+    payload = json.dumps(body).encode()
+    headers = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        "Server: ds01-gateway",
+    ]
+    headers += list(extra or [])
+    if close:
+        headers.append("Connection: close")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + payload

@@ -1,0 +1,915 @@
+"""The gateway's decisions, as pure functions: route → what to check; create body → refusal or rewrite.
+
+Nothing here does I/O except through the small callables a caller passes in (``realpath``), so
+every rule is table-tested. The server (server.py) gathers the facts (owners, image env,
+container counts), asks these functions, and forwards only what they allowed.
+
+Decisions for non-admin callers (admins pass unchanged):
+
+- routes: a fixed table; a route that is not in it is refused (nothing is forwarded unchecked);
+  daemon-wide endpoints (plugins, swarm, nodes, services, tasks, secrets, configs, every
+  ``POST …/prune``) are admin-only;
+- container-scoped routes: the caller must own the container (``ds01.user``); ``ds01.protected``
+  and unlabelled containers are admin-only;
+- create: host-escape settings refused with ``POLICY_DENIED`` and a sentence naming the setting;
+  labels, cgroup parent and per-container limits stamped from the kernel-verified caller;
+- ``--network host`` is refused unless ``gateway.allow_host_network`` (it exposes every service
+  bound to the host's loopback, e.g. other users' notebooks, to the container).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+POLICY_DENIED = "POLICY_DENIED"
+NOT_OWNER = "NOT_OWNER"
+CONTAINER_LIMIT = "CONTAINER_LIMIT"
+
+_VERSION_PREFIX = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?(?=/)")
+# Labels only the gateway (or an admin) sets: a caller-supplied value is dropped before the
+# gateway writes its own (ownership, protection, GPU holdings, and the legacy owner fallbacks).
+GATEWAY_LABELS = (
+    "ds01.user",
+    "ds01.user.sanitized",
+    "ds01.managed",
+    "ds01.container_type",
+    "ds01.interface",
+    "ds01.created_at",
+    "ds01.protected",
+    "ds01.monitoring",
+    "ds01.slice",
+    "ds01.owner",
+)
+GATEWAY_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "aime.mlc")
+
+
+def gateway_label(key: str) -> bool:
+    return key in GATEWAY_LABELS or key.startswith(GATEWAY_LABEL_PREFIXES)
+
+
+SAFE_RUNTIMES = ("", "runc", "io.containerd.runc.v2")
+NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
+NO_GPU_VALUES = ("void", "none", "")
+# Where the NVIDIA toolkit reads "visible devices as volume mounts" from.
+NVIDIA_VOLUME_DIR = "/var/run/nvidia-container-devices"
+SOCKET_PATHS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/ds01/dockerd.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    sentence: str
+    status: int = 403
+    event_type: str = "gateway.refused"
+
+    @property
+    def message(self) -> str:
+        return f"{self.code}: {self.sentence}"
+
+
+def denied(sentence: str) -> Refusal:
+    return Refusal(POLICY_DENIED, sentence)
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a request is about. ``kind`` picks the check; ``ref`` names the object it is on."""
+
+    kind: str
+    path: str  # without the version prefix
+    version: str  # e.g. "/v1.41" or ""
+    query: tuple  # ((key, value), ...)
+    ref: Optional[str] = None  # container / exec / volume / network reference (unquoted)
+    action: str = ""
+
+    def query_value(self, key: str) -> Optional[str]:
+        for k, v in self.query:
+            if k == key:
+                return v
+        return None
+
+
+# Container sub-resources and the verb used in sentences.
+CONTAINER_ACTIONS = {
+    "json": "inspect",
+    "logs": "read the logs of",
+    "attach": "attach to",
+    "attach/ws": "attach to",
+    "exec": "exec into",
+    "start": "start",
+    "stop": "stop",
+    "restart": "restart",
+    "kill": "kill",
+    "pause": "pause",
+    "unpause": "unpause",
+    "": "remove",
+    "rename": "rename",
+    "update": "update",
+    "archive": "copy files from or to",
+    "export": "export",
+    "top": "list the processes of",
+    "stats": "read the stats of",
+    "wait": "wait for",
+    "resize": "resize",
+    "changes": "list the changes of",
+}
+EXEC_ACTIONS = {"start": "start an exec in", "resize": "resize an exec in", "json": "inspect an exec in"}
+ADMIN_PREFIXES = ("plugins", "swarm", "nodes", "services", "tasks", "secrets", "configs")
+OPEN_GET = ("_ping", "version", "info", "images", "distribution", "volumes", "networks")
+
+
+def split_target(target: str) -> tuple:
+    """``/v1.41/containers/x/json?all=1`` → (path, version prefix, query pairs)."""
+    raw_path, _sep, raw_query = target.partition("?")
+    version = ""
+    match = _VERSION_PREFIX.match(raw_path)
+    if match:
+        version = match.group(0)
+        raw_path = raw_path[len(version) :]
+    query = tuple(parse_qsl(raw_query, keep_blank_values=True))
+    return raw_path, version, query
+
+
+def classify(method: str, target: str) -> Route:
+    path, version, query = split_target(target)
+    parts = path.split("/")[1:]  # raw segments, still percent-encoded
+    first = parts[0] if parts else ""
+
+    def route(kind: str, ref: Optional[str] = None, action: str = "") -> Route:
+        return Route(kind, path, version, query, unquote(ref) if ref is not None else None, action)
+
+    if ".." in parts or "." in parts or "" in parts[:-1]:
+        return route("unknown")
+    if first in ADMIN_PREFIXES:
+        return route("admin")
+    if len(parts) == 2 and parts[1] == "prune" and method == "POST":
+        return route("admin")
+    if first == "containers":
+        if len(parts) == 2 and parts[1] == "json" and method == "GET":
+            return route("containers.list")
+        if len(parts) == 2 and parts[1] == "create" and method == "POST":
+            return route("containers.create")
+        if len(parts) == 2 and method == "DELETE":
+            return route("container", parts[1], "")
+        if len(parts) >= 3:
+            action = "/".join(parts[2:])
+            if action in CONTAINER_ACTIONS:
+                return route("container", parts[1], action)
+        return route("unknown")
+    if first == "exec" and len(parts) == 3 and parts[2] in EXEC_ACTIONS:
+        return route("exec", parts[1], parts[2])
+    if first == "events" and len(parts) == 1:
+        return route("events")
+    if path == "/system/df":
+        return route("system.df")
+    if first == "commit" and len(parts) == 1 and method == "POST":
+        return route("commit", query_value(query, "container") or "", "commit")
+    if first == "build":
+        if len(parts) == 1 and method == "POST":
+            return route("build")
+        return route("open")  # /build/cancel
+    if first in ("session", "grpc", "auth") and len(parts) == 1:
+        return route("open")
+    if first == "volumes":
+        if len(parts) == 2 and parts[1] == "create" and method == "POST":
+            return route("volumes.create")
+        if len(parts) == 2 and method in ("DELETE", "PUT"):
+            return route("volume", parts[1], "remove" if method == "DELETE" else "update")
+        if method in ("GET", "HEAD"):
+            return route("open")
+        return route("unknown")
+    if first == "networks":
+        if len(parts) == 2 and parts[1] == "create" and method == "POST":
+            return route("networks.create")
+        if len(parts) == 3 and parts[2] in ("connect", "disconnect") and method == "POST":
+            return route("networks.connect", parts[1], parts[2])
+        if len(parts) == 2 and method == "DELETE":
+            return route("network", parts[1], "remove")
+        if method in ("GET", "HEAD"):
+            return route("open")
+        return route("unknown")
+    if first in OPEN_GET and (method in ("GET", "HEAD") or first == "images"):
+        return route("open")
+    return route("unknown")
+
+
+def query_value(query: tuple, key: str) -> Optional[str]:
+    for k, v in query:
+        if k == key:
+            return v
+    return None
+
+
+def rebuild_target(route: Route, path: Optional[str] = None, query: Optional[tuple] = None) -> str:
+    path = route.path if path is None else path
+    query = route.query if query is None else query
+    text = route.version + path
+    return text + ("?" + urlencode(list(query)) if query else "")
+
+
+def container_path(route: Route, container_id: str) -> str:
+    """The route's path with the container reference replaced by the resolved full id."""
+    suffix = f"/{route.action}" if route.action else ""
+    return f"/containers/{quote(container_id, safe='')}{suffix}"
+
+
+def add_label_filter(filters_json: Optional[str], label: str) -> str:
+    """Merge ``label=<label>`` into a Docker ``filters`` query value (list or map form)."""
+    filters: dict = {}
+    if filters_json:
+        try:
+            parsed = json.loads(filters_json)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError("the filters parameter is not a JSON object")
+        filters = parsed
+    out: dict = {}
+    for key, value in filters.items():
+        if isinstance(value, list):
+            out[key] = {str(v): True for v in value}
+        elif isinstance(value, dict):
+            out[key] = {str(k): bool(v) for k, v in value.items()}
+        else:
+            raise ValueError("a filter value is neither a list nor a map")
+    out.setdefault("label", {})[label] = True
+    return json.dumps(out, separators=(",", ":"))
+
+
+def owner_filter_query(route: Route, login: str) -> tuple:
+    """The route's query with the caller's ownership label added to ``filters``."""
+    existing = query_value(route.query, "filters")
+    merged = add_label_filter(existing, f"ds01.user={login}")
+    return (*((k, v) for k, v in route.query if k != "filters"), ("filters", merged))
+
+
+# --------------------------------------------------------------------------------------------
+# Ownership
+# --------------------------------------------------------------------------------------------
+
+
+def ownership(login: str, name: str, labels: Optional[dict], verb: str) -> Optional[Refusal]:
+    """None if ``login`` may ``verb`` the container with these labels, else the refusal."""
+    labels = labels or {}
+    shown = name.lstrip("/")
+    if str(labels.get("ds01.protected", "")).lower() == "true":
+        return Refusal(
+            NOT_OWNER,
+            f"container '{shown}' is protected infrastructure (ds01.protected=true); only admins can {verb} it. "
+            "Ask an admin if it needs attention.",
+            event_type="auth.denied",
+        )
+    owner = labels.get("ds01.user")
+    if not owner:
+        return Refusal(
+            NOT_OWNER,
+            f"container '{shown}' has no owner (no ds01.user label); only admins can {verb} it. "
+            "Ask an admin to label or remove it.",
+            event_type="auth.denied",
+        )
+    if owner != login:
+        return Refusal(
+            NOT_OWNER,
+            f"container '{shown}' belongs to {owner}; you can only {verb} your own containers "
+            "(list them with `docker ps -a`).",
+            event_type="auth.denied",
+        )
+    return None
+
+
+def object_ownership(login: str, kind: str, name: str, labels: Optional[dict], verb: str) -> Optional[Refusal]:
+    """Volumes and networks: refused only when labelled as another user's (unlabelled ones are shared)."""
+    owner = (labels or {}).get("ds01.user")
+    if owner and owner != login:
+        return Refusal(
+            NOT_OWNER,
+            f"{kind} '{name}' belongs to {owner}; you can only {verb} your own {kind}s.",
+            event_type="auth.denied",
+        )
+    return None
+
+
+def admin_only(route: Route, method: str) -> Refusal:
+    return denied(
+        f"{method} {route.path} acts on the whole Docker daemon and is for admins only; "
+        "ask an admin (members of the admin group) to do it."
+    )
+
+
+def unknown_route(route: Route, method: str) -> Refusal:
+    return denied(
+        f"{method} {route.path} is not available to users through the ds01 gateway; if you need it, ask an admin."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Create
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuAsk:
+    """A GPU request found in a create body. ``count`` -1 means all GPUs."""
+
+    count: int
+    device_ids: tuple = ()
+    source: str = "device_requests"  # device_requests | env | image_env | runtime
+
+    def describe(self) -> str:
+        if self.device_ids:
+            return "GPU device(s) " + ",".join(self.device_ids)
+        return "all GPUs" if self.count < 0 else f"{self.count} GPU{'s' if self.count != 1 else ''}"
+
+
+@dataclass
+class CreateContext:
+    """What the create checks need to know about the caller and the host."""
+
+    login: str
+    home: str
+    slice_name: str
+    group: str
+    max_cpus: Optional[float] = None
+    memory: Optional[int] = None
+    memory_swap: Optional[int] = None
+    shm_size: Optional[int] = None
+    pids_limit: Optional[int] = None
+    allowed_capabilities: tuple = ()
+    allowed_devices: tuple = ()
+    bind_prefixes: tuple = ("{home}",)
+    readonly_bind_prefixes: tuple = ()
+    allow_host_network: bool = False
+    socket_paths: tuple = SOCKET_PATHS
+    image_env: Optional[list] = None  # the image's default Env (None: unknown / not needed)
+    container_owners: dict = field(default_factory=dict)  # ref -> labels (None: no such container)
+    volume_owners: dict = field(default_factory=dict)  # name -> labels (None: no such volume)
+    realpath: Callable[[str], str] = os.path.realpath
+    now: Optional[dt.datetime] = None
+    # dockerd refuses NanoCpus above the host's CPU count, so a limit above it is capped there.
+    host_cpus: Optional[int] = field(default_factory=os.cpu_count)
+
+    def cpu_cap(self) -> Optional[float]:
+        if self.max_cpus is None:
+            return None
+        return min(self.max_cpus, float(self.host_cpus)) if self.host_cpus else self.max_cpus
+
+
+def env_value(env: Optional[list], name: str) -> Optional[str]:
+    """The last ``NAME=value`` in a Docker Env list (later entries win), or None."""
+    value = None
+    for item in env or []:
+        if isinstance(item, str):
+            key, sep, rest = item.partition("=")
+            if key == name:
+                value = rest if sep else ""
+    return value
+
+
+def _gpu_from_visible(value: str, source: str) -> Optional[GpuAsk]:
+    text = value.strip()
+    if text.lower() in NO_GPU_VALUES:
+        return None
+    if text.lower() == "all":
+        return GpuAsk(-1, (), source)
+    ids = tuple(p.strip() for p in text.split(",") if p.strip())
+    return GpuAsk(len(ids), ids, source)
+
+
+def is_gpu_request_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    driver = str(entry.get("Driver") or "")
+    caps = entry.get("Capabilities") or []
+    flat = {c for group in caps if isinstance(group, list) for c in group}
+    return driver == "nvidia" or "gpu" in flat or (not driver and not flat)
+
+
+def gpu_ask(body: dict, image_env: Optional[list]) -> Optional[GpuAsk]:
+    """The GPU request in any of its forms, strongest first; None when the container asks for none.
+
+    DeviceRequests (``--gpus``) → an ``NVIDIA_VISIBLE_DEVICES`` in the request's env → the nvidia
+    runtime (counting the env or the image's env, else one GPU) → the image's default env. An
+    explicit ``void``/``none`` in the request's env means "no GPU" even if the image says ``all``.
+    """
+    host = body.get("HostConfig") or {}
+    total = 0
+    ids: list = []
+    for entry in host.get("DeviceRequests") or []:
+        if not is_gpu_request_entry(entry):
+            continue
+        device_ids = [str(d) for d in entry.get("DeviceIDs") or []]
+        count = entry.get("Count") or 0
+        if device_ids:
+            ids.extend(device_ids)
+        elif count == -1:
+            return GpuAsk(-1, (), "device_requests")
+        elif isinstance(count, int) and count > 0:
+            total += count
+        else:
+            total += 1
+    if ids or total:
+        return (
+            GpuAsk(total + len(ids), tuple(ids), "device_requests")
+            if not (ids and total)
+            else GpuAsk(total + len(ids), (), "device_requests")
+        )
+    request_env = env_value((body.get("Env") or []), NVIDIA_ENV)
+    if request_env is not None:
+        return _gpu_from_visible(request_env, "env")
+    image_value = env_value(image_env, NVIDIA_ENV)
+    if str(host.get("Runtime") or "") == "nvidia":
+        if image_value is not None:
+            ask = _gpu_from_visible(image_value, "runtime")
+            if ask is not None:
+                return ask
+        return GpuAsk(1, (), "runtime")
+    if image_value is not None:
+        return _gpu_from_visible(image_value, "image_env")
+    return None
+
+
+def container_type(labels: dict) -> str:
+    if any(k.startswith("devcontainer.") for k in labels):
+        return "devcontainer"
+    if any(k.startswith("com.docker.compose.") for k in labels):
+        return "compose"
+    if labels.get("ds01.container_type") == "ds01":
+        return "ds01"
+    return "docker"
+
+
+def _expand(prefix: str, home: str) -> str:
+    return os.path.normpath(prefix.replace("{home}", home))
+
+
+def _within(path: str, prefix: str) -> bool:
+    if prefix == "/":
+        return path.startswith("/")
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _socket_refusal(source: str, socket_paths: tuple) -> Optional[Refusal]:
+    for sock in socket_paths:
+        sock = os.path.normpath(sock)
+        if _within(sock, source):
+            return denied(
+                f"mounting {source} would put the Docker socket ({sock}) inside the container, which gives "
+                "control of every container on the host; use the docker CLI on the host instead."
+            )
+    return None
+
+
+def check_bind_source(source: str, readonly: bool, ctx: CreateContext, what: str = "bind mount") -> Optional[Refusal]:
+    """An absolute host path offered to a container: allowed prefixes only, `..` and symlinks resolved."""
+    norm = os.path.normpath(source)
+    try:
+        real = ctx.realpath(norm)
+    except (OSError, ValueError):
+        real = norm
+    socks = tuple(os.path.normpath(s) for s in tuple(ctx.socket_paths) + SOCKET_PATHS)
+    if norm in socks or real in socks:
+        return _socket_refusal(norm if norm in socks else real, socks)
+    rw = [_expand(p, ctx.home) for p in ctx.bind_prefixes]
+    ro = [_expand(p, ctx.home) for p in ctx.readonly_bind_prefixes]
+    if any(_within(norm, p) and _within(real, p) for p in rw):
+        return _socket_refusal(norm, socks) or _socket_refusal(real, socks)
+    if any(_within(norm, p) and _within(real, p) for p in ro):
+        if readonly:
+            return _socket_refusal(norm, socks) or _socket_refusal(real, socks)
+        return denied(
+            f"the {what} of {source} must be read-only (it is shared data); add ':ro' (or readonly in --mount)."
+        )
+    allowed = ", ".join(rw + [f"{p} (read-only)" for p in ro]) or "none"
+    shown = source if real == source else f"{source} (which resolves to {real})"
+    return denied(
+        f"the {what} of {shown} is outside the directories you may mount ({allowed}); "
+        "put the files under your home directory, or use a named volume."
+    )
+
+
+def _check_target(target: str) -> Optional[Refusal]:
+    if _within(os.path.normpath(target or "/x"), NVIDIA_VOLUME_DIR):
+        return denied(
+            f"mounting into {NVIDIA_VOLUME_DIR} asks the NVIDIA runtime for GPUs behind the allocator's back; "
+            "ask for GPUs with --gpus."
+        )
+    return None
+
+
+def _check_volume_driver(
+    driver: str, options: dict, readonly: bool, ctx: CreateContext, name: str
+) -> Optional[Refusal]:
+    if driver not in ("", "local"):
+        return denied(
+            f"volume '{name}' uses the volume driver '{driver}'; only the local driver is available to users."
+        )
+    options = {str(k).lower(): str(v) for k, v in (options or {}).items()}
+    device = options.get("device")
+    if not device and not options.get("o"):
+        return None
+    o_flags = {f.strip() for f in options.get("o", "").split(",")}
+    if "bind" in o_flags or "rbind" in o_flags:
+        return check_bind_source(device or "/", readonly or "ro" in o_flags, ctx, f"volume '{name}' (a bind)")
+    if options.get("type", "") == "tmpfs":
+        return None
+    return denied(
+        f"volume '{name}' mounts '{device or options.get('type')}' with driver options; mounting devices or "
+        "network file systems is for admins. Use a plain named volume or a directory under your home."
+    )
+
+
+def _check_volume_name(name: str, ctx: CreateContext) -> Optional[Refusal]:
+    return object_ownership(ctx.login, "volume", name, ctx.volume_owners.get(name), "mount")
+
+
+def _parse_bind(spec: str) -> tuple:
+    parts = spec.split(":")
+    source = parts[0]
+    target = parts[1] if len(parts) > 1 else ""
+    options = set(parts[2].split(",")) if len(parts) > 2 else set()
+    return source, target, "ro" in options
+
+
+def _capability(name: str) -> str:
+    name = str(name).upper()
+    return name[4:] if name.startswith("CAP_") else name
+
+
+def _mode_refusal(mode: str, key: str, flag: str, ctx: CreateContext) -> Optional[Refusal]:
+    if mode == "host":
+        return denied(
+            f"{flag}=host ({key}) shares the host's namespace with the container and lets it see or "
+            "signal other users' processes; run without it."
+        )
+    if mode.startswith("container:"):
+        ref = mode.split(":", 1)[1]
+        return ownership(ctx.login, ref, ctx.container_owners.get(ref), f"share the namespaces of ({flag})")
+    return None
+
+
+SECURITY_OPT_OK = re.compile(r"^(no-new-privileges([:=](true|false))?|apparmor[:=]docker-default|seccomp[:=]builtin)$")
+
+
+def referenced_containers(body: dict) -> list:
+    """Container references in a create body whose owners must be looked up first."""
+    host = body.get("HostConfig") or {}
+    refs = []
+    for key in ("NetworkMode", "PidMode", "IpcMode"):
+        value = str(host.get(key) or "")
+        if value.startswith("container:"):
+            refs.append(value.split(":", 1)[1])
+    for item in host.get("VolumesFrom") or []:
+        refs.append(str(item).split(":", 1)[0])
+    return refs
+
+
+def referenced_volumes(body: dict) -> list:
+    host = body.get("HostConfig") or {}
+    names = []
+    for spec in host.get("Binds") or []:
+        source = str(spec).split(":", 1)[0]
+        if source and not source.startswith("/"):
+            names.append(source)
+    for mount in host.get("Mounts") or []:
+        if isinstance(mount, dict) and mount.get("Type") == "volume" and mount.get("Source"):
+            names.append(str(mount["Source"]))
+    return names
+
+
+def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
+    """The first host-escape setting in a create body, as a refusal; None if there is none."""
+    if not isinstance(body, dict):
+        return Refusal(POLICY_DENIED, "the create request body is not a JSON object", status=400)
+    host = body.get("HostConfig") or {}
+    if not isinstance(host, dict):
+        return Refusal(POLICY_DENIED, "HostConfig is not a JSON object", status=400)
+
+    if host.get("Privileged"):
+        return denied(
+            "--privileged gives the container every capability and every host device; it is not available. "
+            "Ask for GPUs with --gpus and for single capabilities with --cap-add."
+        )
+    for cap in list(host.get("CapAdd") or []) + list(host.get("Capabilities") or []):
+        name = _capability(cap)
+        if name == "ALL":
+            return denied("--cap-add ALL is the same as --privileged; add only the capabilities you need.")
+        if name not in {_capability(c) for c in ctx.allowed_capabilities}:
+            return denied(
+                f"--cap-add {name} reaches into the host kernel and is not allowed; allowed are: "
+                + ", ".join(sorted(_capability(c) for c in ctx.allowed_capabilities))
+                + "."
+            )
+    for key, flag in (("PidMode", "--pid"), ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("UsernsMode", "--userns")):
+        refusal = _mode_refusal(str(host.get(key) or ""), key, flag, ctx)
+        if refusal:
+            return refusal
+    network = str(host.get("NetworkMode") or "")
+    if network == "host" and not ctx.allow_host_network:
+        return denied(
+            "--network host exposes every service on the host's loopback (including other users' notebooks) "
+            "to the container; publish ports with -p instead, or use --network none."
+        )
+    if network.startswith("container:"):
+        refusal = _mode_refusal(network, "NetworkMode", "--network", ctx)
+        if refusal:
+            return refusal
+    for item in host.get("VolumesFrom") or []:
+        ref = str(item).split(":", 1)[0]
+        refusal = ownership(ctx.login, ref, ctx.container_owners.get(ref), "mount the volumes of (--volumes-from)")
+        if refusal:
+            return refusal
+    runtime = str(host.get("Runtime") or "")
+    if runtime not in SAFE_RUNTIMES and runtime != "nvidia":
+        return denied(f"the runtime '{runtime}' is not available to users; leave --runtime unset.")
+    if host.get("CgroupParent") and host["CgroupParent"] not in _own_cgroup_parents(ctx):
+        return denied(
+            f"--cgroup-parent {host['CgroupParent']} is not your slice; your containers always run in "
+            f"{ctx.slice_name}. Leave --cgroup-parent unset."
+        )
+    for opt in host.get("SecurityOpt") or []:
+        text = str(opt)
+        if SECURITY_OPT_OK.match(text):
+            continue
+        key = re.split(r"[:=]", text, maxsplit=1)[0]
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        return denied(
+            f"--security-opt {shown} weakens the container's confinement ({key}) and is not allowed; "
+            "remove it (no-new-privileges is fine)."
+        )
+    if host.get("MaskedPaths") is not None or host.get("ReadonlyPaths") is not None:
+        return denied(
+            "changing the masked or read-only kernel paths (--security-opt systempaths=unconfined) "
+            "exposes host kernel interfaces; remove it."
+        )
+    if host.get("DeviceCgroupRules"):
+        return denied("--device-cgroup-rule opens host devices to the container; it is not available to users.")
+    for device in host.get("Devices") or []:
+        path = str((device or {}).get("PathOnHost") or "") if isinstance(device, dict) else str(device)
+        refusal = _check_device(path, ctx)
+        if refusal:
+            return refusal
+    if host.get("OomKillDisable"):
+        return denied("--oom-kill-disable can leave the host out of memory; remove it.")
+    if isinstance(host.get("OomScoreAdj"), int) and host["OomScoreAdj"] < 0:
+        return denied("a negative --oom-score-adj shields the container from the OOM killer; remove it.")
+    driver = str(host.get("VolumeDriver") or "")
+    if driver not in ("", "local"):
+        return denied(f"--volume-driver {driver} is not available to users; use local named volumes.")
+
+    for spec in host.get("Binds") or []:
+        source, target, readonly = _parse_bind(str(spec))
+        refusal = _check_target(target)
+        if refusal:
+            return refusal
+        if source.startswith("/"):
+            refusal = check_bind_source(source, readonly, ctx)
+        else:
+            refusal = _check_volume_name(source, ctx)
+        if refusal:
+            return refusal
+    for mount in host.get("Mounts") or []:
+        if not isinstance(mount, dict):
+            return Refusal(POLICY_DENIED, "a Mounts entry is not a JSON object", status=400)
+        kind = str(mount.get("Type") or "volume")
+        refusal = _check_target(str(mount.get("Target") or ""))
+        if refusal:
+            return refusal
+        readonly = bool(mount.get("ReadOnly"))
+        if kind == "bind":
+            refusal = check_bind_source(str(mount.get("Source") or ""), readonly, ctx)
+        elif kind == "volume":
+            options = mount.get("VolumeOptions") or {}
+            config = options.get("DriverConfig") or {}
+            name = str(mount.get("Source") or "(anonymous)")
+            refusal = _check_volume_driver(
+                str(config.get("Name") or ""), config.get("Options") or {}, readonly, ctx, name
+            )
+            if refusal is None and mount.get("Source"):
+                refusal = _check_volume_name(name, ctx)
+        elif kind == "tmpfs":
+            refusal = None
+        else:
+            refusal = denied(f"mounts of type '{kind}' are not available to users; use bind, volume or tmpfs.")
+        if refusal:
+            return refusal
+    return None
+
+
+def _own_cgroup_parents(ctx: CreateContext) -> tuple:
+    group_slice = f"ds01-{ctx.group}.slice"
+    return (ctx.slice_name, f"/ds01.slice/{group_slice}/{ctx.slice_name}")
+
+
+def _check_device(path: str, ctx: CreateContext) -> Optional[Refusal]:
+    norm = os.path.normpath(path)
+    try:
+        real = ctx.realpath(norm)
+    except (OSError, ValueError):
+        real = norm
+    if any(os.path.basename(p).startswith("nvidia") for p in (norm, real)):
+        return denied(
+            f"--device {path} hands a GPU device to the container behind the GPU allocator's back; "
+            "ask for GPUs with --gpus 1 (or --gpus device=<id>) instead."
+        )
+    allowed = {os.path.normpath(p) for p in ctx.allowed_devices}
+    if norm in allowed and real in allowed | {norm}:
+        return None
+    return denied(
+        f"--device {path} is not on the list of devices users may pass to containers"
+        + (f" ({', '.join(sorted(allowed))})" if allowed else "")
+        + "; ask an admin if you need it."
+    )
+
+
+def _clamp(value: Any, limit: Optional[float]) -> Any:
+    """``value`` unless it is unset (0/None/-1) or above ``limit``; None limit = unlimited."""
+    if limit is None:
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or value > limit:
+        return int(limit)
+    return value
+
+
+def apply_limits(host: dict, ctx: CreateContext) -> dict:
+    """Per-container CPU, memory, swap, shm and pids limits, where the caller asked for more or nothing."""
+    cpus = ctx.cpu_cap()
+    if cpus is not None:
+        max_nano = int(cpus * 1e9)
+        period = host.get("CpuPeriod") or 0
+        quota = host.get("CpuQuota") or 0
+        if isinstance(period, int) and isinstance(quota, int) and period > 0 and quota > 0:
+            if quota / period > cpus:
+                host["CpuQuota"] = int(cpus * period)
+        else:
+            host["NanoCpus"] = _clamp(host.get("NanoCpus"), max_nano)
+    if ctx.memory is not None:
+        host["Memory"] = _clamp(host.get("Memory"), ctx.memory)
+    if ctx.memory_swap is not None:
+        swap = _clamp(host.get("MemorySwap"), ctx.memory_swap)
+        memory = host.get("Memory") or 0
+        host["MemorySwap"] = max(swap, memory) if memory else swap
+    if ctx.shm_size is not None:
+        host["ShmSize"] = _clamp(host.get("ShmSize"), ctx.shm_size)
+    if ctx.pids_limit is not None:
+        host["PidsLimit"] = _clamp(host.get("PidsLimit"), ctx.pids_limit)
+    return host
+
+
+def rewrite_create(body: dict, ctx: CreateContext) -> dict:
+    """Stamp ownership, slice and limits on a create body already passed by ``check_create``."""
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict):
+        labels = {}
+    kind = container_type(labels)
+    labels = {k: str(v) for k, v in labels.items() if not gateway_label(k)}
+    now = ctx.now or dt.datetime.now(dt.timezone.utc)
+    labels.update(
+        {
+            "ds01.user": ctx.login,
+            "ds01.managed": "true",
+            "ds01.container_type": kind,
+            "ds01.created_at": now.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        }
+    )
+    body["Labels"] = labels
+    host = body.get("HostConfig") or {}
+    host["CgroupParent"] = host.get("CgroupParent") or ctx.slice_name
+    body["HostConfig"] = apply_limits(host, ctx)
+    return body
+
+
+def set_env(body: dict, name: str, value: str) -> None:
+    env = [e for e in (body.get("Env") or []) if not (isinstance(e, str) and e.partition("=")[0] == name)]
+    env.append(f"{name}={value}")
+    body["Env"] = env
+
+
+def apply_gpu_grant(body: dict, uuids: list, labels: dict) -> dict:
+    """Replace every GPU request form by exactly the granted devices."""
+    host = body.setdefault("HostConfig", {})
+    others = [e for e in host.get("DeviceRequests") or [] if not is_gpu_request_entry(e)]
+    host["DeviceRequests"] = [
+        *others,
+        {"Driver": "", "Count": 0, "DeviceIDs": list(uuids), "Capabilities": [["gpu"]], "Options": {}},
+    ]
+    if host.get("Runtime") == "nvidia":
+        host["Runtime"] = ""
+    set_env(body, NVIDIA_ENV, ",".join(uuids))
+    body.setdefault("Labels", {}).update({k: str(v) for k, v in labels.items()})
+    return body
+
+
+def strip_gpu(body: dict) -> dict:
+    """A container that asked for no GPU: hide every GPU from the NVIDIA runtime, whatever its image says."""
+    set_env(body, NVIDIA_ENV, "void")
+    return body
+
+
+# --------------------------------------------------------------------------------------------
+# Other bodies
+# --------------------------------------------------------------------------------------------
+
+
+def check_exec_create(body: Any) -> Optional[Refusal]:
+    if not isinstance(body, dict):
+        return Refusal(POLICY_DENIED, "the exec request body is not a JSON object", status=400)
+    if body.get("Privileged"):
+        return denied("exec --privileged gives the process every capability; run the exec without it.")
+    return None
+
+
+def check_update(body: Any, ctx: CreateContext) -> tuple:
+    """(refusal, body) for ``docker update``: resource values clamped like at create."""
+    if not isinstance(body, dict):
+        return Refusal(POLICY_DENIED, "the update request body is not a JSON object", status=400), body
+    for key in ("Devices", "DeviceRequests", "DeviceCgroupRules"):
+        if body.get(key):
+            return denied(f"changing {key} with docker update is not available to users."), body
+    if "CgroupParent" in body and body["CgroupParent"] not in ("", None, *_own_cgroup_parents(ctx)):
+        return denied("docker update cannot move a container out of your slice."), body
+    for key, limit in (("Memory", ctx.memory), ("MemorySwap", ctx.memory_swap), ("PidsLimit", ctx.pids_limit)):
+        if key in body and limit is not None:
+            value = body[key]
+            if isinstance(value, int) and (value < 0 or value > limit):
+                body[key] = int(limit)
+    cpus = ctx.cpu_cap()
+    if "NanoCpus" in body and cpus is not None:
+        value = body["NanoCpus"]
+        if isinstance(value, int) and value > cpus * 1e9:
+            body["NanoCpus"] = int(cpus * 1e9)
+    if isinstance(body.get("CpuQuota"), int) and cpus is not None:
+        period = body.get("CpuPeriod") or 100000
+        if body["CpuQuota"] <= 0 or body["CpuQuota"] / period > cpus:
+            body["CpuQuota"] = int(cpus * period)
+    return None, body
+
+
+def check_volume_create(body: Any, ctx: CreateContext) -> tuple:
+    if not isinstance(body, dict):
+        return Refusal(POLICY_DENIED, "the volume request body is not a JSON object", status=400), body
+    name = str(body.get("Name") or "(anonymous)")
+    refusal = _check_volume_driver(str(body.get("Driver") or ""), body.get("DriverOpts") or {}, False, ctx, name)
+    if refusal:
+        return refusal, body
+    labels = {k: v for k, v in (body.get("Labels") or {}).items() if not gateway_label(str(k))}
+    labels["ds01.user"] = ctx.login
+    body["Labels"] = labels
+    return None, body
+
+
+def check_network_create(body: Any, ctx: CreateContext) -> tuple:
+    if not isinstance(body, dict):
+        return Refusal(POLICY_DENIED, "the network request body is not a JSON object", status=400), body
+    driver = str(body.get("Driver") or "bridge")
+    if driver != "bridge":
+        return denied(
+            f"networks with the '{driver}' driver reach the host's interfaces; users can create bridge networks only."
+        ), body
+    if body.get("Options"):
+        return denied(
+            "driver options on a network (e.g. a host bridge name) are for admins; create it without --opt."
+        ), body
+    labels = {k: v for k, v in (body.get("Labels") or {}).items() if not gateway_label(str(k))}
+    labels["ds01.user"] = ctx.login
+    body["Labels"] = labels
+    return None, body
+
+
+def check_build(route: Route, ctx: CreateContext) -> tuple:
+    """(refusal, query) for ``POST /build``: no host network, the caller's own cgroup parent."""
+    network = route.query_value("networkmode") or ""
+    if network == "host" and not ctx.allow_host_network:
+        return denied(
+            "docker build --network host is not available; the build runs without host networking."
+        ), route.query
+    parent = route.query_value("cgroupparent")
+    if parent and parent not in _own_cgroup_parents(ctx):
+        return denied(f"docker build --cgroup-parent {parent} is not your slice; leave it unset."), route.query
+    query = (*((k, v) for k, v in route.query if k != "cgroupparent"), ("cgroupparent", ctx.slice_name))
+    return None, query
+
+
+def filter_system_df(body: Any, login: str) -> Any:
+    """``GET /system/df`` for a user: only their containers."""
+    if isinstance(body, dict) and isinstance(body.get("Containers"), list):
+        body["Containers"] = [
+            c for c in body["Containers"] if isinstance(c, dict) and (c.get("Labels") or {}).get("ds01.user") == login
+        ]
+    return body

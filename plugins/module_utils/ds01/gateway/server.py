@@ -1,0 +1,723 @@
+"""``ds01 gateway serve``: the Docker API gateway (asyncio).
+
+One task per client connection. The caller is established once per connection from the kernel
+(SO_PEERCRED, then /proc/<pid>/cgroup for processes inside containers); every request on the
+connection (pipelined ones too) is parsed strictly (http.py), decided (policy.py), and forwarded
+re-framed on the connection's own upstream connection to the daemon's socket. Responses stream
+back unchanged, except the few the gateway must rewrite (``GET /system/df``). Upgrades
+(``attach``/``exec`` with a TTY, BuildKit sessions) and Docker's older hijack without 101 are
+spliced byte for byte both ways, with half-close passed on.
+
+Admins pass unchanged. Every refusal (and every create) is written to the event log; a refusal
+also goes to the caller's ``ds01 why`` record. A fault inside the gateway answers that one request
+with a sentence (500/403) and never stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import grp
+import json
+import logging
+import os
+import signal
+import socket
+from typing import Any, Callable, Optional
+from urllib.parse import quote
+
+from .. import config as config_mod
+from .. import refusals
+from . import admission as admission_mod
+from . import http, peer, policy, schema
+from .upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+HIJACK_ACTIONS = ("attach", "start")  # container attach, exec start
+SPLICE_GRACE_S = 5.0
+HIJACK_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
+
+
+class Refused(Exception):
+    def __init__(self, refusal: policy.Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class Settings:
+    """The gateway's effective settings: CLI options over the ``gateway`` config section."""
+
+    def __init__(
+        self,
+        section: dict,
+        listen: Optional[str] = None,
+        upstream: Optional[str] = None,
+        socket_group: Optional[str] = None,
+    ) -> None:
+        self.section = dict(section)
+        self.listen = listen or section["listen"]
+        self.upstream = upstream or section["upstream"]
+        self.socket_group = socket_group or section["socket_group"]
+
+
+class Gateway:
+    def __init__(
+        self,
+        config_path: str,
+        listen: Optional[str] = None,
+        upstream: Optional[str] = None,
+        socket_group: Optional[str] = None,
+        admission: Optional[Any] = None,
+        event_log: Optional[Callable[..., Any]] = None,
+    ) -> None:
+        self.store = config_mod.ConfigStore(config_path)
+        self._cli = (listen, upstream, socket_group)
+        self.upstream = Upstream(self.settings().upstream)
+        self.admission = admission or admission_mod.Admission(self.store, self.settings().upstream)
+        self._event_log = event_log
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.connections = 0
+        self.requests = 0
+        self.refused = 0
+        self._tasks: set = set()
+
+    # -- settings -------------------------------------------------------------------------------
+    def config(self) -> Optional[config_mod.Config]:
+        return self.store.get()
+
+    def section(self) -> dict:
+        config = self.config()
+        if config is not None and schema.SECTION in config.sections:
+            return dict(config.sections[schema.SECTION])
+        return schema.defaults()
+
+    def settings(self) -> Settings:
+        return Settings(self.section(), *self._cli)
+
+    def state_dir(self) -> str:
+        config = self.config()
+        return config.sections["paths"]["state_dir"] if config else "/var/lib/ds01"
+
+    # -- server ---------------------------------------------------------------------------------
+    async def start(self) -> asyncio.AbstractServer:
+        settings = self.settings()
+        path = settings.listen
+        if os.path.exists(path) or os.path.islink(path):
+            try:
+                probe = socket.socket(socket.AF_UNIX)
+                probe.connect(path)
+                probe.close()
+                raise OSError(f"{path} is in use by a running server; stop it first")
+            except ConnectionRefusedError:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=path, limit=http.MAX_HEAD_BYTES)
+        finally:
+            os.umask(old)
+        gid = -1
+        try:
+            gid = grp.getgrnam(settings.socket_group).gr_gid
+        except KeyError:
+            log.error("group %s does not exist: only root can use %s", settings.socket_group, path)
+        if gid >= 0 and os.geteuid() == 0:
+            os.chown(path, 0, gid)
+        os.chmod(path, 0o660)
+        log.info("listening on %s (group %s), forwarding to %s", path, settings.socket_group, settings.upstream)
+        return self.server
+
+    async def serve_forever(self) -> None:
+        server = await self.start()
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+            except (NotImplementedError, RuntimeError):
+                pass
+        async with server:
+            await stop
+        try:
+            os.unlink(self.settings().listen)
+        except OSError:
+            pass
+
+    # -- identity -------------------------------------------------------------------------------
+    async def identify(self, cred: peer.PeerCred) -> peer.Caller:
+        """The caller of a connection, or Refused when it cannot be established."""
+        config = self.config()
+        admin_group = config.admin_group if config else "ds01-admin"
+        admin_users = config.admin_users if config else ()
+        text = peer.read_cgroup(cred.pid)
+        if text is None:
+            raise Refused(_identity_refusal(f"process {cred.pid} vanished before it could be identified"))
+        container_id = peer.container_id_from_cgroup(text)
+        if container_id is not None:
+            return await self._identify_in_container(cred, container_id, admin_group, admin_users)
+        account = peer.account_of_uid(cred.uid)
+        if account is None:
+            raise Refused(_identity_refusal(f"uid {cred.uid} has no account on this host"))
+        admin = peer.is_admin(account, admin_group, admin_users, cred.gid)
+        return peer.Caller(account.login, account.uid, account.home, admin, cred.pid)
+
+    async def _identify_in_container(self, cred, container_id, admin_group, admin_users) -> peer.Caller:
+        try:
+            info = await self.upstream.inspect_container(container_id)
+        except UpstreamError as exc:
+            raise Refused(
+                _identity_refusal(f"the Docker daemon could not be asked about its container ({exc})")
+            ) from None
+        if info is None:
+            raise Refused(_identity_refusal(f"its cgroup names container {container_id[:12]}, which does not exist"))
+        state_pid = (info.get("State") or {}).get("Pid") or 0
+        caller_ns = peer.pid_namespace(cred.pid)
+        if not state_pid or caller_ns is None or caller_ns != peer.pid_namespace(state_pid):
+            raise Refused(_identity_refusal(f"it is not inside container {container_id[:12]}'s PID namespace"))
+        if caller_ns == peer.pid_namespace(os.getpid()):
+            raise Refused(_identity_refusal("its container shares the host's PID namespace"))
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        owner = labels.get("ds01.user")
+        if not owner:
+            if str(labels.get("ds01.protected", "")).lower() == "true":
+                return peer.Caller("root", 0, "/root", True, cred.pid, container_id)
+            raise Refused(_identity_refusal(f"container {container_id[:12]} has no owner label"))
+        account = peer.account_of_login(owner)
+        if account is None:
+            raise Refused(_identity_refusal(f"the owner {owner!r} of container {container_id[:12]} has no account"))
+        admin = peer.is_admin(account, admin_group, admin_users)
+        return peer.Caller(account.login, account.uid, account.home, admin, cred.pid, container_id)
+
+    # -- connection -----------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # the stream protocol drops its reference when the client leaves
+        conn = _Connection(self, reader, writer)
+        try:
+            await conn.run()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("connection ended early: %s", exc)
+        except Exception:  # the connection edge: log it, never crash the server
+            log.exception("connection failed")
+        finally:
+            await conn.close()
+            self._tasks.discard(task)
+
+    # -- recording ------------------------------------------------------------------------------
+    async def record(self, event_type: str, caller: Optional[peer.Caller], **details: Any) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._write_event, event_type, caller, details)
+
+    def _write_event(self, event_type: str, caller: Optional[peer.Caller], details: dict) -> None:
+        user = caller.login if caller else None
+        try:
+            if self._event_log is not None:
+                self._event_log(event_type, user=user, source="gateway", **details)
+            else:
+                admission_mod.write_event(self.config(), event_type, user, details)
+            if caller is not None and details.get("code") and not caller.admin:
+                refusals.record(
+                    self.state_dir(), caller.login, details["code"], details.get("sentence", ""), caller.uid
+                )
+        except Exception:  # recording must never fail a request
+            log.exception("could not record %s for %s", event_type, user)
+
+
+def _identity_refusal(reason: str) -> policy.Refusal:
+    return policy.Refusal(
+        policy.POLICY_DENIED,
+        f"the ds01 gateway could not establish who is calling ({reason}); nothing was forwarded.",
+        event_type="auth.denied",
+    )
+
+
+class _Connection:
+    """One client connection and its upstream connection."""
+
+    def __init__(self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.gw = gateway
+        self.reader = reader
+        self.writer = writer
+        self.up_reader: Optional[asyncio.StreamReader] = None
+        self.up_writer: Optional[asyncio.StreamWriter] = None
+        self.caller: Optional[peer.Caller] = None
+
+    async def close(self) -> None:
+        for w in (self.up_writer, self.writer):
+            if w is not None:
+                try:
+                    w.close()
+                except (OSError, RuntimeError):
+                    pass
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def run(self) -> None:
+        sock = self.writer.get_extra_info("socket")
+        identity_refusal: Optional[policy.Refusal] = None
+        try:
+            cred = peer.peercred(sock)
+            self.caller = await self.gw.identify(cred)
+        except Refused as exc:
+            identity_refusal = exc.refusal
+        except OSError as exc:
+            identity_refusal = _identity_refusal(f"SO_PEERCRED failed: {exc}")
+        while True:
+            try:
+                raw = await http.read_head(self.reader)
+                if raw is None:
+                    return
+                head = http.parse_request_head(raw)
+                framing = http.request_framing(head)
+            except http.HttpError as exc:
+                await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
+                await self.gw.record("gateway.refused", self.caller, code="BAD_REQUEST", sentence=exc.message)
+                return
+            self.gw.requests += 1
+            if identity_refusal is not None:
+                await self.refuse(identity_refusal, head)
+                return
+            try:
+                keep = await self.handle(head, framing)
+            except Refused as exc:
+                await self.refuse(exc.refusal, head)
+                return
+            except http.HttpError as exc:
+                await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
+                return
+            except UpstreamError as exc:
+                log.warning("upstream fault for %s %s: %s", head.method, head.target, exc)
+                await self.send(
+                    http.json_response(
+                        503, {"message": f"ds01 gateway: {exc}. Nothing was changed; try again."}, close=True
+                    )
+                )
+                return
+            if not keep:
+                return
+
+    async def refuse(self, refusal: policy.Refusal, head: http.Head) -> None:
+        self.gw.refused += 1
+        await self.send(http.json_response(refusal.status, {"message": refusal.message}, close=True))
+        await self.gw.record(
+            refusal.event_type,
+            self.caller,
+            code=refusal.code,
+            sentence=refusal.sentence,
+            method=head.method,
+            path=policy.split_target(head.target)[0][:200],
+        )
+
+    # -- decisions ------------------------------------------------------------------------------
+    async def handle(self, head: http.Head, framing: http.Framing) -> bool:
+        expect = head.get("Expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise http.HttpError(417, f"unsupported Expect {expect!r}")
+            head.remove("Expect")
+            if framing.kind != "none":
+                await self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        route = policy.classify(head.method, head.target)
+        if caller.admin:
+            if route.kind != "containers.create":
+                return await self.forward(head, framing, route=route)
+            keep, status, created = await self.forward(head, framing, route=route, capture=True)
+            if 200 <= status < 300:
+                name = route.query_value("name") or ""
+                await self.gw.record("container.create", caller, container=name, id=created, admin=True)
+            return keep
+        kind = route.kind
+        if kind == "admin":
+            raise Refused(policy.admin_only(route, head.method))
+        if kind == "unknown":
+            raise Refused(policy.unknown_route(route, head.method))
+        if kind == "open":
+            return await self.forward(head, framing, route=route)
+        if kind in ("containers.list", "events"):
+            try:
+                query = policy.owner_filter_query(route, caller.login)
+            except ValueError as exc:
+                raise http.HttpError(400, str(exc)) from None
+            head.target = policy.rebuild_target(route, query=query)
+            return await self.forward(head, framing, route=route)
+        if kind == "system.df":
+            return await self.forward(
+                head, framing, route=route, rewrite=lambda body: policy.filter_system_df(body, caller.login)
+            )
+        if kind == "container":
+            return await self.container_op(head, framing, route)
+        if kind == "exec":
+            return await self.exec_op(head, framing, route)
+        if kind == "commit":
+            info = await self.owned_container(route.ref or "", "commit")
+            query = (*((k, v) for k, v in route.query if k != "container"), ("container", info["Id"]))
+            head.target = policy.rebuild_target(route, query=query)
+            return await self.forward(head, framing, route=route)
+        if kind == "containers.create":
+            return await self.create(head, framing, route)
+        if kind in ("volumes.create", "networks.create"):
+            body = await self.read_json(framing)
+            ctx = self.context()
+            check = policy.check_volume_create if kind == "volumes.create" else policy.check_network_create
+            refusal, body = check(body, ctx)
+            if refusal:
+                raise Refused(refusal)
+            return await self.forward(head, framing, route=route, body=body)
+        if kind in ("volume", "network"):
+            labels = await self.gw.upstream.labels_of(kind, route.ref or "")
+            refusal = policy.object_ownership(caller.login, kind, route.ref or "", labels, route.action)
+            if refusal:
+                raise Refused(refusal)
+            return await self.forward(head, framing, route=route)
+        if kind == "networks.connect":
+            body = await self.read_json(framing)
+            ref = str((body or {}).get("Container") or "") if isinstance(body, dict) else ""
+            await self.owned_container(ref, f"{route.action} a network")
+            return await self.forward(head, framing, route=route, body=body)
+        if kind == "build":
+            refusal, query = policy.check_build(route, self.context())
+            if refusal:
+                raise Refused(refusal)
+            head.target = policy.rebuild_target(route, query=query)
+            return await self.forward(head, framing, route=route)
+        raise Refused(policy.unknown_route(route, head.method))
+
+    def limits(self) -> config_mod.Limits:
+        if self.caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        return self.gw.store.resolve(self.caller.login)
+
+    def context(self, **extra: Any) -> policy.CreateContext:
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        limits = self.limits()
+        section = self.gw.section()
+        settings = self.gw.settings()
+        return policy.CreateContext(
+            login=caller.login,
+            home=caller.home,
+            slice_name=limits.slice_name,
+            group=limits.group,
+            max_cpus=limits.max_cpus,
+            memory=limits.memory,
+            memory_swap=limits.memory_swap,
+            shm_size=limits.shm_size,
+            pids_limit=limits.pids_limit,
+            allowed_capabilities=tuple(section["allowed_capabilities"]),
+            allowed_devices=tuple(section["allowed_devices"] or ()),
+            bind_prefixes=tuple(section["bind_prefixes"] or ()),
+            readonly_bind_prefixes=tuple(section["readonly_bind_prefixes"] or ()),
+            allow_host_network=bool(section["allow_host_network"]),
+            socket_paths=(settings.listen, settings.upstream),
+            **extra,
+        )
+
+    async def read_json(self, framing: http.Framing) -> Any:
+        limit = int(self.gw.section()["max_body_bytes"])
+        raw = await http.read_body(self.reader, framing, limit)
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise http.HttpError(400, "the request body is not valid JSON") from None
+
+    async def owned_container(self, ref: str, verb: str) -> dict:
+        if self.caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        info = await self.gw.upstream.inspect_container(ref) if ref else None
+        if info is None:
+            raise Refused(
+                policy.Refusal("NOT_FOUND", f"No such container: {ref}", status=404, event_type="gateway.refused")
+            )
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        refusal = policy.ownership(self.caller.login, info.get("Name") or ref, labels, verb)
+        if refusal:
+            raise Refused(refusal)
+        return info
+
+    async def container_op(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
+        verb = policy.CONTAINER_ACTIONS.get(route.action, route.action)
+        info = await self.owned_container(route.ref or "", verb)
+        head.target = policy.rebuild_target(route, path=policy.container_path(route, info["Id"]))
+        body = None
+        if route.action == "exec" and head.method == "POST":
+            body = await self.read_json(framing)
+            refusal = policy.check_exec_create(body)
+            if refusal:
+                raise Refused(refusal)
+        elif route.action == "update":
+            body = await self.read_json(framing)
+            refusal, body = policy.check_update(body, self.context())
+            if refusal:
+                raise Refused(refusal)
+        elif route.action == "start":
+            await self.check_devices_present(info)
+        return await self.forward(head, framing, route=route, body=body)
+
+    async def exec_op(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
+        info = await self.gw.upstream.inspect_exec(route.ref or "")
+        if info is None:
+            raise Refused(policy.Refusal("NOT_FOUND", f"No such exec instance: {route.ref}", status=404))
+        await self.owned_container(str(info.get("ContainerID") or ""), policy.EXEC_ACTIONS[route.action])
+        return await self.forward(head, framing, route=route)
+
+    async def check_devices_present(self, info: dict) -> None:
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        granted = [u for u in str(labels.get("ds01.gpu.uuids") or "").split(",") if u]
+        if not granted:
+            return
+        loop = asyncio.get_running_loop()
+        present = await loop.run_in_executor(None, self.gw.admission.inventory_uuids)
+        if present is None:
+            log.warning("GPU inventory unavailable; starting %s without checking its devices", info.get("Name"))
+            return
+        missing = [u for u in granted if u not in present]
+        if missing:
+            name = str(info.get("Name") or "").lstrip("/")
+            raise Refused(
+                policy.denied(
+                    f"container '{name}' was granted {', '.join(missing)}, which no longer exists on this host "
+                    "(the GPU or MIG layout changed). Your files in mounted directories and volumes are safe: "
+                    f"remove the container (`docker rm {name}`) and create it again to get a current GPU."
+                )
+            )
+
+    async def create(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        body = await self.read_json(framing)
+        if not isinstance(body, dict):
+            raise http.HttpError(400, "the create request body is not a JSON object")
+        owners = {}
+        for ref in policy.referenced_containers(body):
+            info = await self.gw.upstream.inspect_container(ref)
+            owners[ref] = ((info or {}).get("Config") or {}).get("Labels") if info else None
+        volumes = {}
+        for name in policy.referenced_volumes(body):
+            volumes[name] = await self.gw.upstream.labels_of("volume", name)
+        host = body.get("HostConfig") or {}
+        needs_image = not any(policy.is_gpu_request_entry(e) for e in host.get("DeviceRequests") or []) and (
+            policy.env_value(body.get("Env"), policy.NVIDIA_ENV) is None
+        )
+        image_env = (
+            await self.gw.upstream.image_env(str(body.get("Image") or ""))
+            if needs_image and body.get("Image")
+            else None
+        )
+        ctx = self.context(container_owners=owners, volume_owners=volumes, image_env=image_env)
+        refusal = policy.check_create(body, ctx)
+        if refusal:
+            raise Refused(refusal)
+        limits = self.limits()
+        if limits.max_containers_per_user is not None:
+            mine = await self.gw.upstream.containers_of(caller.login)
+            if len(mine) >= limits.max_containers_per_user:
+                raise Refused(
+                    policy.Refusal(
+                        policy.CONTAINER_LIMIT,
+                        f"you have {len(mine)} containers (running or stopped) and your limit is "
+                        f"{limits.max_containers_per_user}; remove one you no longer need (`docker ps -a`, "
+                        "`docker rm NAME`) and try again.",
+                    )
+                )
+        ask = policy.gpu_ask(body, image_env)
+        body = policy.rewrite_create(body, ctx)
+        name = route.query_value("name") or ""
+        details = {
+            "container": name,
+            "image": str(body.get("Image") or ""),
+            "container_type": body["Labels"]["ds01.container_type"],
+        }
+        if ask is None:
+            body = policy.strip_gpu(body)
+            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            if 200 <= status < 300:
+                await self.gw.record("container.create", caller, gpu=False, id=created, **details)
+            return keep
+        loop = asyncio.get_running_loop()
+        reservation = self.gw.admission.reservation(caller.login, ask, limits, details)
+        try:
+            grant = await loop.run_in_executor(None, reservation.enter)
+        except admission_mod.AdmissionRefused as exc:
+            raise Refused(policy.Refusal(exc.code, exc.sentence)) from None
+        try:
+            body = policy.apply_gpu_grant(body, grant.uuids, grant.labels)
+            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+        finally:
+            await loop.run_in_executor(None, reservation.exit)
+        if 200 <= status < 300:
+            await self.gw.record(
+                "container.create", caller, gpu=True, gpu_uuids=list(grant.uuids), id=created, **details
+            )
+        return keep
+
+    # -- forwarding -----------------------------------------------------------------------------
+    async def upstream_connection(self) -> tuple:
+        if self.up_writer is None or self.up_writer.is_closing() or (self.up_reader and self.up_reader.at_eof()):
+            if self.up_writer is not None:
+                self.up_writer.close()
+            self.up_reader, self.up_writer = await self.gw.upstream.open()
+        return self.up_reader, self.up_writer
+
+    async def forward(
+        self,
+        head: http.Head,
+        framing: http.Framing,
+        route: policy.Route,
+        body: Any = None,
+        rewrite: Optional[Callable[[Any], Any]] = None,
+        capture: bool = False,
+    ) -> Any:
+        """Send the request upstream and the answer back. Returns keep-alive (and status, id if capture)."""
+        up_reader, up_writer = await self.upstream_connection()
+        head.remove("Content-Length", "Transfer-Encoding", "Expect")
+        payload: Optional[bytes] = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            head.set("Content-Type", "application/json")
+            head.headers.append(("Content-Length", str(len(payload))))
+        elif framing.kind == "length":
+            head.headers.append(("Content-Length", str(framing.length)))
+        elif framing.kind == "chunked":
+            head.headers.append(("Transfer-Encoding", "chunked"))
+        client_close = "close" in head.connection_tokens() or head.start[2] == "HTTP/1.0"
+        up_writer.write(head.serialize_request())
+        sender: Optional[asyncio.Task] = None
+        if payload is not None:
+            up_writer.write(payload)
+            await up_writer.drain()
+        elif framing.kind != "none":
+            sender = asyncio.ensure_future(self._send_body(framing, up_writer))
+        else:
+            await up_writer.drain()
+        try:
+            try:
+                while True:
+                    raw = await http.read_head(up_reader)
+                    if raw is None:
+                        raise UpstreamError("the Docker daemon closed the connection without answering")
+                    response = http.parse_response_head(raw)
+                    if response.status == 100:
+                        continue
+                    break
+            except http.HttpError as exc:
+                raise UpstreamError(exc.message) from None
+            if sender is not None:
+                if response.status >= 300 and not sender.done():
+                    client_close = True
+                else:
+                    await sender
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                client_close = True
+        rframing = http.response_framing(response, head.method)
+        hijack = (
+            response.status == 101
+            or (
+                route.kind in ("container", "exec")
+                and route.action in HIJACK_ACTIONS
+                and rframing.kind == "close"
+                and (response.get("Content-Type") or "").split(";")[0].strip() in HIJACK_TYPES
+            )
+            or (route.path in ("/session", "/grpc") and rframing.kind == "close")
+        )
+        if hijack:
+            await self.send(response.serialize_response())
+            await self.splice(up_reader, up_writer)
+            return (False, response.status, None) if capture else False
+        upstream_close = "close" in response.connection_tokens() or rframing.kind == "close"
+        captured: Optional[str] = None
+        if rewrite is not None or capture:
+            data = b""
+            async for piece in http.iter_body(up_reader, rframing, error_status=502):
+                data += piece
+            if rewrite is not None and 200 <= response.status < 300:
+                try:
+                    data = json.dumps(rewrite(json.loads(data))).encode()
+                except ValueError:
+                    pass
+            if capture:
+                try:
+                    captured = (json.loads(data) or {}).get("Id")
+                except (ValueError, AttributeError):
+                    captured = None
+            response.remove("Content-Length", "Transfer-Encoding")
+            response.headers.append(("Content-Length", str(len(data))))
+            await self.send(response.serialize_response() + data)
+        else:
+            await self.send(response.serialize_response())
+            async for piece in http.iter_body(up_reader, rframing, error_status=502):
+                self.writer.write(http.chunk(piece) if rframing.kind == "chunked" else piece)
+                await self.writer.drain()
+            if rframing.kind == "chunked":
+                await self.send(http.LAST_CHUNK)
+        if upstream_close:
+            up_writer.close()
+            self.up_writer = None
+        keep = not (client_close or rframing.kind == "close")
+        return (keep, response.status, captured) if capture else keep
+
+    async def _send_body(self, framing: http.Framing, up_writer: asyncio.StreamWriter) -> None:
+        """Stream a body we do not need to read: exactly Content-Length bytes, or re-chunked."""
+        chunked = framing.kind == "chunked"
+        async for piece in http.iter_body(self.reader, framing):
+            up_writer.write(http.chunk(piece) if chunked else piece)
+            await up_writer.drain()
+        if chunked:
+            up_writer.write(http.LAST_CHUNK)
+            await up_writer.drain()
+
+    async def splice(self, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        """Copy bytes both ways until the daemon's side ends; pass half-closes on."""
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    data = await src.read(http.PIECE)
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            except (ConnectionError, OSError):
+                pass
+
+        to_daemon = asyncio.ensure_future(pump(self.reader, up_writer))
+        to_client = asyncio.ensure_future(pump(up_reader, self.writer))
+        await to_client
+        try:
+            await asyncio.wait_for(to_daemon, SPLICE_GRACE_S)
+        except asyncio.TimeoutError:
+            pass
+        self.up_writer = None
+        up_writer.close()
+
+
+def run(
+    config_path: str, listen: Optional[str] = None, upstream: Optional[str] = None, socket_group: Optional[str] = None
+) -> None:
+    gateway = Gateway(config_path, listen, upstream, socket_group)
+    asyncio.run(gateway.serve_forever())
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+__all__ = ["Gateway", "quote", "run"]

@@ -1,0 +1,114 @@
+"""The gateway's own questions to the daemon (as root, on the daemon's socket): inspect, list, count."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+from urllib.parse import quote
+
+from . import http
+
+QUERY_TIMEOUT_S = 15.0
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+class UpstreamError(Exception):
+    """The daemon could not be asked (socket missing, timeout, garbage)."""
+
+
+class Upstream:
+    def __init__(self, path: str, timeout_s: float = QUERY_TIMEOUT_S) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+
+    async def open(self) -> tuple:
+        try:
+            return await asyncio.open_unix_connection(self.path, limit=http.MAX_HEAD_BYTES)
+        except OSError as exc:
+            raise UpstreamError(f"cannot reach the Docker daemon at {self.path}: {exc.strerror or exc}") from None
+
+    async def request(self, method: str, target: str, body: Optional[Any] = None) -> tuple:
+        """(status, parsed JSON or None) for one request on a fresh connection."""
+        try:
+            return await asyncio.wait_for(self._request(method, target, body), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise UpstreamError(
+                f"the Docker daemon did not answer {method} {target} within {self.timeout_s:g}s"
+            ) from None
+
+    async def _request(self, method: str, target: str, body: Optional[Any]) -> tuple:
+        reader, writer = await self.open()
+        try:
+            payload = b"" if body is None else json.dumps(body).encode()
+            head = f"{method} {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+            if body is not None:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            writer.write(head.encode() + b"\r\n" + payload)
+            await writer.drain()
+            try:
+                raw = await http.read_head(reader)
+                if raw is None:
+                    raise UpstreamError("the Docker daemon closed the connection without answering")
+                response = http.parse_response_head(raw)
+                framing = http.response_framing(response, method)
+                data = b""
+                async for piece in http.iter_body(reader, framing, error_status=502):
+                    data += piece
+                    if len(data) > MAX_ANSWER_BYTES:
+                        raise UpstreamError("the Docker daemon's answer is too large")
+            except http.HttpError as exc:
+                raise UpstreamError(f"the Docker daemon sent a malformed answer: {exc.message}") from None
+            parsed = None
+            if data:
+                try:
+                    parsed = json.loads(data)
+                except ValueError:
+                    parsed = None
+            return response.status, parsed
+        except OSError as exc:
+            raise UpstreamError(f"lost the connection to the Docker daemon: {exc}") from None
+        finally:
+            writer.close()
+
+    # -- questions ----------------------------------------------------------------------------
+    async def inspect_container(self, ref: str) -> Optional[dict]:
+        status, data = await self.request("GET", f"/containers/{quote(ref, safe='')}/json")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting container {ref!r} failed with HTTP {status}")
+        return data
+
+    async def inspect_exec(self, exec_id: str) -> Optional[dict]:
+        status, data = await self.request("GET", f"/exec/{quote(exec_id, safe='')}/json")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting exec {exec_id!r} failed with HTTP {status}")
+        return data
+
+    async def image_env(self, image: str) -> Optional[list]:
+        """The image's default Env, or None when the image is not present (create will fail on it)."""
+        status, data = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting image {image!r} failed with HTTP {status}")
+        return list((data.get("Config") or {}).get("Env") or [])
+
+    async def labels_of(self, kind: str, name: str) -> Optional[dict]:
+        """Labels of a volume or network; None when it does not exist."""
+        status, data = await self.request("GET", f"/{kind}s/{quote(name, safe='')}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting {kind} {name!r} failed with HTTP {status}")
+        return data.get("Labels") or {}
+
+    async def containers_of(self, login: str) -> list:
+        filters = json.dumps({"label": [f"ds01.user={login}"]})
+        status, data = await self.request("GET", f"/containers/json?all=1&filters={quote(filters)}")
+        if status != 200 or not isinstance(data, list):
+            raise UpstreamError(f"listing containers failed with HTTP {status}")
+        return data
