@@ -298,6 +298,8 @@ def test_rewrite_stamps_owner_slice_and_type_over_spoofed_labels():
             "ds01.user": "bob",
             "ds01.protected": "true",
             "ds01.gpu.uuids": "GPU-x",
+            "ds01.lifecycle.exempt": "true",
+            "ds01.monitoring": "true",
             "aime.mlc.USER": "bob",
             "ds01.name": "n",
             "app": "1",

@@ -46,7 +46,7 @@ GATEWAY_LABELS = (
     "ds01.slice",
     "ds01.owner",
 )
-GATEWAY_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "aime.mlc")
+GATEWAY_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "ds01.lifecycle.", "aime.mlc")
 
 
 def gateway_label(key: str) -> bool:
