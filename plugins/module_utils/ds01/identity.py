@@ -97,6 +97,7 @@ def login_of_uid(uid: int) -> Optional[str]:
 OWNER_LABEL = "ds01.user"
 LEGACY_OWNER_LABEL = "aime.mlc.USER"
 DEVCONTAINER_FOLDER_LABEL = "devcontainer.local_folder"
+COMPOSE_DIR_LABEL = "com.docker.compose.project.working_dir"
 AIME_NAME_RE = re.compile(r"^(?P<name>.+)\._\.(?P<uid>\d+)$")
 
 # How an owner was found (stable strings: they appear in JSON and in the event log).
@@ -104,6 +105,7 @@ OWNER_BY_LABEL = "ds01.user"
 OWNER_BY_LEGACY_LABEL = "aime.mlc.USER"
 OWNER_BY_NAME_UID = "name_uid"
 OWNER_BY_DEVCONTAINER = "devcontainer_folder"
+OWNER_BY_COMPOSE_DIR = "compose_dir"
 OWNER_UNKNOWN = "unknown"
 
 
@@ -154,7 +156,8 @@ def container_owner(attrs: Any) -> tuple[Optional[str], str]:
     3. an AIME-style name ``<name>._.<uid>`` → the uid's login (passwd);
     4. ``devcontainer.local_folder`` → the login owning that folder (``os.stat``), never the
        ``/home/<login>`` spelled in the path, which anyone can write into a label;
-    5. ``(None, "unknown")``.
+    5. ``com.docker.compose.project.working_dir`` → the login owning that folder, the same way;
+    6. ``(None, "unknown")``.
     """
     labels = _container_labels(attrs)
     for key, method in ((OWNER_LABEL, OWNER_BY_LABEL), (LEGACY_OWNER_LABEL, OWNER_BY_LEGACY_LABEL)):
@@ -166,9 +169,9 @@ def container_owner(attrs: Any) -> tuple[Optional[str], str]:
         login = login_of_uid(int(match.group("uid")))
         if login:
             return login, OWNER_BY_NAME_UID
-    folder = labels.get(DEVCONTAINER_FOLDER_LABEL)
-    if isinstance(folder, str) and folder:
-        login = _folder_owner(folder)
+    for key, method in ((DEVCONTAINER_FOLDER_LABEL, OWNER_BY_DEVCONTAINER), (COMPOSE_DIR_LABEL, OWNER_BY_COMPOSE_DIR)):
+        folder = labels.get(key)
+        login = _folder_owner(folder) if isinstance(folder, str) and folder else None
         if login:
-            return login, OWNER_BY_DEVCONTAINER
+            return login, method
     return None, OWNER_UNKNOWN
