@@ -217,7 +217,12 @@ def test_cli_status_plan_users(docker_client, empty_image, test_label, inventory
 
     def ds01(*args):
         return subprocess.run(
-            [str(ds01_bin), "--config", str(LAB), "gpu", *args], env=env, capture_output=True, text=True, timeout=120
+            [str(ds01_bin), "--config", str(LAB), "gpu", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     status = ds01("status", "--json")

@@ -393,7 +393,7 @@ def test_decision_table(inventory, lim, holdings, request_, expected):
     outcome = allocator.decide(inventory, holdings, limits(**lim), request_)
     if expected[0] == "grant":
         assert isinstance(outcome, allocator.Grant), outcome
-        _, slots, weight = expected
+        _first, slots, weight = expected
         assert outcome.slots == slots
         assert outcome.gpueq == pytest.approx(weight, abs=1e-9)
         assert outcome.uuids == tuple(inventory.slot(s).uuid for s in slots)
@@ -401,7 +401,7 @@ def test_decision_table(inventory, lim, holdings, request_, expected):
         assert not set(outcome.slots) & set(occupied), "a granted slot was already held"
     else:
         assert isinstance(outcome, allocator.Refusal), outcome
-        _, code, phrases = expected
+        _first, code, phrases = expected
         assert outcome.code == code, outcome.sentence
         for phrase in phrases:
             assert phrase in outcome.sentence

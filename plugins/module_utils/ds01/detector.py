@@ -1141,8 +1141,8 @@ def owner_resolver(config: Any) -> Callable[[Mapping[str, Any]], tuple]:
 
 
 def allocator_hook(config: Any) -> Optional[Callable[[], None]]:
-    """The allocator's DCGM job-mapping sync, called after events that change GPU holdings
-    (``allocator.sync_job_mapping(config)``), or None when this build has none."""
+    """The allocator's DCGM job-mapping sync (``allocator.sync_job_mapping``), called after events
+    that change GPU holdings, or None when this build has none."""
     try:
         from . import allocator
     except ImportError:
@@ -1150,9 +1150,14 @@ def allocator_hook(config: Any) -> Optional[Callable[[], None]]:
     sync = getattr(allocator, "sync_job_mapping", None)
     if sync is None:
         return None
+    from . import docker_state, gpu
+
+    cache = docker_state.InspectCache()  # a warm read is one list call plus inspects of new containers
 
     def hook() -> None:
-        sync(config)
+        inventory = gpu.inventory_from_config(config)
+        holdings = docker_state.list_containers(docker_state.client_from_env(), inventory, cache=cache)
+        sync(inventory, holdings, config.section("gpu_allocation")["mapping_dir"])
 
     return hook
 

@@ -161,7 +161,7 @@ def parse_time(value: Any) -> Optional[dt.datetime]:
         return None
     text = text.replace("Z", "+00:00")
     if "." in text:  # trim nanoseconds to microseconds for fromisoformat
-        head, _, rest = text.partition(".")
+        head, _sep, rest = text.partition(".")
         digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         tz = rest[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{tz}"
@@ -218,7 +218,7 @@ def gpu_claim(inspect: Mapping[str, Any]) -> GpuClaim:
     if label:
         return GpuClaim(ids=label, source=GPU_FROM_LABEL)
     for item in config.get("Env") or []:
-        key, _, value = str(item).partition("=")
+        key, _sep, value = str(item).partition("=")
         if key == VISIBLE_DEVICES_ENV:
             env_ids = _split_ids([value])
             if env_ids and all(_is_uuid(i) for i in env_ids):
@@ -352,7 +352,7 @@ def list_containers(
     ``started_at``/``pid`` and ``attrs``). ``DockerStateError`` when Docker does not answer."""
     try:
         summaries = client.api.containers(all=True)
-    except DOCKER_ERRORS as exc:
+    except (DockerException, RequestException, OSError) as exc:
         raise DockerStateError(f"cannot list the containers ({exc})") from exc
     out = []
     for summary in summaries:
@@ -364,7 +364,7 @@ def list_containers(
                 inspect = client.api.inspect_container(cid)
             except NotFound:
                 continue  # removed between the list and the inspect
-            except DOCKER_ERRORS as exc:
+            except (DockerException, RequestException, OSError) as exc:
                 raise DockerStateError(f"cannot inspect container {summary.get('Names')} ({exc})") from exc
             facts = (gpu_claim(inspect), str((inspect.get("HostConfig") or {}).get("CgroupParent") or ""))
             if cache is not None:

@@ -491,11 +491,11 @@ class NvmlBackend:
 
     def _is_not_supported(self, exc: Exception) -> bool:
         cls = getattr(self.nvml, "NVMLError_NotSupported", None)
-        return cls is not None and isinstance(exc, cls)
+        return cls is not None and isinstance(exc, cls)  # pylint: disable=isinstance-second-argument-not-valid-type
 
     def _is_not_found(self, exc: Exception) -> bool:
         cls = getattr(self.nvml, "NVMLError_NotFound", None)
-        return cls is not None and isinstance(exc, cls)
+        return cls is not None and isinstance(exc, cls)  # pylint: disable=isinstance-second-argument-not-valid-type
 
     def _read_gpu(self, i: int) -> Gpu:
         nvml = self.nvml
