@@ -62,7 +62,7 @@ def time_decisions(inventory: gpu.Inventory, n: int, repeats: int = 200) -> floa
     limits = dataclasses.replace(config.safe_limits("alice"), max_containers_per_user=None)
     request = allocator.Request()
     times = []
-    for _ in range(repeats):
+    for _i in range(repeats):
         t = time.perf_counter()
         allocator.decide(inventory, holdings, limits, request)
         times.append(time.perf_counter() - t)
@@ -93,17 +93,17 @@ def time_docker(inventory: gpu.Inventory, sizes: tuple) -> dict:
                 created += 1
             total = len(client.api.containers(all=True))
             cold, warm, sdk = [], [], []
-            for _ in range(5):
+            for _i in range(5):
                 t = time.perf_counter()
                 docker_state.list_containers(client, inventory)
                 cold.append(time.perf_counter() - t)
             cache = docker_state.InspectCache()
             docker_state.list_containers(client, inventory, cache)
-            for _ in range(5):
+            for _i in range(5):
                 t = time.perf_counter()
                 docker_state.list_containers(client, inventory, cache)
                 warm.append(time.perf_counter() - t)
-            for _ in range(5):
+            for _i in range(5):
                 t = time.perf_counter()
                 client.containers.list(all=True, sparse=False)
                 sdk.append(time.perf_counter() - t)
