@@ -51,7 +51,7 @@ molecule: ## molecule test for each molecule/<scenario>
 test: ## every stage above in order, with a timing summary
 	@$(SCRIPTS)/test.sh
 
-demo: ## ansible-playbook -i inventory/demo playbooks/site.yml into DEMO_ROOT, then the ds01 CLI
+demo: system-deps venv docker ## ansible-playbook -i inventory/demo playbooks/site.yml into DEMO_ROOT, then the ds01 CLI
 	@$(SCRIPTS)/demo.sh
 
 clean: ## remove generated trees (keeps .venv, the image rootfs, the wheelhouse)

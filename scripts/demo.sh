@@ -28,6 +28,11 @@ main() {
   [ -f playbooks/site.yml ] || missing+=(playbooks/site.yml)
   [ "${#missing[@]}" -eq 0 ] || die "the demo needs ${missing[*]}, which this checkout does not have yet"
   [ -x "$ds01" ] || die "$ds01 missing: run 'make venv' first"
+  # The runtime venv on the target is installed from wheels (the molecule host has no network).
+  if ! compgen -G "$DS01_ROOT/.cache/wheels/*.whl" >/dev/null; then
+    info "filling .cache/wheels with the runtime pins (scripts/wheelhouse.sh)"
+    "$DS01_ROOT/scripts/wheelhouse.sh" "$DS01_ROOT/.cache/wheels"
+  fi
   export DEMO_ROOT
   mkdir -p "$DEMO_ROOT"
   log "demo: ansible-playbook -i inventory/demo playbooks/site.yml (DEMO_ROOT=$DEMO_ROOT)"

@@ -16,14 +16,17 @@ set -euo pipefail
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 IMAGE_CACHE="$DS01_CACHE/images"
-ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-bookworm.tar"
 SUITE=bookworm
-INCLUDE=python3,python3-apt,systemd,systemd-sysv,dbus,cron,udev,procps,sudo
+# python3-venv: ds01_common builds /opt/ds01/venv on the host; logrotate: the role's rule is verified.
+INCLUDE=python3,python3-apt,python3-venv,logrotate,systemd,systemd-sysv,dbus,cron,udev,procps,sudo
 # Units that cannot work (or only get in the way) inside a container.
 MASKED_UNITS=(
   systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket
   getty.target console-getty.service systemd-logind.service
 )
+# The recipe's fingerprint: a cached tarball or image built from another recipe is rebuilt.
+RECIPE="$(printf '%s\n' "$SUITE" "$INCLUDE" "${MASKED_UNITS[@]}" | sha256sum | cut -c1-12)"
+ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-$SUITE-$RECIPE.tar"
 FORCE=0
 
 debian_mirror() {
@@ -77,7 +80,8 @@ build_systemd_image() {
   else
     info "reusing cached rootfs $ROOTFS_TAR"
   fi
-  dk import -c 'ENV container=docker' -c 'CMD ["/sbin/init"]' "$ROOTFS_TAR" "$DS01_IMAGE_SYSTEMD" >/dev/null
+  dk import -c 'ENV container=docker' -c 'CMD ["/sbin/init"]' -c "LABEL ds01.recipe=$RECIPE" \
+    "$ROOTFS_TAR" "$DS01_IMAGE_SYSTEMD" >/dev/null
 }
 
 build_empty_image() {
@@ -93,10 +97,17 @@ build_min_image() {
   dk rm "$cid" >/dev/null
 }
 
-# ensure IMAGE BUILD_FUNCTION: build unless present, and say how long it took.
+# Is IMAGE present and built from this recipe? (The min image inherits the label by commit.)
+current() {
+  local image="$1" want="$2"
+  image_exists "$image" || return 1
+  [ -z "$want" ] || [ "$(dk image inspect -f '{{index .Config.Labels "ds01.recipe"}}' "$image" 2>/dev/null)" = "$want" ]
+}
+
+# ensure IMAGE BUILD_FUNCTION [RECIPE]: build unless present (and of RECIPE), and say how long it took.
 ensure() {
-  local image="$1" builder="$2" start
-  if [ "$FORCE" -eq 0 ] && image_exists "$image"; then
+  local image="$1" builder="$2" want="${3:-}" start
+  if [ "$FORCE" -eq 0 ] && current "$image" "$want"; then
     info "$image: present"
     return 0
   fi
@@ -114,10 +125,10 @@ main() {
   esac
   log "images: local base images"
   pick_docker_client || die "the Docker engine does not answer: run 'make docker' first"
-  ensure "$DS01_IMAGE_SYSTEMD" build_systemd_image
+  ensure "$DS01_IMAGE_SYSTEMD" build_systemd_image "$RECIPE"
   ensure "$DS01_IMAGE_EMPTY" build_empty_image
-  # Built from the systemd image: rebuild it whenever that one was rebuilt.
-  ensure "$DS01_IMAGE_MIN" build_min_image
+  # Built from the systemd image: rebuilt whenever that one was rebuilt from another recipe.
+  ensure "$DS01_IMAGE_MIN" build_min_image "$RECIPE"
 }
 
 main "$@"

@@ -34,6 +34,11 @@ main() {
     info "no molecule/*/molecule.yml yet: nothing to run"
     return 0
   fi
+  # The runtime venv on the target is installed from wheels (the molecule host has no network).
+  if ! compgen -G "$DS01_ROOT/.cache/wheels/*.whl" >/dev/null; then
+    info "filling .cache/wheels with the runtime pins (scripts/wheelhouse.sh)"
+    "$DS01_ROOT/scripts/wheelhouse.sh" "$DS01_ROOT/.cache/wheels"
+  fi
   pick_docker_client || die "the Docker engine does not answer: run 'make docker' first"
   image_exists "$DS01_IMAGE_SYSTEMD" || die "$DS01_IMAGE_SYSTEMD missing: run 'make images' first"
   # One molecule run at a time on this engine: scenarios name their containers (platform names).

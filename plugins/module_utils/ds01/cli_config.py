@@ -109,7 +109,7 @@ def cmd_show(ctx: cli.Context) -> int:
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:
-        return "unlimited"
+        return "off" if key == "pre_stop_signal" else "unlimited"
     if key in ("memory", "memory_swap", "shm_size"):
         return config_mod.format_size(value)
     if isinstance(value, bool):
