@@ -97,8 +97,6 @@ ansible_facts:
       sample: nvml
 """
 
-import re
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
@@ -106,87 +104,38 @@ try:
     from ansible_collections.ds01.infra.plugins.module_utils.ds01 import gpu
 
     GPU_IMPORT_ERROR = None
-except ImportError as exc:  # the inventory is written alongside this module
+except ImportError as exc:  # e.g. PyYAML missing from the target's Python
     gpu = None
     GPU_IMPORT_ERROR = exc
 
-_PROFILE_SLICES_RE = re.compile(r"^(\d+)g\.")
-MIG_SLICES = 7
 
-
-def _get(item, *names, default=None):
-    for name in names:
-        value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-        if callable(value):
-            value = value()
-        if value is not None:
-            return value
-    return default
-
-
-def profile_gpueq(profile):
-    """``3g.20gb`` → 3/7 (compute slices over the seven of a full GPU); unknown → None."""
-    match = _PROFILE_SLICES_RE.match(profile or "")
-    return round(int(match.group(1)) / MIG_SLICES, 4) if match else None
-
-
-def gpu_fact(item):
-    """One GPU of the inventory as a plain fact (whatever record type the inventory uses)."""
-    index = int(_get(item, "index"))
-    instances = []
-    for position, inst in enumerate(_get(item, "instances", "mig_instances", default=[]) or []):
-        profile = _get(inst, "profile", default="")
-        gpueq = _get(inst, "gpueq")
-        instances.append(
-            {
-                "slot": str(_get(inst, "slot", "slot_id", default=f"{index}.{_get(inst, 'index', default=position)}")),
-                "uuid": _get(inst, "uuid", default=""),
-                "profile": profile,
-                "gpueq": round(float(gpueq), 4) if gpueq is not None else profile_gpueq(profile),
-            }
-        )
-    mig = bool(_get(item, "mig", "mig_enabled", default=False))
-    if mig:
-        slots = [i["slot"] for i in instances]
-        gpueq = round(sum(i["gpueq"] or 0.0 for i in instances), 4)
-    else:
-        slots = [str(_get(item, "slot", "slot_id", default=index))]
-        gpueq = 1.0
+def gpu_fact(record, slots):
+    """One ``gpu.Gpu`` and its allocatable ``gpu.Slot`` records as a plain fact."""
+    instances = [
+        {"slot": slot.slot_id, "uuid": slot.uuid, "profile": slot.profile, "gpueq": round(slot.gpueq, 4)}
+        for slot in slots
+        if slot.kind == gpu.KIND_MIG
+    ]
     return {
-        "index": index,
-        "uuid": _get(item, "uuid", default=""),
-        "name": _get(item, "name", default=""),
-        "memory_mib": _get(item, "memory_mib"),
-        "mig": mig,
-        "slots": slots,
-        "gpueq": gpueq,
+        "index": record.index,
+        "uuid": record.uuid,
+        "name": record.name,
+        "memory_mib": record.memory_mib,
+        "mig": record.mig_enabled,
+        "slots": [slot.slot_id for slot in slots],
+        "gpueq": round(sum(slot.gpueq for slot in slots), 4),
         "instances": instances,
     }
 
 
-def _factory(*names):
-    """The first of ``names`` that gpu.py defines (its constructor names are settling concurrently)."""
-    for name in names:
-        factory = getattr(gpu, name, None)
-        if callable(factory):
-            return factory
-    return None
-
-
-def read_inventory(topology):
-    """(backend name, GPU records) from gpu.py: the fake backend for a topology file, else NVML."""
-    if topology:
-        factory = _factory("fake_inventory", "FakeBackend", "load_topology")
-        backend = factory(topology) if callable(factory) else None
-        name = "fake"
-    else:
-        factory = _factory("nvml_inventory", "NvmlBackend")
-        backend = factory() if callable(factory) else None
-        name = "nvml"
-    if backend is None:
-        raise RuntimeError(f"ds01's gpu.py offers no {name} backend")
-    gpus = backend if isinstance(backend, (list, tuple)) else _get(backend, "gpus", "list_gpus", default=[])
-    return name, sorted(gpus, key=lambda g: int(_get(g, "index")))
+def read_facts(topology):
+    """(backend name, facts) through the inventory the allocator uses: fake for a topology, else NVML."""
+    inventory = gpu.read_inventory(topology or None)
+    by_gpu = {}
+    for slot in inventory.slots():
+        by_gpu.setdefault(slot.gpu_index, []).append(slot)
+    facts = [gpu_fact(record, by_gpu.get(record.index, [])) for record in inventory.gpus]
+    return ("fake" if topology else "nvml"), facts
 
 
 def main():
@@ -196,10 +145,9 @@ def main():
             msg=f"the ds01 GPU inventory (module_utils/ds01/gpu.py) cannot be imported: {GPU_IMPORT_ERROR}"
         )
     try:
-        backend, gpus = read_inventory(module.params["topology"])
-        facts = [gpu_fact(g) for g in gpus]
-    except Exception as exc:  # noqa: BLE001 - the NVML/topology edge: report what failed, as the module's error
-        module.fail_json(msg=f"cannot read the GPU inventory: {to_native(exc)}", exception_type=type(exc).__name__)
+        backend, facts = read_facts(module.params["topology"])
+    except gpu.GpuInventoryError as exc:  # a sentence: NVML missing, topology unreadable, ...
+        module.fail_json(msg=f"cannot read the GPU inventory: {to_native(exc)}")
     module.exit_json(changed=False, ansible_facts={"ds01_gpus": facts, "ds01_gpu_backend": backend})
 
 
