@@ -24,7 +24,7 @@ main() {
   start="$(now_s)"
   log="$DS01_CACHE/logs/pytest-$suite.log"
   mkdir -p "$(dirname "$log")"
-  python -m pytest -p no:cacheprovider "tests/$suite" "$@" </dev/null 2>&1 | tee "$log" || rc="${PIPESTATUS[0]}"
+  DS01_FORBID_SKIPS=1 python -m pytest -p no:cacheprovider "tests/$suite" "$@" </dev/null 2>&1 | tee "$log" || rc="${PIPESTATUS[0]}"
   summary="$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$log" | tail -n 1 || true)"
   info "$suite summary: ${summary:-<no summary line>} ($(($(now_s) - start)) s)"
   case "$rc" in

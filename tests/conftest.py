@@ -149,3 +149,18 @@ def runnable_image(docker_client) -> str:
 def systemd_image(docker_client) -> str:
     """Debian with systemd as ``/sbin/init`` (the molecule platform)."""
     return _require_image(docker_client, SYSTEMD_IMAGE)
+
+
+# ``make test`` (scripts/pytest.sh) sets DS01_FORBID_SKIPS=1: there, a test that skips has not
+# shown anything, so it fails with its skip reason instead of quietly counting as fine.
+FORBID_SKIPS = os.environ.get("DS01_FORBID_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped during `make test`, where every test must run: {reason}"

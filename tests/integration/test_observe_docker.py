@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -298,17 +299,51 @@ def unix_user(sandbox):
     subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
-@pytest.mark.root
-def test_non_admin_asks_only_about_themselves(unix_user, sandbox, ds01_bin):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a user")
-    probe = _ds01(ds01_bin, sandbox, "--help", user=unix_user)
-    if "Permission denied" in probe.stderr:
-        pytest.skip(f"{ds01_bin}'s interpreter is not reachable by other users here: {probe.stderr.strip()}")
-    mine = _ds01(ds01_bin, sandbox, "limits", "--json", user=unix_user)
-    assert mine.returncode == 0, mine.stderr
-    assert json.loads(mine.stdout)["user"] == unix_user
-    other = _ds01(ds01_bin, sandbox, "limits", "alice", user=unix_user)
-    assert other.returncode == cli.EXIT_NO and "only admins" in other.stderr
-    why = _ds01(ds01_bin, sandbox, "why", user=unix_user)
-    assert why.returncode == 0 and "No refusal" in why.stdout
+def _as_user(user, argv):
+    """Run ``ds01 ARGV`` in a child that really is ``user`` to the kernel (setuid after fork).
+
+    Everything the command imports is imported before the child drops root, so the test does not
+    depend on the interpreter's files being readable by other users (here they live under /root).
+    """
+    import importlib
+    import pwd
+    import tempfile
+
+    for name in ("cli_observe", "observe", "lifecycle", "docker_state", "gpu", "events", "usage", "identity"):
+        importlib.import_module(f"ansible_collections.ds01.infra.plugins.module_utils.ds01.{name}")
+    importlib.import_module("docker")
+    account = pwd.getpwnam(user)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: become the user, run the command, never return into pytest
+            code = 99
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - pytest replaced sys.stdout
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+                os.environ.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+                code = cli.main(argv)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        _pid, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+
+
+def test_non_admin_asks_only_about_themselves(unix_user, sandbox):
+    assert os.geteuid() == 0, "make test runs as root: this test creates a Unix user"
+    config_path = str(sandbox / "resource-limits.yaml")
+    code, stdout, stderr = _as_user(unix_user, ["--config", config_path, "limits", "--json"])
+    assert code == 0, stderr
+    assert json.loads(stdout)["user"] == unix_user
+    code, _out, stderr = _as_user(unix_user, ["--config", config_path, "limits", "alice"])
+    assert code == cli.EXIT_NO and "only admins" in stderr
+    code, stdout, _err = _as_user(unix_user, ["--config", config_path, "why"])
+    assert code == 0 and "No refusal" in stdout
