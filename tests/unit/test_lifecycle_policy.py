@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -654,3 +655,24 @@ def test_dry_run_changes_and_records_nothing(cfg, tmp_path):
     report = lc.run_sweep(cfg, ops, T0 + dt.timedelta(hours=1), dry_run=True, emit=events.append, store=store)
     assert [a.kind for d in report.decisions for a in d.actions] == ["remove"]
     assert ops.removed == [] and events == [] and not (tmp_path / "lifecycle").exists()
+
+
+def test_gpu_probe_reads_the_inventory_the_allocator_uses(tmp_path):
+    """Utilisation and capacity come from gpu.py (fake topology here); MIG without a reading is unknown."""
+    topology = Path(__file__).resolve().parent.parent / "fixtures" / "topology" / "activity.yaml"
+    (tmp_path / "resource-limits.yaml").write_text(
+        f"default_group: student\ngroups:\n  student: {{}}\ngpu_allocation: {{backend: fake, topology: {topology}}}\n"
+    )
+    probe = lc.gpu_probe_from_config(config.load_config(str(tmp_path / "resource-limits.yaml")))
+    assert probe.utilization(["GPU-d0d0d0d0-0000-4000-8000-000000000000"]) == 37.0
+    assert probe.utilization(["MIG-d1d1d1d1-0001-4000-8000-000000000000"]) == 0.0
+    assert probe.utilization(["MIG-d1d1d1d1-0000-4000-8000-000000000000"]) is None  # no reading: other signals decide
+    assert probe.capacity_gpueq() == pytest.approx(1 + 7 / 7)
+
+
+def test_gpu_probe_without_inventory_knows_nothing(tmp_path):
+    (tmp_path / "resource-limits.yaml").write_text(
+        "default_group: student\ngroups:\n  student: {}\ngpu_allocation: {backend: fake, topology: missing.yaml}\n"
+    )
+    probe = lc.gpu_probe_from_config(config.load_config(str(tmp_path / "resource-limits.yaml")))
+    assert probe.utilization(["GPU-x"]) is None and probe.capacity_gpueq() is None

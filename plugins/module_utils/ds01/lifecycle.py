@@ -947,17 +947,19 @@ class GpuProbe:
 
 
 class InventoryGpuProbe(GpuProbe):
-    """Adapter over ``gpu.py``'s inventory: ``utilization(uuid)`` per device, the busiest counts."""
+    """Adapter over ``gpu.Inventory``: ``utilization(uuid)`` per device (the busiest counts) and capacity."""
 
     def __init__(self, inventory: Any) -> None:
         self.inventory = inventory
 
     def utilization(self, uuids: Sequence[str]) -> Optional[float]:
+        from . import gpu
+
         values = []
         for uuid in uuids:
             try:
                 value = self.inventory.utilization(uuid)
-            except (LookupError, ValueError, OSError) as exc:
+            except (gpu.GpuInventoryError, LookupError, ValueError) as exc:
                 log.info("no GPU utilisation for %s: %s", uuid, exc)
                 value = None
             if value is None:  # MIG, or the device does not report: decided on the other signals
@@ -966,31 +968,16 @@ class InventoryGpuProbe(GpuProbe):
         return max(values) if values else None
 
     def capacity_gpueq(self) -> Optional[float]:
-        for name in ("capacity_gpueq", "total_gpueq"):
-            attr = getattr(self.inventory, name, None)
-            if attr is not None:
-                value = attr() if callable(attr) else attr
-                return float(value) if value else None
-        slots = getattr(self.inventory, "slots", None)
-        if slots is not None:
-            items = slots() if callable(slots) else slots
-            return sum(float(getattr(s, "gpueq", 0.0)) for s in items) or None
-        return None
+        return float(self.inventory.capacity_gpueq()) or None
 
 
 def gpu_probe_from_config(config: config_mod.Config) -> GpuProbe:
     """The GPU inventory of ``gpu.py`` (NVML, or the fake topology), or a probe that knows nothing."""
+    from . import gpu
+
     try:
-        from . import gpu  # written alongside; absent in a partial build
-    except ImportError:
-        log.info("gpu.py is not available: GPU utilisation unknown, idle decided on the other signals")
-        return GpuProbe()
-    factory = getattr(gpu, "inventory_from_config", None) or getattr(gpu, "load_inventory", None)
-    if factory is None:
-        return GpuProbe()
-    try:
-        return InventoryGpuProbe(factory(config))
-    except Exception as exc:  # noqa: BLE001 - the NVML edge: a GPU fault must not stop the sweep
+        return InventoryGpuProbe(gpu.inventory_from_config(config))
+    except gpu.GpuInventoryError as exc:  # the NVML edge: a GPU fault must not stop the sweep
         log.warning("GPU inventory unavailable (%s): GPU utilisation unknown this sweep", exc)
         return GpuProbe()
 
