@@ -821,3 +821,23 @@ def test_refusals_and_creates_are_in_the_event_log(gw, pair):
 def test_gateway_survived_everything(gw):
     assert gw.proc.poll() is None
     assert gw.ok("gwalice", "version", "--format", "{{.Server.Version}}").strip()
+
+
+def test_gateway_publishes_counters_for_the_exporter(gw):
+    """After the tests above: forwarded and refused requests, with a latency histogram, in the file
+    the exporter reads (``<run_dir>/gateway/metrics.json``, republished every 10 s)."""
+    path = gw.root / "run" / "gateway" / "metrics.json"
+    deadline = time.monotonic() + 15
+    while True:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        requests = data.get("requests", {})
+        if requests.get("forwarded") and requests.get("refused"):
+            break
+        assert time.monotonic() < deadline, f"no counters published yet: {data}"
+        time.sleep(0.5)
+    buckets = data["latency"]["buckets"]
+    assert buckets[-1][0] == "+Inf"
+    counts = [count for _le, count in buckets]
+    assert counts == sorted(counts)  # cumulative, as Prometheus expects
+    assert counts[-1] >= requests["forwarded"] + requests["refused"] > 0
+    assert data["latency"]["sum"] > 0

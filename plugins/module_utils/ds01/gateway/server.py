@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, Callable, Optional
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ from .. import config as config_mod
 from .. import refusals
 from . import admission as admission_mod
 from . import http, peer, policy, schema
+from . import stats as stats_mod
 from .upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Gateway:
         self.connections = 0
         self.requests = 0
         self.refused = 0
+        self.stats = stats_mod.RequestStats()
         self._tasks: set = set()
 
     # -- settings -------------------------------------------------------------------------------
@@ -139,12 +142,27 @@ class Gateway:
                 loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
             except (NotImplementedError, RuntimeError):
                 pass
-        async with server:
-            await stop
+        publisher = asyncio.ensure_future(self._publish_stats())
+        try:
+            async with server:
+                await stop
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            self.publish_stats()
         try:
             os.unlink(self.settings().listen)
         except OSError:
             pass
+
+    def publish_stats(self) -> bool:
+        config = self.config()
+        return self.stats.publish(config.paths.run_dir if config else "/run/ds01")
+
+    async def _publish_stats(self) -> None:
+        while True:
+            self.publish_stats()
+            await asyncio.sleep(stats_mod.PUBLISH_EVERY_S)
 
     # -- identity -------------------------------------------------------------------------------
     async def identify(self, cred: peer.PeerCred) -> peer.Caller:
@@ -246,6 +264,7 @@ class _Connection:
         self.up_reader: Optional[asyncio.StreamReader] = None
         self.up_writer: Optional[asyncio.StreamWriter] = None
         self.caller: Optional[peer.Caller] = None
+        self.started = time.monotonic()  # when the current request's head was read
 
     async def close(self) -> None:
         for w in (self.up_writer, self.writer):
@@ -278,9 +297,11 @@ class _Connection:
                 framing = http.request_framing(head)
             except http.HttpError as exc:
                 await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
+                self.gw.stats.count("bad_request")
                 await self.gw.record("gateway.refused", self.caller, code="BAD_REQUEST", sentence=exc.message)
                 return
             self.gw.requests += 1
+            self.started = time.monotonic()
             if identity_refusal is not None:
                 await self.refuse(identity_refusal, head)
                 return
@@ -291,8 +312,10 @@ class _Connection:
                 return
             except http.HttpError as exc:
                 await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
+                self.gw.stats.count("bad_request", time.monotonic() - self.started)
                 return
             except UpstreamError as exc:
+                self.gw.stats.count("upstream_error", time.monotonic() - self.started)
                 log.warning("upstream fault for %s %s: %s", head.method, head.target, exc)
                 await self.send(
                     http.json_response(
@@ -306,6 +329,7 @@ class _Connection:
     async def refuse(self, refusal: policy.Refusal, head: http.Head) -> None:
         self.gw.refused += 1
         await self.send(http.json_response(refusal.status, {"message": refusal.message}, close=True))
+        self.gw.stats.count("refused", time.monotonic() - self.started)
         await self.gw.record(
             refusal.event_type,
             self.caller,
@@ -612,6 +636,7 @@ class _Connection:
                     response = http.parse_response_head(raw)
                     if response.status == 100:
                         continue
+                    self.gw.stats.count("forwarded", time.monotonic() - self.started)
                     break
             except http.HttpError as exc:
                 raise UpstreamError(exc.message) from None
