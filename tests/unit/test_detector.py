@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_detect, detector, profile
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_detect, detector, fsutil, profile
 
 CID = "a" * 64
 CID2 = "b" * 64
@@ -725,7 +725,7 @@ def test_workloads_json_from_the_file_only(tmp_path, capsys, monkeypatch):
     from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli
 
     cfg, state = write_config(tmp_path)
-    detector.write_json_atomic(str(state / "workloads.json"), sample_inventory(time.time()))
+    fsutil.atomic_write_json(str(state / "workloads.json"), sample_inventory(time.time()))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")  # proves no Docker call is needed
     t0 = time.monotonic()
     rc = cli.main(["--config", cfg, "workloads", "--json", "--gpu-only"])

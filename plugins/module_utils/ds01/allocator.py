@@ -47,13 +47,12 @@ import fcntl
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from . import docker_state, gpu
+from . import docker_state, fsutil, gpu
 
 log = logging.getLogger(__name__)
 
@@ -876,16 +875,7 @@ def sync_job_mapping(inventory: gpu.Inventory, holdings: Iterable[Any], mapping_
                     continue
         except FileNotFoundError:
             pass
-        fd, tmp = tempfile.mkstemp(prefix=f".{index}.", suffix=".tmp", dir=mapping_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(body)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        fsutil.atomic_write(path, body)  # temp names start with '.', never an integer: never read half
     for name in os.listdir(mapping_dir):
         if name.isdigit() and name not in wanted:
             with contextlib.suppress(FileNotFoundError):

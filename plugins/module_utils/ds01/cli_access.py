@@ -21,11 +21,10 @@ import json
 import os
 import pwd
 import sys
-import tempfile
 import time
 from typing import Any, Optional
 
-from . import cli, events, identity, profile
+from . import cli, events, fsutil, identity, profile
 from . import config as config_mod
 
 SCHEMA_VERSION = "1"
@@ -126,18 +125,7 @@ def cmd_grant(ctx: cli.Context) -> int:
     os.makedirs(directory, mode=0o711, exist_ok=True)
     os.chmod(directory, 0o711)  # noqa: S103 - users open their own grant by name, cannot list others
     text = profile.render_grant(user, admin, now, expires)
-    fd, tmp = tempfile.mkstemp(prefix=".grant-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(directory, f"{user}.json"))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.atomic_write(os.path.join(directory, f"{user}.json"), text)
     _log(config, "access.grant", user, granted_by=admin, expires_at=json.loads(text)["expires_at"])
     data = {"schema_version": SCHEMA_VERSION, "grants": [{**json.loads(text), "active": True}]}
     until = "with no expiry" if expires is None else f"until {expires.strftime('%Y-%m-%d %H:%M UTC')}"

@@ -64,14 +64,13 @@ import logging
 import os
 import queue
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import identity, profile
+from . import fsutil, identity, profile
 
 log = logging.getLogger("ds01.detector")
 
@@ -553,36 +552,6 @@ def _no_events(event_type: str, user: Optional[str] = None, **details: Any) -> N
     log.info("%s user=%s %s", event_type, user, details)
 
 
-def write_json_atomic(path: str, data: Any, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, chmod, rename, fsync the directory: readers see
-    the old file or the new one, never a torn one."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".workloads-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def read_inventory(path: str) -> Optional[dict]:
     """The inventory file, or None when there is none (a garbled file raises ValueError)."""
     try:
@@ -671,7 +640,7 @@ class Detector:
         }
 
     def save(self, writer: str = "watch") -> None:
-        write_json_atomic(self.inventory_path, self.snapshot(writer))
+        fsutil.atomic_write_json(self.inventory_path, self.snapshot(writer), fsync=True)
 
     # -- containers ------------------------------------------------------------------------
     def _owner(self, attrs: Mapping[str, Any]) -> tuple:

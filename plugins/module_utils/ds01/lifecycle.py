@@ -54,13 +54,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import config as config_mod
+from . import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -823,27 +823,11 @@ class StateStore:
         return [n[:-5] for n in names if n.endswith(".json") and _ID_RE.match(n[:-5])]
 
     def save(self, cid: str, data: Mapping[str, Any]) -> None:
-        write_json_atomic(self._path(cid), data)
+        fsutil.atomic_write_json(self._path(cid), data)
 
     def drop(self, cid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(cid))
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -1269,7 +1253,7 @@ def run_sweep(
     report.cpu_s = time.process_time() - cpu0
     if not dry_run:
         try:
-            write_json_atomic(
+            fsutil.atomic_write_json(
                 os.path.join(store.directory, LAST_RUN_FILE),
                 {"last_run": time.time(), "now": _iso(now), **report.as_dict()["summary"]},
             )

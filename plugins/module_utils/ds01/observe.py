@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from . import config as config_mod
-from . import events, identity, quota_alerts
+from . import events, fsutil, identity, quota_alerts
 from . import lifecycle as lc
 from .usage import SliceReader, systemd_control_group
 
@@ -473,7 +473,7 @@ def load_oom_counts(state_dir: str) -> dict:
 
 
 def save_json(path: str, data: Any) -> None:
-    lc.write_json_atomic(path, data)
+    fsutil.atomic_write_json(path, data)
 
 
 # --------------------------------------------------------------------------------------------

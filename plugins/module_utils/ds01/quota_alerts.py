@@ -13,11 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from . import identity
+from . import fsutil, identity
 
 LEVELS = (100, 80)
 SUBDIR = "quota-alerts"
@@ -119,17 +118,4 @@ def save_state(state_dir: str, login: str, alerts: dict) -> None:
         except FileNotFoundError:
             pass
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".alerts-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"schema_version": "1", "user": login, "alerts": alerts}, handle, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.atomic_write_json(path, {"schema_version": "1", "user": login, "alerts": alerts})

@@ -13,10 +13,9 @@ import datetime as dt
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Optional
 
-from . import identity
+from . import fsutil, identity
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +51,8 @@ def record(
         "message": sentence,
         "details": details or {},
     }
-    directory = os.path.dirname(path)
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".refusal-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(body, handle, default=str)
-            os.chmod(tmp, 0o600)
-            if uid is not None and os.geteuid() == 0:
-                os.chown(tmp, uid, -1)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        fsutil.atomic_write(path, json.dumps(body, default=str), mode=0o600, uid=uid)
     except (OSError, TypeError, ValueError) as exc:
         log.warning("could not record the refusal for %s: %s", login, exc)
         return False

@@ -14,9 +14,10 @@ import bisect
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Optional
+
+from .. import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,7 @@ class RequestStats:
         """Write the snapshot for the exporter; False (logged) when it cannot."""
         path = os.path.join(run_dir, RELATIVE_PATH)
         try:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=os.path.dirname(path))
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.snapshot(), handle)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            fsutil.atomic_write(path, json.dumps(self.snapshot()))
         except OSError as exc:
             log.warning("could not publish gateway counters to %s: %s", path, exc)
             return False
