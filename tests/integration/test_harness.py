@@ -18,24 +18,29 @@ SCRIPT = 'echo "hello from python$(python3 -c "import sys; print(sys.version_inf
 
 
 def test_created_container_keeps_its_gpu_device_request(docker_client, empty_image, test_label):
+    # An owner no other test uses: later tests count containers per user on this same engine.
+    owner = f"harness-{test_label.value[:8]}"
     container = docker_client.containers.create(
         empty_image,
         command=["/nonexistent"],
-        labels={**test_label.labels, "ds01.user": "alice"},
+        labels={**test_label.labels, "ds01.user": owner},
         network_mode="none",
         device_requests=[docker.types.DeviceRequest(driver="nvidia", device_ids=[FAKE_GPU], capabilities=[["gpu"]])],
     )
+    try:
+        attrs = docker_client.api.inspect_container(container.id)
+        # The session label finds it, as the end-of-session cleanup would.
+        found = docker_client.containers.list(all=True, filters={"label": test_label})
+    finally:
+        container.remove(force=True)
 
-    attrs = docker_client.api.inspect_container(container.id)
     assert attrs["State"]["Status"] == "created"
     assert attrs["HostConfig"]["NetworkMode"] == "none"
     [request] = attrs["HostConfig"]["DeviceRequests"]
     assert request["Driver"] == "nvidia"
     assert request["DeviceIDs"] == [FAKE_GPU]
     assert request["Capabilities"] == [["gpu"]]
-    assert attrs["Config"]["Labels"]["ds01.user"] == "alice"
-    # The session label finds it, as the end-of-session cleanup will.
-    found = docker_client.containers.list(all=True, filters={"label": test_label})
+    assert attrs["Config"]["Labels"]["ds01.user"] == owner
     assert container.id in {c.id for c in found}
 
 
