@@ -121,11 +121,11 @@ removed:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_bytes, to_native
+from ansible.module_utils.common.text.converters import to_native
 
+from ansible_collections.ds01.infra.plugins.module_utils.content import install_content
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import profile
 
 
@@ -147,15 +147,9 @@ def shells(module):
 
 
 def install(module, path, text, validators):
-    """Temp file beside ``path`` → ``<shell> -n`` for each shell → atomic_move.
+    """``<shell> -n`` for each shell on a temp copy, then atomic_move (check mode: validate only)."""
 
-    In check mode the temp file goes to the module's own temp directory and is only validated.
-    """
-    directory = module.tmpdir if module.check_mode else os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".ds01-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(text))
+    def validate(tmp):
         for shell in validators:
             rc, out, err = module.run_command([shell, "-n", tmp], environ_update={"LC_ALL": "C"})
             if rc != 0:
@@ -165,11 +159,8 @@ def install(module, path, text, validators):
                     stdout=out,
                     stderr=err,
                 )
-        if not module.check_mode:
-            module.atomic_move(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    install_content(module, path, text, validate=validate)
 
 
 def main():

@@ -163,6 +163,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
+from ansible_collections.ds01.infra.plugins.module_utils.content import install_content
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config as ds01_config
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import slices
 
@@ -249,18 +250,8 @@ def verify(module, desired):
 
 
 def write_file(module, path, text):
-    """Temp file beside ``path`` → atomic_move → mode."""
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, DIR_MODE)
-    fd, tmp = tempfile.mkstemp(prefix=".ds01-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(text))
-        module.atomic_move(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Temp file beside ``path`` → atomic_move (mode is set by the caller)."""
+    install_content(module, path, text, dir_mode=DIR_MODE)
 
 
 def remove_file(path):
