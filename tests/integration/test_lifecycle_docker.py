@@ -29,7 +29,6 @@ from ansible_collections.ds01.infra.plugins.module_utils.ds01 import lifecycle a
 docker = pytest.importorskip("docker")
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RUNNABLE = ("local/debian-min:bookworm", "local/debian-systemd:bookworm")
 GPU_LABELS = {"ds01.gpu.slots": "0", "ds01.gpu.uuids": "GPU-00000000-fake", "ds01.gpu.gpueq": "1.0"}
 # PID 1 records every TERM/USR1 it gets in a file, and exits on TERM.
 TRAP = "trap 'echo USR1 >> {f}' USR1; trap 'echo TERM >> {f}; exit 0' TERM; while :; do sleep 1000 & wait $!; done"
@@ -75,34 +74,15 @@ class FakeGpu(lc.GpuProbe):
         return 4.0
 
 
-@pytest.fixture(scope="module")
-def client():
-    try:
-        c = docker.from_env(timeout=60)
-        c.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    return c
+@pytest.fixture
+def client(docker_client):
+    """The session's engine (tests/conftest.py: fails with the make target to run, never skips)."""
+    return docker_client
 
 
-@pytest.fixture(scope="module")
-def image(client):
-    for name in RUNNABLE:
-        try:
-            client.images.get(name)
-            return name
-        except docker.errors.ImageNotFound:
-            continue
-    pytest.skip("no runnable local image (make images builds local/debian-min:bookworm)")
-
-
-@pytest.fixture(scope="module")
-def empty_image(client):
-    try:
-        client.images.get("local/empty")
-    except docker.errors.ImageNotFound:
-        subprocess.run("tar -c --files-from /dev/null | docker import - local/empty", shell=True, check=True)
-    return "local/empty"
+@pytest.fixture
+def image(runnable_image):
+    return runnable_image
 
 
 class Env:
