@@ -134,7 +134,9 @@ def test_unparseable_filters_are_refused(filters):
         ({"ds01.user": "alice", "ds01.protected": "true"}, "NOT_OWNER", "protected infrastructure"),
         ({}, "NOT_OWNER", "no owner"),
         (None, "NOT_OWNER", "no owner"),
-        ({"aime.mlc.USER": "alice"}, "NOT_OWNER", "no owner"),
+        # containers of the old system belong to their owners (identity.container_owner)
+        ({"aime.mlc.USER": "alice"}, None, None),
+        ({"aime.mlc.USER": "bob"}, "NOT_OWNER", "belongs to bob"),
     ],
 )
 def test_ownership(labels, code, phrase):
@@ -192,7 +194,7 @@ ESCAPES = [
                 ]
             }
         ),
-        "outside the directories",
+        "driver options",
     ),
     (
         "local volume device",
@@ -379,7 +381,13 @@ def test_cpu_limit_above_the_host_is_capped_at_the_host():
 def test_unlimited_limits_leave_the_request_alone():
     loose = ctx(max_cpus=None, memory=None, memory_swap=None, shm_size=None, pids_limit=None)
     host = policy.rewrite_create(create({"Memory": 0}), loose)["HostConfig"]
-    assert host == {"Memory": 0, "CgroupParent": "ds01-student-alice.slice"}
+    assert host == {
+        "Memory": 0,
+        "CgroupParent": "ds01-student-alice.slice",
+        # hardening is not a limit: it is stamped whatever the limits say
+        "SecurityOpt": ["no-new-privileges"],
+        "CapDrop": ["MKNOD", "SETUID", "SETGID"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +415,15 @@ def test_unlimited_limits_leave_the_request_alone():
         (create(Env=["NVIDIA_VISIBLE_DEVICES=void"]), ["NVIDIA_VISIBLE_DEVICES=all"], None),
         (create(Env=["NVIDIA_VISIBLE_DEVICES=none"]), None, None),
         (create(), ["NVIDIA_VISIBLE_DEVICES=all"], (-1, (), "image_env")),
-        (create({"Runtime": "nvidia"}), None, (1, (), "runtime")),
+        # the nvidia runtime exposes nothing without NVIDIA_VISIBLE_DEVICES (docker_state.gpu_reach)
+        (create({"Runtime": "nvidia"}), None, None),
+        # any capability set the NVIDIA driver serves is a GPU request, "gpu" or not
+        (
+            create({"DeviceRequests": [{"Count": 1, "Capabilities": [["nvidia", "compute"]]}]}),
+            None,
+            (1, (), "device_requests"),
+        ),
+        (create({"Devices": [{"PathOnHost": "nvidia.com/gpu=all"}]}), None, (-1, (), "cdi")),
         (create({"Runtime": "nvidia"}), ["NVIDIA_VISIBLE_DEVICES=all"], (-1, (), "runtime")),
         (
             create({"DeviceRequests": [{"Count": 1, "Capabilities": [["gpu"]]}]}),
@@ -461,7 +477,9 @@ def test_update_is_clamped_and_cannot_add_devices():
     [
         ({"Name": "v"}, False),
         ({"Name": "v", "DriverOpts": {"type": "none", "o": "bind", "device": "/etc"}}, True),
-        ({"Name": "v", "DriverOpts": {"type": "none", "o": "bind", "device": "/home/alice/data"}}, False),
+        # a bind volume mounts its device at start, after any check: refused even under the home
+        ({"Name": "v", "DriverOpts": {"type": "none", "o": "bind", "device": "/home/alice/data"}}, True),
+        ({"Name": "v", "DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=100m"}}, False),
         ({"Name": "v", "Driver": "nfs-plugin"}, True),
     ],
 )

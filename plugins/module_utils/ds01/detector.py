@@ -70,7 +70,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import fsutil, identity, profile
+from . import docker_state, fsutil, identity, profile
 
 log = logging.getLogger("ds01.detector")
 
@@ -128,7 +128,6 @@ _USER_SLICE_RE = re.compile(r"(?:^|/)user-(\d+)\.slice(?:/|$)")
 _DS01_SLICE_RE = re.compile(r"(?:^|/)ds01-([A-Za-z0-9_]+)-([A-Za-z0-9_]+)\.slice(?:/|$)")
 _SESSION_RE = re.compile(r"(?:^|/)session-[^/]+\.scope(?:/|$)")
 _SYSTEM_SLICE_RE = re.compile(r"(?:^|/)system\.slice(?:/([^/]+))?")
-_NVIDIA_DEV_RE = re.compile(r"^/dev/nvidia(\d+)$")
 
 
 def utcnow() -> dt.datetime:
@@ -238,37 +237,17 @@ def _split_ids(text: str) -> list:
 
 
 def gpu_access(attrs: Mapping[str, Any]) -> GpuAccess:
-    """Every way a container can reach NVIDIA GPUs, from its stored configuration."""
+    """Every way a container can reach NVIDIA GPUs, from its stored configuration.
+
+    The answer is ``docker_state.gpu_reach`` (the gateway asks the same function of a create
+    request); a count without ids (``--gpus 2``) is reported as ``all``, since the detector cannot
+    know which GPUs the runtime picked.
+    """
+    reach = docker_state.container_gpu_reach(attrs)
     access = GpuAccess()
-    host = attrs.get("HostConfig") or {}
-    for request in host.get("DeviceRequests") or []:
-        driver = (request.get("Driver") or "").lower()
-        caps = {str(c).lower() for group in (request.get("Capabilities") or []) for c in (group or [])}
-        ids = [str(i) for i in (request.get("DeviceIDs") or [])]
-        if driver == "cdi":
-            gpu_ids = [i.split("=", 1)[1] for i in ids if i.startswith("nvidia.com/gpu=")]
-            if gpu_ids:
-                access.add("cdi", [i for i in gpu_ids if i != "all"], all_gpus="all" in gpu_ids)
-            continue
-        if driver == "nvidia" or "gpu" in caps or "nvidia" in caps:
-            if ids:
-                access.add("device_request", ids)
-            elif request.get("Count") not in (None, 0):
-                access.add("device_request", all_gpus=True)  # --gpus all (Count -1) or --gpus N
-    env = _env(attrs)
-    if (host.get("Runtime") or "") == "nvidia":
-        visible = env.get("NVIDIA_VISIBLE_DEVICES")
-        if visible is not None and visible.strip().lower() not in ("", "void", "none"):
-            ids = _split_ids(visible)
-            access.add("runtime_env", [i for i in ids if i != "all"], all_gpus="all" in ids)
-    for device in host.get("Devices") or []:
-        path = str(device.get("PathOnHost") or "")
-        if path.startswith("/dev/nvidia"):
-            match = _NVIDIA_DEV_RE.match(path)
-            # /dev/nvidiactl and /dev/nvidia-uvm alone reach no GPU: the source is kept, no device
-            access.add("device_node", [match.group(1)] if match else [])
-    if host.get("Privileged"):
-        access.add("privileged", all_gpus=True)
+    access.sources = list(reach.sources)
+    access.devices = list(reach.devices)
+    access.all = reach.all or reach.count > 0
     return access
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -224,6 +225,158 @@ def gpu_claim(inspect: Mapping[str, Any]) -> GpuClaim:
             if env_ids and all(_is_uuid(i) for i in env_ids):
                 return GpuClaim(ids=env_ids, source=GPU_FROM_ENV)
     return GpuClaim()
+
+
+# --------------------------------------------------------------------------------------------
+# Does this reach a GPU? (the one answer: the gateway asks it of a request, the detector of a
+# stored container)
+# --------------------------------------------------------------------------------------------
+
+NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
+NO_GPU_VALUES = ("void", "none", "")
+# The capabilities dockerd's built-in "nvidia" device driver registers (daemon/nvidia_linux.go): a
+# DeviceRequest with an empty Driver goes to it when one of its capability groups is a subset.
+NVIDIA_CAPABILITIES = frozenset(("gpu", "nvidia", "compute", "compat32", "graphics", "utility", "video", "display"))
+# Where the NVIDIA toolkit reads "visible devices as volume mounts" from.
+NVIDIA_VOLUME_DIR = "/var/run/nvidia-container-devices"
+CDI_GPU_PREFIX = "nvidia.com/gpu="
+_NVIDIA_NODE = re.compile(r"/dev/nvidia([0-9]+)")
+_CDI_NAME = re.compile(r"[A-Za-z0-9.-]+/[A-Za-z0-9._-]+=[^=]*")
+
+
+@dataclass
+class GpuReach:
+    """How a container (or a create request) reaches NVIDIA GPUs.
+
+    ``devices``: ids as written (UUIDs, indices, MIG ids); ``all``: every GPU; ``count``: GPUs
+    asked for by number without ids (``--gpus 2``), which NVIDIA's runtime hands out from the
+    first; ``sources``: the settings that say so (device_request, cdi, runtime_env, env,
+    image_env, device_node, privileged, volume_mount); ``unknown``: device requests no driver on
+    this daemon serves (they fail at create, but they are not GPU requests).
+    """
+
+    devices: list = field(default_factory=list)
+    all: bool = False
+    count: int = 0
+    sources: list = field(default_factory=list)
+    unknown: list = field(default_factory=list)
+
+    @property
+    def reaches_gpu(self) -> bool:
+        return self.all or bool(self.devices) or self.count > 0
+
+    def add(self, source: str, devices: Iterable[str] = (), all_gpus: bool = False, count: int = 0) -> None:
+        if source not in self.sources:
+            self.sources.append(source)
+        for raw in devices:
+            device = str(raw).strip()
+            if device and device not in self.devices:
+                self.devices.append(device)
+        self.all = self.all or all_gpus
+        self.count += count
+
+
+def _env_value(env: Any, name: str) -> Optional[str]:
+    """The last ``NAME=value`` of a Docker Env list (later entries win), or None."""
+    value = None
+    for item in env or []:
+        key, sep, rest = str(item).partition("=")
+        if key == name:
+            value = rest if sep else ""
+    return value
+
+
+def is_cdi_name(value: str) -> bool:
+    """``vendor.com/class=name``: a CDI device name (Devices or a ``cdi`` DeviceRequest)."""
+    return bool(_CDI_NAME.fullmatch(value))
+
+
+def device_request_reaches_gpu(request: Mapping[str, Any]) -> bool:
+    """True when dockerd would hand this DeviceRequest to the NVIDIA driver (or it names CDI GPUs)."""
+    driver = str(request.get("Driver") or "")
+    if driver == "nvidia":
+        return True
+    if driver == "cdi":
+        return any(str(i).startswith(CDI_GPU_PREFIX) for i in request.get("DeviceIDs") or [])
+    if driver:
+        return False
+    groups = [{str(c) for c in group or []} for group in request.get("Capabilities") or []]
+    return any(group and group <= NVIDIA_CAPABILITIES for group in groups)
+
+
+def gpu_reach(
+    config: Optional[Mapping[str, Any]],
+    host: Optional[Mapping[str, Any]],
+    image_env: Optional[list] = None,
+    default_runtime: str = "runc",
+) -> GpuReach:
+    """Every way a container with this ``Config`` and ``HostConfig`` reaches NVIDIA GPUs.
+
+    ``config``/``host``: the parts of a create body or of an inspect document. ``image_env``: the
+    image's default Env, for a request (a stored container's Env already holds it).
+    ``default_runtime``: the runtime dockerd uses when ``Runtime`` is empty (a stored container
+    has it filled in; the gateway passes ``nvidia`` when it cannot rule that out).
+    """
+    config = config or {}
+    host = host or {}
+    reach = GpuReach()
+    hook = False  # the NVIDIA prestart hook runs for this container
+    for request in host.get("DeviceRequests") or []:
+        if not isinstance(request, Mapping):
+            continue
+        if not device_request_reaches_gpu(request):
+            reach.unknown.append(dict(request))
+            continue
+        ids = [str(i) for i in request.get("DeviceIDs") or []]
+        if str(request.get("Driver") or "") == "cdi":
+            gpu_ids = [i[len(CDI_GPU_PREFIX) :] for i in ids if i.startswith(CDI_GPU_PREFIX)]
+            reach.add("cdi", [i for i in gpu_ids if i != "all"], all_gpus="all" in gpu_ids)
+            continue
+        hook = True
+        count = request.get("Count")
+        if ids:
+            reach.add("device_request", ids)
+        elif isinstance(count, int) and count < 0:
+            reach.add("device_request", all_gpus=True)
+        elif isinstance(count, int) and count > 0:
+            reach.add("device_request", count=count)
+        else:  # no ids, no count: the hook then exposes what NVIDIA_VISIBLE_DEVICES says (or 1)
+            reach.add("device_request", count=1)
+    for device in host.get("Devices") or []:
+        path = str((device or {}).get("PathOnHost") or "") if isinstance(device, Mapping) else str(device)
+        if path.startswith(CDI_GPU_PREFIX):
+            name = path[len(CDI_GPU_PREFIX) :]
+            reach.add("cdi", [] if name == "all" else [name], all_gpus=name == "all")
+        elif path.startswith("/dev/nvidia"):
+            match = _NVIDIA_NODE.fullmatch(path)
+            # /dev/nvidiactl and /dev/nvidia-uvm alone reach no GPU: the source is kept, no device
+            reach.add("device_node", [match.group(1)] if match else [])
+    for mount in host.get("Mounts") or []:
+        target = str((mount or {}).get("Target") or "") if isinstance(mount, Mapping) else ""
+        if target == NVIDIA_VOLUME_DIR or target.startswith(NVIDIA_VOLUME_DIR + "/"):
+            reach.add("volume_mount", all_gpus=True)
+    for bind in host.get("Binds") or []:
+        parts = str(bind).split(":")
+        if len(parts) > 1 and (parts[1] == NVIDIA_VOLUME_DIR or parts[1].startswith(NVIDIA_VOLUME_DIR + "/")):
+            reach.add("volume_mount", all_gpus=True)
+    runtime = str(host.get("Runtime") or "") or default_runtime
+    if runtime == "nvidia" or hook:
+        own = _env_value(config.get("Env"), NVIDIA_ENV)
+        image = _env_value(image_env, NVIDIA_ENV)
+        value, source = (own, "env") if own is not None else (image, "image_env")
+        if str(host.get("Runtime") or "") == "nvidia" and not hook and source == "env":
+            source = "runtime_env"
+        if value is not None and value.strip().lower() not in NO_GPU_VALUES and not reach.reaches_gpu:
+            ids = [p.strip() for p in value.split(",") if p.strip()]
+            reach.add(source, [i for i in ids if i != "all"], all_gpus="all" in ids)
+    if host.get("Privileged"):
+        reach.add("privileged", all_gpus=True)
+    return reach
+
+
+def container_gpu_reach(attrs: Mapping[str, Any]) -> GpuReach:
+    """``gpu_reach`` of a stored container (an inspect document)."""
+    return gpu_reach(attrs.get("Config"), attrs.get("HostConfig"), default_runtime="runc")
 
 
 def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:

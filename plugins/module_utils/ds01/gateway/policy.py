@@ -23,9 +23,12 @@ import datetime as dt
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from .. import docker_state, identity
 
 POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
@@ -54,10 +57,29 @@ def gateway_label(key: str) -> bool:
 
 
 SAFE_RUNTIMES = ("", "runc", "io.containerd.runc.v2")
-NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
-NO_GPU_VALUES = ("void", "none", "")
-# Where the NVIDIA toolkit reads "visible devices as volume mounts" from.
-NVIDIA_VOLUME_DIR = "/var/run/nvidia-container-devices"
+NVIDIA_ENV = docker_state.NVIDIA_ENV
+NVIDIA_VOLUME_DIR = docker_state.NVIDIA_VOLUME_DIR
+# The oldest API version a user may speak: below 1.24 ``POST /containers/{id}/start`` takes a
+# HostConfig body that replaces the one checked at create.
+MIN_API_VERSION = (1, 24)
+# Capabilities a user's container never gets, whatever the config allows: with them, root in a
+# container makes setuid binaries and device nodes that stay on the host through a bind mount.
+NEVER_CAPABILITIES = ("MKNOD", "SETUID", "SETGID")
+# Log drivers that write on the host only (the others send to addresses the daemon connects to).
+LOG_DRIVERS = ("", "json-file", "local", "none")
+LOG_OPTIONS = (
+    "max-size",
+    "max-file",
+    "compress",
+    "labels",
+    "labels-regex",
+    "env",
+    "env-regex",
+    "tag",
+    "mode",
+    "max-buffer-size",
+)
+RESTART_NONE = ("", "no")
 SOCKET_PATHS = (
     "/var/run/docker.sock",
     "/run/docker.sock",
@@ -266,7 +288,12 @@ def owner_filter_query(route: Route, login: str) -> tuple:
 
 
 def ownership(login: str, name: str, labels: Optional[dict], verb: str) -> Optional[Refusal]:
-    """None if ``login`` may ``verb`` the container with these labels, else the refusal."""
+    """None if ``login`` may ``verb`` the container with these labels and name, else the refusal.
+
+    The owner is ``identity.container_owner``'s (the allocator's and detector's too): ``ds01.user``,
+    then the old system's ``aime.mlc.USER`` and ``<name>._.<uid>``, then the devcontainer or compose
+    folder's owner.
+    """
     labels = labels or {}
     shown = name.lstrip("/")
     if str(labels.get("ds01.protected", "")).lower() == "true":
@@ -276,7 +303,7 @@ def ownership(login: str, name: str, labels: Optional[dict], verb: str) -> Optio
             "Ask an admin if it needs attention.",
             event_type="auth.denied",
         )
-    owner = labels.get("ds01.user")
+    owner, _method = identity.container_owner({"Name": name, "Config": {"Labels": labels}})
     if not owner:
         return Refusal(
             NOT_OWNER,
@@ -361,6 +388,11 @@ class CreateContext:
     container_owners: dict = field(default_factory=dict)  # ref -> labels (None: no such container)
     volume_owners: dict = field(default_factory=dict)  # name -> labels (None: no such volume)
     realpath: Callable[[str], str] = os.path.realpath
+    # the first component of a path that is a symlink the caller could have made (None: none)
+    unsafe_symlink: Optional[Callable[[str], Optional[str]]] = None  # default: policy.unsafe_symlink
+    uid: int = -1  # the caller's uid and primary gid (-1: unknown, nothing is stamped)
+    gid: int = -1
+    groups: tuple = ()  # every gid the caller is a member of
     now: Optional[dt.datetime] = None
     # dockerd refuses NanoCpus above the host's CPU count, so a limit above it is capped there.
     host_cpus: Optional[int] = field(default_factory=os.cpu_count)
@@ -382,67 +414,29 @@ def env_value(env: Optional[list], name: str) -> Optional[str]:
     return value
 
 
-def _gpu_from_visible(value: str, source: str) -> Optional[GpuAsk]:
-    text = value.strip()
-    if text.lower() in NO_GPU_VALUES:
-        return None
-    if text.lower() == "all":
-        return GpuAsk(-1, (), source)
-    ids = tuple(p.strip() for p in text.split(",") if p.strip())
-    return GpuAsk(len(ids), ids, source)
-
-
 def is_gpu_request_entry(entry: Any) -> bool:
-    if not isinstance(entry, dict):
-        return False
-    driver = str(entry.get("Driver") or "")
-    caps = entry.get("Capabilities") or []
-    flat = {c for group in caps if isinstance(group, list) for c in group}
-    return driver == "nvidia" or "gpu" in flat or (not driver and not flat)
+    return isinstance(entry, dict) and docker_state.device_request_reaches_gpu(entry)
 
 
-def gpu_ask(body: dict, image_env: Optional[list]) -> Optional[GpuAsk]:
-    """The GPU request in any of its forms, strongest first; None when the container asks for none.
+def gpu_ask(body: dict, image_env: Optional[list], default_runtime: str = "nvidia") -> Optional[GpuAsk]:
+    """The GPU request of a create body in any of its forms; None when it asks for none.
 
-    DeviceRequests (``--gpus``) → an ``NVIDIA_VISIBLE_DEVICES`` in the request's env → the nvidia
-    runtime (counting the env or the image's env, else one GPU) → the image's default env. An
-    explicit ``void``/``none`` in the request's env means "no GPU" even if the image says ``all``.
+    The answer comes from ``docker_state.gpu_reach`` (the detector asks the same function of a
+    stored container). ``default_runtime`` is ``nvidia`` unless the daemon is known to use another
+    one when ``Runtime`` is empty: an image's ``NVIDIA_VISIBLE_DEVICES`` then counts.
     """
-    host = body.get("HostConfig") or {}
-    total = 0
-    ids: list = []
-    for entry in host.get("DeviceRequests") or []:
-        if not is_gpu_request_entry(entry):
-            continue
-        device_ids = [str(d) for d in entry.get("DeviceIDs") or []]
-        count = entry.get("Count") or 0
-        if device_ids:
-            ids.extend(device_ids)
-        elif count == -1:
-            return GpuAsk(-1, (), "device_requests")
-        elif isinstance(count, int) and count > 0:
-            total += count
-        else:
-            total += 1
-    if ids or total:
-        return (
-            GpuAsk(total + len(ids), tuple(ids), "device_requests")
-            if not (ids and total)
-            else GpuAsk(total + len(ids), (), "device_requests")
-        )
-    request_env = env_value((body.get("Env") or []), NVIDIA_ENV)
-    if request_env is not None:
-        return _gpu_from_visible(request_env, "env")
-    image_value = env_value(image_env, NVIDIA_ENV)
-    if str(host.get("Runtime") or "") == "nvidia":
-        if image_value is not None:
-            ask = _gpu_from_visible(image_value, "runtime")
-            if ask is not None:
-                return ask
-        return GpuAsk(1, (), "runtime")
-    if image_value is not None:
-        return _gpu_from_visible(image_value, "image_env")
-    return None
+    reach = docker_state.gpu_reach(body, body.get("HostConfig"), image_env, default_runtime)
+    if not reach.reaches_gpu:
+        return None
+    source = reach.sources[0] if reach.sources else "device_requests"
+    source = {"device_request": "device_requests", "runtime_env": "runtime"}.get(source, source)
+    if str((body.get("HostConfig") or {}).get("Runtime") or "") == "nvidia" and source in ("env", "image_env"):
+        source = "runtime"
+    if reach.all:
+        return GpuAsk(-1, (), source)
+    if reach.devices and not reach.count:
+        return GpuAsk(len(reach.devices), tuple(reach.devices), source)
+    return GpuAsk(len(reach.devices) + reach.count, (), source)
 
 
 def container_type(labels: dict) -> str:
@@ -476,21 +470,83 @@ def _socket_refusal(source: str, socket_paths: tuple) -> Optional[Refusal]:
     return None
 
 
+def unsafe_symlink(path: str, max_hops: int = 40) -> Optional[str]:
+    """The first symlink on ``path`` that a non-root user could have made or swapped, else None.
+
+    Walks the path component by component with ``lstat``. A symlink owned by root in a directory
+    only root can write (``/home`` → ``/srv/home``) is followed; any other symlink is reported,
+    since its owner can point it elsewhere between a check and the daemon's mount. A component
+    that does not exist ends the walk (dockerd creates it, as root, in a directory checked here).
+    """
+    parts = [p for p in path.split("/") if p]
+    current = "/"
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current) or "/"
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return candidate
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        try:
+            parent = os.stat(current)
+            target = os.readlink(candidate)
+        except OSError:
+            return candidate
+        hops += 1
+        if info.st_uid != 0 or parent.st_uid != 0 or parent.st_mode & 0o022 or hops > max_hops:
+            return candidate
+        if target.startswith("/"):
+            current = "/"
+        parts = [p for p in target.split("/") if p] + parts
+    return None
+
+
 def check_bind_source(source: str, readonly: bool, ctx: CreateContext, what: str = "bind mount") -> Optional[Refusal]:
-    """An absolute host path offered to a container: allowed prefixes only, `..` and symlinks resolved."""
+    """A host path offered to a container: allowed prefixes only, ``..`` resolved, no user-made symlink.
+
+    Called at create and again at every start: a path is used when the container starts, so a
+    directory swapped for a symlink in between is caught there.
+    """
+    if not source.startswith("/"):
+        return denied(f"the {what} source {source!r} is not an absolute path; give the full path of a directory.")
     norm = os.path.normpath(source)
+    socks = tuple(os.path.normpath(s) for s in tuple(ctx.socket_paths) + SOCKET_PATHS)
+    link = (ctx.unsafe_symlink or unsafe_symlink)(norm)
+    if link is not None:
+        return denied(
+            f"the {what} of {source} goes through the symbolic link {link}, which could point somewhere else by the "
+            "time the container starts; mount the real directory instead."
+        )
     try:
         real = ctx.realpath(norm)
     except (OSError, ValueError):
         real = norm
-    socks = tuple(os.path.normpath(s) for s in tuple(ctx.socket_paths) + SOCKET_PATHS)
     if norm in socks or real in socks:
         return _socket_refusal(norm if norm in socks else real, socks)
     rw = [_expand(p, ctx.home) for p in ctx.bind_prefixes]
     ro = [_expand(p, ctx.home) for p in ctx.readonly_bind_prefixes]
-    if any(_within(norm, p) and _within(real, p) for p in rw):
+
+    def inside(prefix: str) -> bool:
+        try:
+            real_prefix = ctx.realpath(prefix)
+        except (OSError, ValueError):
+            real_prefix = prefix
+        return _within(norm, prefix) and (_within(real, prefix) or _within(real, real_prefix))
+
+    if any(inside(p) for p in rw):
         return _socket_refusal(norm, socks) or _socket_refusal(real, socks)
-    if any(_within(norm, p) and _within(real, p) for p in ro):
+    if any(inside(p) for p in ro):
         if readonly:
             return _socket_refusal(norm, socks) or _socket_refusal(real, socks)
         return denied(
@@ -516,22 +572,34 @@ def _check_target(target: str) -> Optional[Refusal]:
 def _check_volume_driver(
     driver: str, options: dict, readonly: bool, ctx: CreateContext, name: str
 ) -> Optional[Refusal]:
+    """Plain local volumes (and tmpfs ones) only: a volume with ``o=bind``/``device=`` mounts a host
+    path when the container starts, long after anything here could check it."""
+    del readonly, ctx  # kept in the signature: the decision does not depend on them any more
     if driver not in ("", "local"):
         return denied(
             f"volume '{name}' uses the volume driver '{driver}'; only the local driver is available to users."
         )
-    options = {str(k).lower(): str(v) for k, v in (options or {}).items()}
-    device = options.get("device")
-    if not device and not options.get("o"):
+    options = {str(k): str(v) for k, v in (options or {}).items()}
+    if not options:
         return None
-    o_flags = {f.strip() for f in options.get("o", "").split(",")}
-    if "bind" in o_flags or "rbind" in o_flags:
-        return check_bind_source(device or "/", readonly or "ro" in o_flags, ctx, f"volume '{name}' (a bind)")
-    if options.get("type", "") == "tmpfs":
-        return None
+    if (
+        options.get("type") == "tmpfs"
+        and not options.get("device", "tmpfs").startswith("/")
+        and set(options)
+        <= {
+            "type",
+            "device",
+            "o",
+        }
+    ):
+        flags = {f.strip() for f in options.get("o", "").split(",") if f.strip()}
+        if not flags & {"bind", "rbind"}:
+            return None
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
     return denied(
-        f"volume '{name}' mounts '{device or options.get('type')}' with driver options; mounting devices or "
-        "network file systems is for admins. Use a plain named volume or a directory under your home."
+        f"volume '{name}' has driver options ({shown}); a volume that mounts a host path, a device or a network "
+        "file system is for admins. Use a plain named volume (`docker volume create NAME`) or a directory under "
+        "your home."
     )
 
 
@@ -564,7 +632,7 @@ def _mode_refusal(mode: str, key: str, flag: str, ctx: CreateContext) -> Optiona
     return None
 
 
-SECURITY_OPT_OK = re.compile(r"^(no-new-privileges([:=](true|false))?|apparmor[:=]docker-default|seccomp[:=]builtin)$")
+SECURITY_OPT_OK = re.compile(r"no-new-privileges([:=]true)?|apparmor[:=]docker-default|seccomp[:=]builtin")
 
 
 def referenced_containers(body: dict) -> list:
@@ -593,6 +661,126 @@ def referenced_volumes(body: dict) -> list:
     return names
 
 
+def check_user(value: str, ctx: CreateContext, what: str = "--user") -> Optional[Refusal]:
+    """Containers (and execs) of users run as the caller's own uid, with one of the caller's groups.
+
+    Root in a container is root on every file it can reach through a bind mount, and another
+    uid is another person on the host; a user name is looked up in the image, not on the host.
+    """
+    if not value or ctx.uid < 0:
+        return None
+    user, sep, group = value.partition(":")
+    allowed_groups = {ctx.gid, *ctx.groups}
+    if user == str(ctx.uid) and (not sep or (group.isdigit() and int(group) in allowed_groups)):
+        return None
+    return denied(
+        f"{what} {value} is not available: your containers run as you (uid {ctx.uid}, "
+        f"`--user {ctx.uid}:{ctx.gid}`, the default), so files they write in your directories stay yours and root "
+        "in a container is never root on the host. Leave it unset."
+    )
+
+
+def _check_group_add(groups: list, ctx: CreateContext) -> Optional[Refusal]:
+    allowed = {ctx.gid, *ctx.groups}
+    for item in groups:
+        text = str(item)
+        if not text.isdigit():
+            return denied(
+                f"--group-add {text}: a group name is looked up inside the image, where it can be any group; "
+                "give the numeric id of one of your own groups (`id -G`)."
+            )
+        if int(text) not in allowed:
+            return denied(
+                f"--group-add {text} is not one of your groups; containers may only carry groups you are a member "
+                "of (`id -G`)."
+            )
+    return None
+
+
+def _check_log_config(log_config: dict) -> Optional[Refusal]:
+    driver = str(log_config.get("Type") or "")
+    if driver not in LOG_DRIVERS:
+        return denied(
+            f"--log-driver {driver} sends the container's output to an address the Docker daemon connects to; "
+            "use the default (json-file) or local."
+        )
+    for key in log_config.get("Config") or {}:
+        if key not in LOG_OPTIONS:
+            return denied(f"--log-opt {key} is not available; allowed are {', '.join(LOG_OPTIONS)}.")
+    return None
+
+
+def has_host_paths(host: dict) -> bool:
+    """True when the container mounts a host path (a bind), which is checked at every start."""
+    if any(str(spec).startswith("/") for spec in host.get("Binds") or []):
+        return True
+    return any(isinstance(m, dict) and m.get("Type") == "bind" for m in host.get("Mounts") or [])
+
+
+def _check_restart(policy: dict, host_paths: bool) -> Optional[Refusal]:
+    name = str(policy.get("Name") or "")
+    if name in RESTART_NONE or not host_paths:
+        return None
+    return denied(
+        f"--restart {name} with a directory of the host mounted would let the Docker daemon start the container "
+        "again without the checks the ds01 gateway makes at each start; use --restart no (the default), or a "
+        "named volume instead of the bind mount."
+    )
+
+
+def _check_device_requests(requests: list) -> Optional[Refusal]:
+    for entry in requests:
+        if isinstance(entry, dict) and not docker_state.device_request_reaches_gpu(entry):
+            driver = str(entry.get("Driver") or "") or "(any)"
+            caps = entry.get("Capabilities") or []
+            return denied(
+                f"the device request for driver {driver} with capabilities {caps} names no device this server hands "
+                "out; ask for GPUs with --gpus 1 (or --gpus device=<id>)."
+            )
+    return None
+
+
+def check_start(info: dict, ctx: CreateContext) -> Optional[Refusal]:
+    """At start, the container's host paths again: a directory swapped for a symlink is caught here."""
+    host = info.get("HostConfig") or {}
+    for spec in host.get("Binds") or []:
+        source, _target, readonly = _parse_bind(str(spec))
+        if source.startswith("/"):
+            refusal = check_bind_source(source, readonly, ctx)
+            if refusal:
+                return refusal
+    for mount in host.get("Mounts") or []:
+        if isinstance(mount, dict) and mount.get("Type") == "bind":
+            refusal = check_bind_source(str(mount.get("Source") or ""), bool(mount.get("ReadOnly")), ctx)
+            if refusal:
+                return refusal
+    return None
+
+
+def check_start_body(raw: bytes) -> Optional[Refusal]:
+    """``POST /containers/{id}/start`` takes no body: an old API version would replace the HostConfig."""
+    if raw.strip() in (b"", b"{}", b"null"):
+        return None
+    return denied(
+        "starting a container with a request body would replace the settings checked when it was created; "
+        "start it without one (`docker start NAME`)."
+    )
+
+
+def api_version_refusal(route: Route) -> Optional[Refusal]:
+    if not route.version:
+        return None
+    text = route.version[2:]
+    major, _sep, minor = text.partition(".")
+    version = (int(major), int(minor or 0))
+    if version >= MIN_API_VERSION:
+        return None
+    return denied(
+        f"API version {text} is older than 1.24, the oldest the ds01 gateway speaks; use a newer Docker client "
+        "(or DOCKER_API_VERSION=1.41)."
+    )
+
+
 def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
     """The first host-escape setting in a create body, as a refusal; None if there is none."""
     if not isinstance(body, dict):
@@ -601,6 +789,22 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
     if not isinstance(host, dict):
         return Refusal(POLICY_DENIED, "HostConfig is not a JSON object", status=400)
 
+    refusal = (
+        check_user(str(body.get("User") or ""), ctx)
+        or _check_group_add(host.get("GroupAdd") or [], ctx)
+        or _check_log_config(host.get("LogConfig") or {})
+        or _check_restart(host.get("RestartPolicy") or {}, has_host_paths(host))
+        or _check_device_requests(host.get("DeviceRequests") or [])
+    )
+    if refusal:
+        return refusal
+    if str(host.get("CgroupnsMode") or "") == "host":
+        return denied("--cgroupns host shows the container the host's whole cgroup tree; run without it.")
+    for item in host.get("Links") or []:
+        ref = str(item).split(":", 1)[0].lstrip("/")
+        refusal = ownership(ctx.login, ref, ctx.container_owners.get(ref), "link to (--link)")
+        if refusal:
+            return refusal
     if host.get("Privileged"):
         return denied(
             "--privileged gives the container every capability and every host device; it is not available. "
@@ -610,6 +814,11 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
         name = _capability(cap)
         if name == "ALL":
             return denied("--cap-add ALL is the same as --privileged; add only the capabilities you need.")
+        if name in NEVER_CAPABILITIES:
+            return denied(
+                f"--cap-add {name} would let the container make setuid files or device nodes that keep their power "
+                "on the host through a mounted directory; it is not available."
+            )
         if name not in {_capability(c) for c in ctx.allowed_capabilities}:
             return denied(
                 f"--cap-add {name} reaches into the host kernel and is not allowed; allowed are: "
@@ -645,7 +854,12 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
         )
     for opt in host.get("SecurityOpt") or []:
         text = str(opt)
-        if SECURITY_OPT_OK.match(text):
+        if re.fullmatch(r"no-new-privileges[:=]false", text):
+            return denied(
+                "--security-opt no-new-privileges:false would let setuid programs in the container gain privileges; "
+                "every container runs with no-new-privileges. Remove the option."
+            )
+        if SECURITY_OPT_OK.fullmatch(text):
             continue
         key = re.split(r"[:=]", text, maxsplit=1)[0]
         shown = text if len(text) <= 60 else text[:57] + "..."
@@ -693,6 +907,12 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
             return refusal
         readonly = bool(mount.get("ReadOnly"))
         if kind == "bind":
+            propagation = str((mount.get("BindOptions") or {}).get("Propagation") or "")
+            if propagation not in ("", "private", "rprivate"):
+                return denied(
+                    f"bind propagation '{propagation}' would carry mounts between the container and the host; "
+                    "leave bind-propagation unset."
+                )
             refusal = check_bind_source(str(mount.get("Source") or ""), readonly, ctx)
         elif kind == "volume":
             options = mount.get("VolumeOptions") or {}
@@ -718,6 +938,11 @@ def _own_cgroup_parents(ctx: CreateContext) -> tuple:
 
 
 def _check_device(path: str, ctx: CreateContext) -> Optional[Refusal]:
+    if docker_state.is_cdi_name(path):
+        return denied(
+            f"--device {path} names a CDI device, which reaches hardware behind the GPU allocator's back; "
+            "ask for GPUs with --gpus 1 (or --gpus device=<id>) instead."
+        )
     norm = os.path.normpath(path)
     try:
         real = ctx.realpath(norm)
@@ -791,8 +1016,25 @@ def rewrite_create(body: dict, ctx: CreateContext) -> dict:
     body["Labels"] = labels
     host = body.get("HostConfig") or {}
     host["CgroupParent"] = host.get("CgroupParent") or ctx.slice_name
+    harden(body, host, ctx)
     body["HostConfig"] = apply_limits(host, ctx)
     return body
+
+
+def harden(body: dict, host: dict, ctx: CreateContext) -> None:
+    """Root in the container is never root on the host: the caller's uid, no-new-privileges, and
+    no capability that makes setuid files or device nodes (checked requests only)."""
+    if ctx.uid >= 0 and not body.get("User"):
+        body["User"] = f"{ctx.uid}:{ctx.gid}"
+    options = [str(o) for o in host.get("SecurityOpt") or []]
+    if not any(re.fullmatch(r"no-new-privileges([:=]true)?", o) for o in options):
+        options.append("no-new-privileges")
+    host["SecurityOpt"] = options
+    drop = [str(c) for c in host.get("CapDrop") or []]
+    have = {_capability(c) for c in drop}
+    if "ALL" not in have:
+        drop.extend(c for c in NEVER_CAPABILITIES if c not in have)
+    host["CapDrop"] = drop
 
 
 def set_env(body: dict, name: str, value: str) -> None:
@@ -827,16 +1069,27 @@ def strip_gpu(body: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def check_exec_create(body: Any) -> Optional[Refusal]:
+def check_exec_create(body: Any, ctx: Optional[CreateContext] = None) -> Optional[Refusal]:
+    """``docker exec``: never privileged, and as the caller (the container's user is already theirs)."""
     if not isinstance(body, dict):
         return Refusal(POLICY_DENIED, "the exec request body is not a JSON object", status=400)
     if body.get("Privileged"):
         return denied("exec --privileged gives the process every capability; run the exec without it.")
+    if ctx is not None:
+        refusal = check_user(str(body.get("User") or ""), ctx, "exec --user")
+        if refusal:
+            return refusal
+        if ctx.uid >= 0 and not body.get("User"):
+            body["User"] = f"{ctx.uid}:{ctx.gid}"
     return None
 
 
-def check_update(body: Any, ctx: CreateContext) -> tuple:
-    """(refusal, body) for ``docker update``: resource values clamped like at create."""
+def check_update(body: Any, ctx: CreateContext, host_paths: bool = False) -> tuple:
+    """(refusal, body) for ``docker update``: resource values clamped like at create.
+
+    0 and -1 mean "unlimited" to the daemon, so they are clamped to the caller's limit like a value
+    above it. ``host_paths``: the container mounts a host path (then no restart policy).
+    """
     if not isinstance(body, dict):
         return Refusal(POLICY_DENIED, "the update request body is not a JSON object", status=400), body
     for key in ("Devices", "DeviceRequests", "DeviceCgroupRules"):
@@ -844,20 +1097,27 @@ def check_update(body: Any, ctx: CreateContext) -> tuple:
             return denied(f"changing {key} with docker update is not available to users."), body
     if "CgroupParent" in body and body["CgroupParent"] not in ("", None, *_own_cgroup_parents(ctx)):
         return denied("docker update cannot move a container out of your slice."), body
+    refusal = _check_restart(body.get("RestartPolicy") or {}, host_paths)
+    if refusal:
+        return refusal, body
     for key, limit in (("Memory", ctx.memory), ("MemorySwap", ctx.memory_swap), ("PidsLimit", ctx.pids_limit)):
         if key in body and limit is not None:
             value = body[key]
-            if isinstance(value, int) and (value < 0 or value > limit):
+            if value is None or (isinstance(value, int) and (value <= 0 or value > limit)):
                 body[key] = int(limit)
+    if body.get("Memory") and body.get("MemorySwap") and body["MemorySwap"] < body["Memory"]:
+        body["MemorySwap"] = body["Memory"]
     cpus = ctx.cpu_cap()
-    if "NanoCpus" in body and cpus is not None:
-        value = body["NanoCpus"]
-        if isinstance(value, int) and value > cpus * 1e9:
-            body["NanoCpus"] = int(cpus * 1e9)
-    if isinstance(body.get("CpuQuota"), int) and cpus is not None:
-        period = body.get("CpuPeriod") or 100000
-        if body["CpuQuota"] <= 0 or body["CpuQuota"] / period > cpus:
-            body["CpuQuota"] = int(cpus * period)
+    if cpus is not None:
+        if "NanoCpus" in body:
+            value = body["NanoCpus"]
+            if value is None or (isinstance(value, int) and (value <= 0 or value > cpus * 1e9)):
+                body["NanoCpus"] = int(cpus * 1e9)
+        if "CpuQuota" in body or "CpuPeriod" in body:
+            period = body.get("CpuPeriod") or 100000
+            quota = body.get("CpuQuota")
+            if not isinstance(quota, int) or quota <= 0 or quota / period > cpus:
+                body["CpuQuota"] = int(cpus * period)
     return None, body
 
 
