@@ -296,6 +296,7 @@ STRUCTS: dict[str, dict[str, str]] = {
         "Env": "[]string",
         "WorkingDir": "string",
         "Cmd": "[]string",  # a list (not a strslice)
+        "Container": "string",  # sent by the docker SDK for Python; no dockerd struct has it (see CLIENT_ONLY)
     },
     # POST /exec/{id}/start: types.ExecStartCheck (20.10) / container.ExecStartRequest (newer).
     "ExecStartCheck": {
@@ -443,6 +444,14 @@ SINCE: dict[tuple[str, str], str] = {
     ("ClusterVolumeSecret", "Secret"): "1.42",
     ("NetworkCreateRequest", "EnableIPv4"): "1.48",
 }
+
+# Keys real clients send that no dockerd version decodes (Go drops them); the table carries them only
+# so those clients are not refused. Each was seen in a captured body (tests/fixtures/gateway/client-bodies).
+CLIENT_ONLY: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("ExecConfig", "Container"),  # docker SDK for Python exec_create (docker/api/exec_api.py)
+    }
+)
 
 # HostConfig field names dockerd 20.10 also reads at the top level of a create body:
 # ContainerConfigWrapper embeds *container.HostConfig next to *container.Config, so every HostConfig
