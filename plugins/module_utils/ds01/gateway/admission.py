@@ -130,12 +130,12 @@ class Admission:
             self._client = docker.DockerClient(base_url=f"unix://{self.upstream}", timeout=30)
         return self._client
 
-    def reservation(self, login: str, ask: Any, limits: Any, details: dict) -> Reservation:
+    def reservation(self, login: str, ask: Any, limits: Any, details: dict, admin: bool = False) -> Reservation:
         allocator = _core("allocator")
         if allocator is None:
             return Reservation(_Failing(_undecided("the allocator is not installed")))
         try:
-            manager = _reserve(allocator, self.store, login, ask, limits, details, self.client())
+            manager = _reserve(allocator, self.store, login, ask, limits, details, self.client(), admin)
         except AdmissionRefused as exc:
             return Reservation(_Failing(exc))
         except Exception as exc:  # the allocator's edge
@@ -166,16 +166,21 @@ class _Failing:
         return None
 
 
-def _reserve(allocator: Any, store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any) -> Any:
+def _reserve(
+    allocator: Any, store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any, admin: bool = False
+) -> Any:
     """``allocator.reserve(...)`` for this request; the grant is adapted by ``_as_grant``."""
     if ask.count < 0:
-        request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None)
+        request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None, admin=admin)
     elif ask.device_ids:
         request = allocator.Request(
-            count=len(ask.device_ids), device_ids=tuple(ask.device_ids), container=details.get("container") or None
+            count=len(ask.device_ids),
+            device_ids=tuple(ask.device_ids),
+            container=details.get("container") or None,
+            admin=admin,
         )
     else:
-        request = allocator.Request(count=max(1, ask.count), container=details.get("container") or None)
+        request = allocator.Request(count=max(1, ask.count), container=details.get("container") or None, admin=admin)
     config = store.get()
     if config is None:
         raise _undecided("no valid configuration has ever been loaded, so the allocator has no lock path")

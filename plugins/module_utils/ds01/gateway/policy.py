@@ -1166,6 +1166,22 @@ def check_build(route: Route, ctx: CreateContext) -> tuple:
     return None, query
 
 
+def filter_owned(body: Any, login: str, limit: Optional[str] = None) -> Any:
+    """``GET /containers/json`` for a user: only the containers ``ownership`` lets them see."""
+    if not isinstance(body, list):
+        return body
+    mine = []
+    for item in body:
+        if not isinstance(item, dict):
+            continue
+        names = item.get("Names") or [""]
+        if ownership(login, str(names[0]), item.get("Labels") or {}, "see") is None:
+            mine.append(item)
+    if limit is not None and limit.lstrip("-").isdigit() and int(limit) > 0:
+        mine = mine[: int(limit)]
+    return mine
+
+
 def filter_system_df(body: Any, login: str) -> Any:
     """``GET /system/df`` for a user: only their containers."""
     if isinstance(body, dict) and isinstance(body.get("Containers"), list):
