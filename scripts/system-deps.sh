@@ -7,6 +7,7 @@
 # debootstrap: the locally built base images (scripts/images.sh); sudo, udev, logrotate, dash,
 # systemd, prometheus (promtool), docker-compose: tools the roles validate their files with;
 # python3-venv: `make venv`; git: the sanity copy and the lint file lists; shellcheck: lint.
+# golang-go: the Go encoding/json oracle the gateway's canonical-decoder fuzz test builds.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -14,7 +15,7 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io iptables debootstrap sudo udev logrotate docker-compose prometheus dash systemd
-  python3 python3-venv git make ca-certificates shellcheck
+  python3 python3-venv git make ca-certificates shellcheck golang-go
 )
 
 # Packages dpkg does not report as installed.

@@ -1,0 +1,3 @@
+module ds01.test/gooracle
+
+go 1.19
