@@ -26,7 +26,7 @@ UINT64 = (0, 2**64 - 1)
 
 def parse_type(text: str) -> tuple:
     """The type grammar of apispec.py, as a tree: ("scalar", s) | ("list", T) | ("array", n, T) |
-    ("map", T) | ("struct", name, pointer). Raises ValueError on anything else."""
+    ("map", T) | ("pointer", T) | ("struct", name, pointer). Raises ValueError on anything else."""
     if text in SCALARS:
         return ("scalar", text)
     if text.startswith("[]"):
@@ -36,10 +36,11 @@ def parse_type(text: str) -> tuple:
         return ("array", int(match.group(1)), parse_type(match.group(2)))
     if text.startswith("map[") and text.endswith("]"):
         return ("map", parse_type(text[4:-1]))
-    pointer = text.startswith("*")
-    name = text[1:] if pointer else text
-    if NAME.match(name):
-        return ("struct", name, pointer)
+    if text.startswith("*") and not text.startswith("**"):
+        inner = parse_type(text[1:])
+        return ("struct", inner[1], True) if inner[0] == "struct" else ("pointer", inner)
+    if NAME.match(text):
+        return ("struct", text, False)
     raise ValueError(f"not a type of the apispec grammar: {text!r}")
 
 
@@ -61,7 +62,9 @@ def test_every_type_parses_and_names_an_existing_struct(struct: str, field: str,
         assert name in apispec.STRUCTS, f"{struct}.{field} names {name}, which STRUCTS lacks"
 
 
-@pytest.mark.parametrize("text", ["", "str", "[]", "map[string", "[0]uint", "**Mount", "[2]", "map[]", "mount"])
+@pytest.mark.parametrize(
+    "text", ["", "str", "[]", "map[string", "[0]uint", "**Mount", "**int", "*", "[2]", "map[]", "mount", "*mount"]
+)
 def test_the_grammar_checker_refuses_what_is_not_a_type(text: str) -> None:
     with pytest.raises(ValueError):
         parse_type(text)
@@ -92,6 +95,8 @@ def test_client_only_fields_are_in_the_tables_and_seen_in_a_capture() -> None:
 
     def walk(value: object, kind: str) -> None:
         tree = parse_type(kind)
+        if tree[0] == "pointer":
+            tree, kind = parse_type(kind[1:]), kind[1:]
         if value is None or tree[0] == "scalar":
             return
         if tree[0] in ("list", "array") and isinstance(value, list):
@@ -153,6 +158,8 @@ def check(value: object, kind: str, where: str) -> list:
         return []
     tree = parse_type(kind)
     tag = tree[0]
+    if tag == "pointer":
+        return check(value, kind[1:], where)
     if tag == "scalar":
         scalar = tree[1]
         if scalar == "string":
@@ -283,6 +290,8 @@ def test_the_captures_cover_every_client_and_route() -> None:
             ["ContainerCreate.NetworkingConfig.EndpointsConfig['n'].Bogus: not a field of EndpointSettings"],
         ),
         ({"HostConfig": {"Mounts": [{"Type": "bind", "BindOptions": None}]}, "Env": None}, []),
+        ({"StopTimeout": None, "HostConfig": {"PidsLimit": -1, "Init": True}}, []),
+        ({"HostConfig": {"PidsLimit": "100"}}, ["ContainerCreate.HostConfig.PidsLimit: '100' is not a int"]),
     ],
 )
 def test_the_checker_catches_what_the_canonical_model_must_refuse(body: dict, expected: list) -> None:

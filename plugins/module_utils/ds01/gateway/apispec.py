@@ -32,8 +32,11 @@ Derived by hand (nothing copied) from the moby/moby repository:
   documented 1.42; EndpointSettings.MacAddress/DriverOpts as request fields, 1.44/1.46) are
   decoded by this daemon, so they are not in ``SINCE``.
 
-Go pointers to scalars or arrays (``*int64``, ``*bool``, ``*[2]uint``) are written as the plain
-type with a "(pointer)" comment: to encoding/json, JSON null leaves any field unset, pointer or not.
+Go pointers are written ``*T`` whatever T is (``*HostConfig``, ``*int``, ``*bool``, ``*[2]uint``):
+null sets them to nil, "unset". encoding/json also accepts null for a field that is not a pointer
+(it leaves the field as it was, the same as an absent key), and real clients send it: the docker
+CLIs send "MemorySwappiness": null, the docker SDK "Healthcheck": {"Timeout": null} and
+"IPRange": null, the 20.10 CLI a commit body of null (see tests/fixtures/gateway/client-bodies).
 Integer widths narrower than 64 bits are noted in comments (Go refuses out-of-range values with 400).
 """
 
@@ -48,6 +51,7 @@ from __future__ import annotations
 #                     "map[*EndpointSettings]")
 #   "[N]T"            a fixed-size Go array, e.g. "[2]uint" (ConsoleSize)
 #   "Name" / "*Name"  a struct (by name in STRUCTS); "*" = Go pointer (JSON null means unset)
+#   "*T"              likewise a Go pointer to any other type T: "*int" (*int64), "*bool", "*[2]uint"
 
 # container.Config (api/types/container/config.go). Decoded as the embedded *Config of the create
 # body, and alone as the body of POST /commit.
@@ -75,7 +79,7 @@ _CONTAINER_CONFIG: dict[str, str] = {
     "OnBuild": "[]string",
     "Labels": "map[string]",  # ds01.* labels carry ownership: the gateway stamps them
     "StopSignal": "string",
-    "StopTimeout": "int",  # *int (pointer)
+    "StopTimeout": "*int",
     "Shell": "strslice",
 }
 
@@ -105,9 +109,9 @@ _RESOURCES: dict[str, str] = {
     "KernelMemoryTCP": "int",  # ignored from 1.52
     "MemoryReservation": "int",
     "MemorySwap": "int",  # -1 = unlimited swap
-    "MemorySwappiness": "int",  # *int64 (pointer)
-    "OomKillDisable": "bool",  # *bool (pointer); --oom-kill-disable
-    "PidsLimit": "int",  # *int64 (pointer); 0 or -1 = unlimited
+    "MemorySwappiness": "*int",  # Go *int64; the docker CLIs send null
+    "OomKillDisable": "*bool",  # --oom-kill-disable
+    "PidsLimit": "*int",  # Go *int64; 0 or -1 = unlimited
     "Ulimits": "[]*Ulimit",
     "CpuCount": "int",  # Windows only
     "CpuPercent": "int",  # Windows only
@@ -156,7 +160,7 @@ _HOST_CONFIG_OWN: dict[str, str] = {
     "Mounts": "[]Mount",  # --mount: bind (host path), volume, tmpfs, image, cluster
     "MaskedPaths": "[]string",  # [] unmasks /proc/kcore, /proc/keys, ... (as --privileged does)
     "ReadonlyPaths": "[]string",  # [] makes /proc/sys, /proc/sysrq-trigger, ... writable
-    "Init": "bool",  # *bool (pointer); --init
+    "Init": "*bool",  # --init
 }
 
 STRUCTS: dict[str, dict[str, str]] = {
@@ -287,7 +291,7 @@ STRUCTS: dict[str, dict[str, str]] = {
         "User": "string",  # -u: the exec's user (0 = root in the container)
         "Privileged": "bool",  # --privileged: all capabilities for the exec'd process
         "Tty": "bool",
-        "ConsoleSize": "[2]uint",  # *[2]uint (pointer); [height, width]
+        "ConsoleSize": "*[2]uint",  # [height, width]
         "AttachStdin": "bool",
         "AttachStderr": "bool",
         "AttachStdout": "bool",
@@ -302,7 +306,7 @@ STRUCTS: dict[str, dict[str, str]] = {
     "ExecStartCheck": {
         "Detach": "bool",
         "Tty": "bool",
-        "ConsoleSize": "[2]uint",  # *[2]uint (pointer)
+        "ConsoleSize": "*[2]uint",
     },
     # POST /volumes/create: volume.VolumeCreateBody (20.10) / volume.CreateOptions (newer).
     "VolumeCreateBody": {
@@ -357,8 +361,8 @@ STRUCTS: dict[str, dict[str, str]] = {
         "CheckDuplicate": "bool",  # deprecated 1.44 (then *bool); 20.10 decodes it
         "Driver": "string",
         "Scope": "string",
-        "EnableIPv4": "bool",  # *bool (pointer)
-        "EnableIPv6": "bool",  # *bool (pointer) in newer clients
+        "EnableIPv4": "*bool",
+        "EnableIPv6": "bool",  # *bool in the newer struct
         "IPAM": "*IPAM",
         "Internal": "bool",
         "Attachable": "bool",
