@@ -194,6 +194,10 @@ def _unique(pairs: _Pairs, path: str) -> list:
     return list(pairs)
 
 
+def _top_level_host_fields() -> frozenset:
+    return frozenset(fold(f) for f in apispec.DEPRECATED_TOP_LEVEL_HOSTCONFIG)
+
+
 def _struct(name: str, value: Any, path: str, depth: int) -> dict:
     if not isinstance(value, _Pairs):
         raise _type_error(path or "the body", "a JSON object", value)
@@ -205,6 +209,12 @@ def _struct(name: str, value: Any, path: str, depth: int) -> dict:
         folded = fold(key)
         field = by_fold.get(folded)
         where = _join(path, key)
+        if field is None and name == "ContainerCreate" and folded in _top_level_host_fields():
+            raise BodyError(
+                where,
+                f"{where} belongs inside HostConfig; dockerd still reads it at the top level of a create body "
+                "(a deprecated form), so the gateway refuses it there. Move it into \"HostConfig\".",
+            )
         if field is None:
             raise BodyError(
                 where,
