@@ -118,7 +118,9 @@ def _string(path: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _type_error(path, "a string", value)
     if _SURROGATE.search(value):
-        raise BodyError(path, f"{path} contains a lone UTF-16 surrogate escape, which Docker reads differently")
+        raise BodyError(
+            path, f"{path} contains a lone UTF-16 surrogate escape, which Docker reads differently; send valid text"
+        )
     return value
 
 
@@ -127,11 +129,11 @@ def _model(tspec: str, value: Any, path: str, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise BodyError(path, "the body nests too deeply to be a Docker request")
     if tspec.startswith("*"):
-        if value is None:
-            return None
-        return _model(tspec[1:], value, path, depth)
-    if value is None and (tspec.startswith(("[]", "map[", "[")) or tspec in ("strslice", "set")):
-        return None  # a nil slice or map: the same as leaving the key out
+        tspec = tspec[1:]
+    if value is None:
+        # Go leaves a field it reads null as if the key were absent, whatever its type; a null
+        # inside a list or map is something no client sends, and is refused by the callers.
+        return None
     if tspec == "string":
         return _string(path, value)
     if tspec == "bool":
@@ -143,7 +145,7 @@ def _model(tspec: str, value: Any, path: str, depth: int) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(path, "a whole number", value)
         if not low <= value <= high:
-            raise BodyError(path, f"{path} must be between {low} and {high}")
+            raise BodyError(path, f"{path} must be between {low} and {high}; send a number in that range")
         return value
     if tspec == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -165,13 +167,13 @@ def _model(tspec: str, value: Any, path: str, depth: int) -> Any:
     if tspec.startswith("[]"):
         if not isinstance(value, list) or isinstance(value, _Pairs):
             raise _type_error(path, "a list", value)
-        return [_model(tspec[2:], item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [_element(tspec[2:], item, f"{path}[{i}]", depth) for i, item in enumerate(value)]
     if tspec.startswith("map["):
         if not isinstance(value, _Pairs):
             raise _type_error(path, "an object", value)
         inner = tspec[4:-1]
         return {
-            _string(path, key): _model(inner, item, _join(path, key), depth + 1) for key, item in _unique(value, path)
+            _string(path, key): _element(inner, item, _join(path, key), depth) for key, item in _unique(value, path)
         }
     match = _ARRAY.fullmatch(tspec)
     if match:
@@ -182,6 +184,13 @@ def _model(tspec: str, value: Any, path: str, depth: int) -> Any:
     if tspec in apispec.STRUCTS:
         return _struct(tspec, value, path, depth)
     raise BodyError(path, f"{path} has a type the gateway does not know ({tspec}); ask an admin")
+
+
+def _element(tspec: str, item: Any, path: str, depth: int) -> Any:
+    """One element of a list or map: ``null`` there is refused (no client sends it)."""
+    if item is None:
+        raise BodyError(path, f"{path} is null; leave the element out instead")
+    return _model(tspec, item, path, depth + 1)
 
 
 def _unique(pairs: _Pairs, path: str) -> list:
@@ -213,7 +222,7 @@ def _struct(name: str, value: Any, path: str, depth: int) -> dict:
             raise BodyError(
                 where,
                 f"{where} belongs inside HostConfig; dockerd still reads it at the top level of a create body "
-                "(a deprecated form), so the gateway refuses it there. Move it into \"HostConfig\".",
+                '(a deprecated form), so the gateway refuses it there. Move it into "HostConfig".',
             )
         if field is None:
             raise BodyError(
@@ -234,15 +243,18 @@ def _struct(name: str, value: Any, path: str, depth: int) -> dict:
     return out
 
 
-def decode(raw: bytes, shape: str) -> dict:
+def decode(raw: bytes, shape: str) -> Optional[dict]:
     """A request body of ``shape`` (a key of ``apispec.BODIES``) → its canonical model.
 
-    An empty body is an empty model. Raises BodyError with a sentence naming the key.
+    An empty body is an empty model; a body of ``null`` is None (forwarded as ``null``). Raises
+    BodyError with a sentence naming the key.
     """
     struct = apispec.BODIES[shape]
     if not raw.strip():
         return {}
     value = parse(raw)
+    if value is None:
+        return None  # ``null``: e.g. docker 20.10's commit without changes (a {} would mean "empty config")
     model = _struct(struct, value, "", 0)
     for key in TOP_LEVEL_STRUCTS.get(shape, ()):
         if key in model and model[key] is None:
