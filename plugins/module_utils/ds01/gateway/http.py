@@ -194,26 +194,52 @@ def response_framing(head: Head, request_method: str) -> Framing:
     return Framing("close")
 
 
-async def read_head(reader: asyncio.StreamReader) -> Optional[bytes]:
-    """The next head (through the empty line), or None on a clean EOF before any byte."""
+STREAM_PIECE = 256 * 1024  # bytes asked of a socket at once when streaming a body
+HEAD_TIMEOUT_S = 30.0  # from a request head's first byte to its empty line
+IDLE_TIMEOUT_S = 120.0  # for a request head's first byte (a kept-alive connection between requests)
+
+
+async def read_head(
+    reader: asyncio.StreamReader, idle_timeout_s: Optional[float] = None, head_timeout_s: Optional[float] = None
+) -> Optional[bytes]:
+    """The next head (through the empty line), or None on a clean EOF before any byte.
+
+    With timeouts (a client's request): None as well when no byte came within ``idle_timeout_s``
+    (an idle connection is closed quietly), and a 408 when the head was not complete within
+    ``head_timeout_s`` of its first byte (a trickled head is cut off).
+    """
+    if idle_timeout_s is None and head_timeout_s is None:
+        first = b""
+    else:
+        try:
+            first = await asyncio.wait_for(reader.readexactly(1), idle_timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        except asyncio.IncompleteReadError:
+            return None
     try:
-        return await reader.readuntil(b"\r\n\r\n")
+        rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), head_timeout_s if first else None)
+    except asyncio.TimeoutError:
+        raise HttpError(
+            408, f"the request head did not arrive whole within {head_timeout_s:g} seconds; send it at once"
+        ) from None
     except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
+        if not exc.partial and not first:
             return None
         raise HttpError(400, "the connection closed in the middle of a request head") from None
     except asyncio.LimitOverrunError:
         raise HttpError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes") from None
+    return first + rest if first else rest
 
 
 async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status: int = 400) -> AsyncIterator[bytes]:
-    """Yield the body's bytes in pieces (never more than PIECE at once), validating the framing."""
+    """Yield the body's bytes in pieces (never more than STREAM_PIECE at once), validating the framing."""
     if framing.kind == "none":
         return
     if framing.kind == "length":
         remaining = framing.length
         while remaining:
-            piece = await reader.read(min(remaining, PIECE))
+            piece = await reader.read(min(remaining, STREAM_PIECE))
             if not piece:
                 raise HttpError(error_status, "the connection closed before the whole body arrived")
             remaining -= len(piece)
@@ -221,7 +247,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
         return
     if framing.kind == "close":
         while True:
-            piece = await reader.read(PIECE)
+            piece = await reader.read(STREAM_PIECE)
             if not piece:
                 return
             yield piece
@@ -241,7 +267,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
             break
         remaining = size
         while remaining:
-            piece = await reader.read(min(remaining, PIECE))
+            piece = await reader.read(min(remaining, STREAM_PIECE))
             if not piece:
                 raise HttpError(error_status, "the connection closed inside a chunk")
             remaining -= len(piece)
@@ -287,15 +313,112 @@ def chunk(data: bytes) -> bytes:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+MAX_CHUNK_LINE = 4096
+# one chunk-size line, CRLF included: the grammar iter_body reads, matched in place at an offset
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=[^\x00-\x1f\x7f;]*)?)*\r\n")
+_SIZE, _DATA, _CRLF, _TRAILER = range(4)
+
+
+class ChunkedCopy:
+    """Validates a chunked body fed in pieces of any size and hands back the same bytes, unchanged.
+
+    For passing a daemon's chunked response through without de-chunking and re-chunking it: the
+    bytes come back only once their framing is known to be valid (the grammar of ``iter_body``:
+    size lines, chunk data ending in CRLF, trailer fields), so a client never sees a message
+    boundary the gateway did not see. An incomplete size line or trailer line is held back until
+    the rest arrives. ``done`` is set after the empty line ending the trailer section; bytes fed
+    after it are kept in ``excess`` (a daemon must not send any: the caller drops the connection).
+    """
+
+    def __init__(self, error_status: int = 502) -> None:
+        self.error_status = error_status
+        self.done = False
+        self.excess = b""
+        self._state = _SIZE
+        self._data = 0  # chunk-data bytes still to come
+        self._pending = b""  # bytes held back: the start of a size line, CRLF or trailer line
+        self._trailers = 0
+
+    def feed(self, data: bytes) -> memoryview:
+        """The validated bytes of ``data`` (and of what was held back before it) to pass on."""
+        if self.done:
+            self.excess += data
+            return memoryview(b"")
+        buf = self._pending + data if self._pending else data
+        pos, end = 0, len(buf)
+        match = _CHUNK_LINE.match
+        state = self._state
+        while pos < end:
+            if state == _SIZE:
+                found = match(buf, pos)
+                if found is None:
+                    line_end = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                    if line_end >= 0 or end - pos >= MAX_CHUNK_LINE:
+                        raise HttpError(self.error_status, f"invalid chunk size line {bytes(buf[pos : pos + 40])!r}")
+                    break  # the size line is not complete yet
+                size = int(found.group(1), 16)
+                pos = found.end()
+                if size == 0:
+                    state = _TRAILER
+                    continue
+                stop = pos + size
+                if stop + 2 <= end:  # the whole chunk is here: the common case, one step
+                    if not buf.startswith(b"\r\n", stop):
+                        raise HttpError(self.error_status, "a chunk is longer than its declared size")
+                    pos = stop + 2
+                    continue
+                self._data = size
+                state = _DATA
+            elif state == _DATA:
+                take = min(self._data, end - pos)
+                pos += take
+                self._data -= take
+                if not self._data:
+                    state = _CRLF
+            elif state == _CRLF:
+                if end - pos < 2:
+                    break
+                if not buf.startswith(b"\r\n", pos):
+                    raise HttpError(self.error_status, "a chunk is longer than its declared size")
+                pos += 2
+                state = _SIZE
+            else:  # trailer section: header lines up to an empty line
+                line_end = buf.find(b"\r\n", pos)
+                if line_end < 0:
+                    if end - pos > MAX_HEAD_BYTES:
+                        raise HttpError(self.error_status, "a chunked trailer line is too long")
+                    break
+                line = bytes(buf[pos:line_end])
+                pos = line_end + 2
+                if not line:
+                    self.done = True
+                    self.excess = bytes(buf[pos:])
+                    end = pos
+                    break
+                self._trailers += 1
+                if self._trailers > MAX_HEADERS:
+                    raise HttpError(self.error_status, "too many trailer fields")
+                try:
+                    _parse_headers([line])
+                except HttpError as exc:
+                    raise HttpError(self.error_status, f"malformed chunked trailer: {exc.message}") from None
+        self._state = state
+        self._pending = b"" if self.done else bytes(buf[pos:])
+        view = memoryview(buf)
+        return view if pos == len(buf) else view[:pos]
+
+
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     417: "Expectation Failed",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from .. import config as config_mod
 from .. import refusals
 from . import admission as admission_mod
-from . import http, peer, policy, schema
+from . import http, listener, peer, policy, schema
 from . import stats as stats_mod
 from .upstream import Upstream, UpstreamError
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HIJACK_ACTIONS = ("attach", "start")  # container attach, exec start
 SPLICE_GRACE_S = 5.0
+MAX_CONNECTIONS_PER_UID = 256  # open connections one non-root uid may hold (the unit's LimitNOFILE is 65536)
 HIJACK_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
 
 
@@ -72,13 +73,26 @@ class Gateway:
         socket_group: Optional[str] = None,
         admission: Optional[Any] = None,
         event_log: Optional[Callable[..., Any]] = None,
+        *,
+        head_timeout_s: float = http.HEAD_TIMEOUT_S,
+        idle_timeout_s: float = http.IDLE_TIMEOUT_S,
+        max_connections_per_uid: Optional[int] = MAX_CONNECTIONS_PER_UID,
+        listen_backlog: int = listener.LISTEN_BACKLOG,
+        accept_retry_s: float = listener.ACCEPT_RETRY_S,
+        error_log_every_s: float = listener.ERROR_LOG_EVERY_S,
     ) -> None:
+        self.head_timeout_s = head_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.listen_backlog = listen_backlog
+        self.accept_retry_s = accept_retry_s
+        self.error_log_every_s = error_log_every_s
+        self.cap = listener.ConnectionCap(max_connections_per_uid)
         self.store = config_mod.ConfigStore(config_path)
         self._cli = (listen, upstream, socket_group)
         self.upstream = Upstream(self.settings().upstream)
         self.admission = admission or admission_mod.Admission(self.store, self.settings().upstream)
         self._event_log = event_log
-        self.server: Optional[asyncio.AbstractServer] = None
+        self.server: Optional[listener.Listener] = None
         self.connections = 0
         self.requests = 0
         self.refused = 0
@@ -103,7 +117,7 @@ class Gateway:
         return config.sections["paths"]["state_dir"] if config else "/var/lib/ds01"
 
     # -- server ---------------------------------------------------------------------------------
-    async def start(self) -> asyncio.AbstractServer:
+    async def start(self) -> listener.Listener:
         settings = self.settings()
         path = settings.listen
         if os.path.exists(path) or os.path.islink(path):
@@ -119,9 +133,13 @@ class Gateway:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=path, limit=http.MAX_HEAD_BYTES)
+            sock = listener.listen(path, self.listen_backlog)
         finally:
             os.umask(old)
+        self.server = listener.Listener(
+            sock, self._serve, self.cap, retry_s=self.accept_retry_s, log_every_s=self.error_log_every_s
+        )
+        self.server.start()
         gid = -1
         try:
             gid = grp.getgrnam(settings.socket_group).gr_gid
@@ -210,12 +228,16 @@ class Gateway:
         return peer.Caller(account.login, account.uid, account.home, admin, cred.pid, container_id)
 
     # -- connection -----------------------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, sock: socket.socket, cred: Optional[peer.PeerCred]) -> None:
+        """One admitted connection (the listener has counted it against its uid's cap)."""
         self.connections += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)  # the stream protocol drops its reference when the client leaves
-        conn = _Connection(self, reader, writer)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=http.MAX_HEAD_BYTES)
+        except OSError as exc:
+            sock.close()
+            log.debug("connection ended before it was set up: %s", exc)
+            return
+        conn = _Connection(self, reader, writer, cred)
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -224,7 +246,6 @@ class Gateway:
             log.exception("connection failed")
         finally:
             await conn.close()
-            self._tasks.discard(task)
 
     # -- recording ------------------------------------------------------------------------------
     async def record(self, event_type: str, caller: Optional[peer.Caller], **details: Any) -> None:
@@ -257,14 +278,24 @@ def _identity_refusal(reason: str) -> policy.Refusal:
 class _Connection:
     """One client connection and its upstream connection."""
 
-    def __init__(self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cred: Optional[peer.PeerCred] = None,
+    ) -> None:
         self.gw = gateway
         self.reader = reader
         self.writer = writer
+        self.cred = cred  # SO_PEERCRED as the listener read it at accept(); None: read it again
         self.up_reader: Optional[asyncio.StreamReader] = None
         self.up_writer: Optional[asyncio.StreamWriter] = None
         self.caller: Optional[peer.Caller] = None
         self.started = time.monotonic()  # when the current request's head was read
+        # Set once the current response's head has been handed to the client: from then on a
+        # fault can only end the connection (an error answer would land inside the body).
+        self.response_started = False
 
     async def close(self) -> None:
         for w in (self.up_writer, self.writer):
@@ -279,23 +310,27 @@ class _Connection:
         await self.writer.drain()
 
     async def run(self) -> None:
-        sock = self.writer.get_extra_info("socket")
         identity_refusal: Optional[policy.Refusal] = None
         try:
-            cred = peer.peercred(sock)
+            cred = self.cred or peer.peercred(self.writer.get_extra_info("socket"))
             self.caller = await self.gw.identify(cred)
         except Refused as exc:
             identity_refusal = exc.refusal
         except OSError as exc:
             identity_refusal = _identity_refusal(f"SO_PEERCRED failed: {exc}")
         while True:
+            self.response_started = False
             try:
-                raw = await http.read_head(self.reader)
+                raw = await http.read_head(self.reader, self.gw.idle_timeout_s, self.gw.head_timeout_s)
                 if raw is None:
                     return
                 head = http.parse_request_head(raw)
                 framing = http.request_framing(head)
             except http.HttpError as exc:
+                if exc.status == 408:  # a trickled head: answered, not recorded as a refusal
+                    self.writer.write(http.json_response(408, {"message": f"ds01 gateway: {exc.message}"}, close=True))
+                    self.gw.stats.count("bad_request")
+                    return
                 await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
                 self.gw.stats.count("bad_request")
                 await self.gw.record("gateway.refused", self.caller, code="BAD_REQUEST", sentence=exc.message)
@@ -307,14 +342,22 @@ class _Connection:
                 return
             try:
                 keep = await self.handle(head, framing)
-            except Refused as exc:
-                await self.refuse(exc.refusal, head)
-                return
-            except http.HttpError as exc:
-                await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True))
-                self.gw.stats.count("bad_request", time.monotonic() - self.started)
-                return
-            except UpstreamError as exc:
+            except (Refused, http.HttpError, UpstreamError) as exc:
+                if self.response_started:  # an answer now would land inside the body: just close
+                    self.gw.stats.count("upstream_error")
+                    log.info(
+                        "%s %s ended mid-response; closing the client connection: %s", head.method, head.target, exc
+                    )
+                    return
+                if isinstance(exc, Refused):
+                    await self.refuse(exc.refusal, head)
+                    return
+                if isinstance(exc, http.HttpError):
+                    await self.send(
+                        http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True)
+                    )
+                    self.gw.stats.count("bad_request", time.monotonic() - self.started)
+                    return
                 self.gw.stats.count("upstream_error", time.monotonic() - self.started)
                 log.warning("upstream fault for %s %s: %s", head.method, head.target, exc)
                 await self.send(
@@ -662,15 +705,14 @@ class _Connection:
             or (route.path in ("/session", "/grpc") and rframing.kind == "close")
         )
         if hijack:
+            self.response_started = True
             await self.send(response.serialize_response())
             await self.splice(up_reader, up_writer)
             return (False, response.status, None) if capture else False
         upstream_close = "close" in response.connection_tokens() or rframing.kind == "close"
         captured: Optional[str] = None
         if rewrite is not None or capture:
-            data = b""
-            async for piece in http.iter_body(up_reader, rframing, error_status=502):
-                data += piece
+            data = b"".join([piece async for piece in http.iter_body(up_reader, rframing, error_status=502)])
             if rewrite is not None and 200 <= response.status < 300:
                 try:
                     data = json.dumps(rewrite(json.loads(data))).encode()
@@ -683,14 +725,32 @@ class _Connection:
                     captured = None
             response.remove("Content-Length", "Transfer-Encoding")
             response.headers.append(("Content-Length", str(len(data))))
+            self.response_started = True
             await self.send(response.serialize_response() + data)
         else:
-            await self.send(response.serialize_response())
-            async for piece in http.iter_body(up_reader, rframing, error_status=502):
-                self.writer.write(http.chunk(piece) if rframing.kind == "chunked" else piece)
-                await self.writer.drain()
+            # Streamed as it arrives, bytes unchanged: a chunked body keeps the daemon's framing,
+            # validated on the way (http.ChunkedCopy), so `logs -f` lines pass at once and a 100 MB
+            # log is copied once rather than de-chunked and re-chunked.
+            self.response_started = True
+            self.writer.write(response.serialize_response())
             if rframing.kind == "chunked":
-                await self.send(http.LAST_CHUNK)
+                copier = http.ChunkedCopy(error_status=502)
+                while not copier.done:
+                    data = await up_reader.read(http.STREAM_PIECE)
+                    if not data:
+                        raise UpstreamError("the Docker daemon closed the connection inside a chunked body")
+                    out = copier.feed(data)
+                    if out:
+                        self.writer.write(out)
+                        await self.writer.drain()
+                if copier.excess:
+                    log.warning("the Docker daemon sent bytes after a response; dropping that connection")
+                    upstream_close = True
+            else:
+                async for piece in http.iter_body(up_reader, rframing, error_status=502):
+                    self.writer.write(piece)
+                    await self.writer.drain()
+            await self.writer.drain()
         if upstream_close:
             up_writer.close()
             self.up_writer = None
@@ -713,7 +773,7 @@ class _Connection:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while True:
-                    data = await src.read(http.PIECE)
+                    data = await src.read(http.STREAM_PIECE)
                     if not data:
                         break
                     dst.write(data)
