@@ -18,7 +18,7 @@ from typing import Optional
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
-PIECE = 64 * 1024
+PIECE = 256 * 1024  # bytes asked of a socket at once when streaming a body
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _METHOD = re.compile(rb"^[A-Z]{1,20}$")
@@ -194,7 +194,6 @@ def response_framing(head: Head, request_method: str) -> Framing:
     return Framing("close")
 
 
-STREAM_PIECE = 256 * 1024  # bytes asked of a socket at once when streaming a body
 HEAD_TIMEOUT_S = 30.0  # from a request head's first byte to its empty line
 IDLE_TIMEOUT_S = 120.0  # for a request head's first byte (a kept-alive connection between requests)
 
@@ -233,13 +232,13 @@ async def read_head(
 
 
 async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status: int = 400) -> AsyncIterator[bytes]:
-    """Yield the body's bytes in pieces (never more than STREAM_PIECE at once), validating the framing."""
+    """Yield the body's bytes in pieces (never more than PIECE at once), validating the framing."""
     if framing.kind == "none":
         return
     if framing.kind == "length":
         remaining = framing.length
         while remaining:
-            piece = await reader.read(min(remaining, STREAM_PIECE))
+            piece = await reader.read(min(remaining, PIECE))
             if not piece:
                 raise HttpError(error_status, "the connection closed before the whole body arrived")
             remaining -= len(piece)
@@ -247,7 +246,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
         return
     if framing.kind == "close":
         while True:
-            piece = await reader.read(STREAM_PIECE)
+            piece = await reader.read(PIECE)
             if not piece:
                 return
             yield piece
@@ -267,7 +266,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
             break
         remaining = size
         while remaining:
-            piece = await reader.read(min(remaining, STREAM_PIECE))
+            piece = await reader.read(min(remaining, PIECE))
             if not piece:
                 raise HttpError(error_status, "the connection closed inside a chunk")
             remaining -= len(piece)

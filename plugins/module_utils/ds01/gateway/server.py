@@ -736,7 +736,7 @@ class _Connection:
             if rframing.kind == "chunked":
                 copier = http.ChunkedCopy(error_status=502)
                 while not copier.done:
-                    data = await up_reader.read(http.STREAM_PIECE)
+                    data = await up_reader.read(http.PIECE)
                     if not data:
                         raise UpstreamError("the Docker daemon closed the connection inside a chunked body")
                     out = copier.feed(data)
@@ -773,7 +773,7 @@ class _Connection:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while True:
-                    data = await src.read(http.STREAM_PIECE)
+                    data = await src.read(http.PIECE)
                     if not data:
                         break
                     dst.write(data)
