@@ -20,11 +20,14 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 PIECE = 256 * 1024  # bytes asked of a socket at once when streaming a body
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_METHOD = re.compile(rb"^[A-Z]{1,20}$")
-_VERSION = re.compile(rb"^HTTP/1\.[01]$")
-_STATUS = re.compile(rb"^HTTP/1\.[01] [1-5][0-9]{2}(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$")
-_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,15})(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=[^\x00-\x1f\x7f;]*)?)*$")
+# Whole-value patterns: always used with fullmatch.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(rb"[A-Z]{1,20}")
+_VERSION = re.compile(rb"HTTP/1\.[01]")
+# origin-form (RFC 9112 §3.2.1): "/" then visible ASCII only (no '#', no obs-text, no controls)
+_TARGET = re.compile(rb"/[\x21\x22\x24-\x7e]*")
+_STATUS = re.compile(rb"HTTP/1\.[01] [1-5][0-9]{2}(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=[^\x00-\x1f\x7f;]*)?)*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -114,7 +117,7 @@ def _parse_headers(lines: list) -> list:
         if line[:1] in (b" ", b"\t"):
             raise HttpError(400, "obsolete line folding (obs-fold) in a header is not accepted")
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not _TOKEN.fullmatch(name):
             raise HttpError(400, f"malformed header line {line[:60]!r}")
         value = value.strip(b" \t")
         if _BAD_VALUE.search(value):
@@ -123,20 +126,30 @@ def _parse_headers(lines: list) -> list:
     return headers
 
 
+def check_trailer_field(line: bytes, error_status: int = 400) -> None:
+    """One chunked trailer field line: well-formed, and not a framing field (RFC 9110 §6.5.1)."""
+    try:
+        ((name, _value),) = _parse_headers([line])
+    except HttpError as exc:
+        raise HttpError(error_status, f"malformed chunked trailer: {exc.message}") from None
+    if name.lower() in ("content-length", "transfer-encoding", "trailer", "host"):
+        raise HttpError(error_status, f"the chunked trailer sets {name}, which may only be sent in the head")
+
+
 def parse_request_head(data: bytes) -> Head:
     lines = _split_lines(data)
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or not _VERSION.match(parts[2]):
+    if len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
         raise HttpError(400, f"malformed request line {lines[0][:80]!r}")
     target = parts[1]
-    if not target.startswith(b"/") or _BAD_VALUE.search(target) or b"#" in target:
-        raise HttpError(400, "the request target must be an absolute path")
+    if not _TARGET.fullmatch(target):
+        raise HttpError(400, "the request target must be an absolute path of visible ASCII characters")
     return Head((parts[0].decode(), target.decode("latin-1"), parts[2].decode()), _parse_headers(lines[1:]))
 
 
 def parse_response_head(data: bytes) -> Head:
     lines = _split_lines(data)
-    if not _STATUS.match(lines[0]):
+    if not _STATUS.fullmatch(lines[0]):
         raise HttpError(502, f"the Docker daemon sent a malformed status line {lines[0][:80]!r}")
     version, status, reason = [*lines[0].split(b" ", 2), b""][:3]
     return Head((version.decode(), int(status), reason.decode("latin-1")), _parse_headers(lines[1:]))
@@ -177,19 +190,22 @@ def request_framing(head: Head) -> Framing:
 
 
 def response_framing(head: Head, request_method: str) -> Framing:
+    """The body framing of a daemon response; the framing fields are checked even when no body follows."""
+    te = head.get_all("Transfer-Encoding")
+    # dockerd (Go net/http) only ever sends "chunked"; any other coding is refused rather than
+    # read to the close (RFC 9112 §6.3 rule 4), so gateway and client never disagree on the end
+    if te and (len(te) != 1 or te[0].strip().lower() != "chunked"):
+        raise HttpError(502, f"the Docker daemon sent an unsupported Transfer-Encoding {', '.join(te)!r}")
+    cl = head.get_all("Content-Length")
+    values = {v.strip() for v in cl}
+    if cl and (len(values) != 1 or not next(iter(values)).isdigit() or not next(iter(values)).isascii()):
+        raise HttpError(502, "the Docker daemon sent an invalid Content-Length")
     status = head.status
     if request_method == "HEAD" or 100 <= status < 200 or status in (204, 304):
         return NO_BODY
-    te = head.get_all("Transfer-Encoding")
     if te:
-        if te[-1].strip().lower().split(",")[-1].strip() != "chunked":
-            return Framing("close")
         return Framing("chunked")
-    cl = head.get_all("Content-Length")
     if cl:
-        values = {v.strip() for v in cl}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise HttpError(502, "the Docker daemon sent an invalid Content-Length")
         return Framing("length", int(next(iter(values))))
     return Framing("close")
 
@@ -258,7 +274,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
             raise HttpError(error_status, "the connection closed inside a chunked body") from None
         except asyncio.LimitOverrunError:
             raise HttpError(error_status, "a chunk-size line is too long") from None
-        match = _CHUNK_SIZE.match(line[:-2])
+        match = _CHUNK_SIZE.fullmatch(line[:-2])
         if not match or b"\r" in line[:-2] or b"\n" in line[:-2]:
             raise HttpError(error_status, f"invalid chunk size line {line[:40]!r}")
         size = int(match.group(1), 16)
@@ -289,7 +305,7 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
         count += 1
         if count > MAX_HEADERS:
             raise HttpError(error_status, "too many trailer fields")
-        _parse_headers([line[:-2]])
+        check_trailer_field(line[:-2], error_status)
 
 
 async def read_body(reader: asyncio.StreamReader, framing: Framing, limit: int) -> bytes:
@@ -397,10 +413,7 @@ class ChunkedCopy:
                 self._trailers += 1
                 if self._trailers > MAX_HEADERS:
                     raise HttpError(self.error_status, "too many trailer fields")
-                try:
-                    _parse_headers([line])
-                except HttpError as exc:
-                    raise HttpError(self.error_status, f"malformed chunked trailer: {exc.message}") from None
+                check_trailer_field(line, self.error_status)
         self._state = state
         self._pending = b"" if self.done else bytes(buf[pos:])
         view = memoryview(buf)

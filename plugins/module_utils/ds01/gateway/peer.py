@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-_CONTAINER_COMPONENT = re.compile(r"^(?:docker-)?([0-9a-f]{64})(?:\.scope)?$")
+_CONTAINER_COMPONENT = re.compile(r"(?:docker-)?([0-9a-f]{64})(?:\.scope)?")
 # Subtrees that belong to users (systemd delegation): ids found there are never trusted.
 _USER_SUBTREES = ("user.slice",)
 
@@ -54,7 +54,7 @@ def container_id_from_cgroup(text: str) -> Optional[str]:
         if components and components[0] in _USER_SUBTREES:
             continue
         for component in components:
-            match = _CONTAINER_COMPONENT.match(component)
+            match = _CONTAINER_COMPONENT.fullmatch(component)
             if match:
                 return match.group(1)
     return None
