@@ -209,7 +209,11 @@ class World:
 
     # -- making -------------------------------------------------------------------------------
     def ok(self, user: str, *args: str, input: Optional[str] = None, **kw: Any) -> str:
-        proc = self.h.cli(user, *args, input=input, **kw)
+        for _ in range(60):  # another session on this engine may hold the attacker's quota for a moment
+            proc = self.h.cli(user, *args, input=input, **kw)
+            if "CONTAINER_LIMIT" not in proc.stderr:
+                break
+            time.sleep(1)
         assert proc.returncode == 0, f"setup: {user}: docker {' '.join(args)} failed:\n{proc.stderr}"
         return proc.stdout
 
@@ -414,8 +418,11 @@ class World:
     def victim_hits(self) -> int:
         return len(root_exec(self.h, self.ids["vic"], "cat /tmp/hits 2>/dev/null").strip())
 
-    def assert_intact(self, answer: bytes = b"", headers: Optional[dict] = None, files: bool = False) -> None:
-        """The victim's things exist unchanged, and ``answer`` carries none of the victim's secrets or ids."""
+    def assert_intact(
+        self, answer: bytes = b"", headers: Optional[dict] = None, files: bool = False, sent: str = ""
+    ) -> None:
+        """The victim's things exist unchanged, and ``answer`` carries none of the victim's secrets, nor an
+        id of the victim's that the attacker did not send (``sent``: the request, echoed ids are no leak)."""
         h = self.h
         text = answer.decode(errors="replace")
         leaked = [
@@ -427,7 +434,7 @@ class World:
                 ("the victim's stopped container's id", self.ids["vstop"]),
                 ("the victim's exit code", '"StatusCode":42'),
             )
-            if value in text.replace(" ", "")
+            if value in text.replace(" ", "") and value not in sent
         ]
         assert not leaked, f"the attacker received {', '.join(leaked)}: {text[:400]!r}"
         if headers:
@@ -526,10 +533,17 @@ def fresh(world: World) -> World:
 
 
 def own_container(h: Harness, body_extra: Optional[dict] = None, start: bool = False) -> str:
-    """A container of the attacker's, created through the gateway (the attacker keeps at most 3)."""
+    """A container of the attacker's, created through the gateway (the attacker keeps at most 3).
+
+    Other sessions on this engine may hold the attacker's quota for a moment: wait for it (bounded).
+    """
     body = {"Image": IMAGE, "Cmd": ["sleep", "infinity"], "HostConfig": {"NetworkMode": "none"}}
     body.update(body_extra or {})
-    name, status, answer = h.create(ATTACKER, body)
+    for _ in range(60):
+        name, status, answer = h.create(ATTACKER, body)
+        if b"CONTAINER_LIMIT" not in answer:
+            break
+        time.sleep(1)
     assert 200 <= status < 300, f"setup: the attacker's own plain create failed: {status} {answer[:300]!r}"
     if start:
         proc = h.cli(ATTACKER, "start", name)
@@ -880,7 +894,7 @@ def test_c4_network_ops_on_the_victims_network(fresh, vid, method, target, body)
     }
     _status, _hd, answer = h.raw(ATTACKER, method, _fmt(target, refs), _fmt(body, refs))
     assert w.names["vnet"] not in _an_networks(h, w.ids["an"]), f"{vid}: the attacker's container joined it"
-    w.assert_intact(answer)
+    w.assert_intact(answer, sent=json.dumps([target, _fmt(body, refs)]))
 
 
 NET_CREATE = [
@@ -1165,7 +1179,7 @@ def test_c6_a_taken_name_is_answered_without_the_owners_id(fresh):
     text = message_of(answer)
     leaked = [run for run in hex_runs(text) if run.lower() in taken_id]
     assert not leaked, f"the answer shows the other user's container id ({leaked}): {text!r}"
-    assert "name is taken" in text.lower() and "choose another" in text.lower(), text
+    assert "is taken" in text.lower() and "choose another" in text.lower(), text
     assert "remove" not in text.lower() and "rename" not in text.lower(), f"the answer advises removal: {text!r}"
     w.assert_intact(answer)
 
@@ -1392,7 +1406,7 @@ def test_c4_the_victims_container_is_out_of_reach(fresh, vid, method, target, bo
         )
     if vid.startswith("exec-start"):
         time.sleep(0.5)
-    w.assert_intact(answer, hdrs, files=True)
+    w.assert_intact(answer, hdrs, files=True, sent=path + json.dumps(payload if isinstance(payload, dict) else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1429,11 +1443,15 @@ def test_c4_filters_cannot_widen_the_view(fresh, vid, target, filters):
     prefix = "/v1.23" if vid.startswith("v1.23") else API
     _s, _hd, answer = h.raw(ATTACKER, "GET", prefix + path, timeout=30)
     text = answer.decode(errors="replace")
+    with contextlib.suppress(ValueError):
+        doc = json.loads(text)
+        if isinstance(doc, dict) and set(doc) == {"message"}:
+            text = ""  # a refusal sentence may echo the filter the attacker sent; it lists nothing
     for key in ("vic", "vstop", "taken", "vnetc"):
         assert w.ids[key] not in text and w.names[key] not in text, (
             f"{vid}: the attacker saw the victim's container {w.names[key]}"
         )
-    w.assert_intact(answer)
+    w.assert_intact(answer, sent=path)
 
 
 # ---------------------------------------------------------------------------------------------
