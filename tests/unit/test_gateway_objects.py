@@ -175,14 +175,15 @@ def test_gnu_long_link_hard_link_to_an_earlier_long_name_is_allowed():
     ("kind", "phrase"),
     [(tarfile.CHRTYPE, "character device"), (tarfile.BLKTYPE, "block device"), (tarfile.FIFOTYPE, "FIFO")],
 )
-def test_device_nodes_and_fifos_are_refused_before_their_header(fmt, kind, phrase):
-    first = archive(fmt, member("ok.txt", data=b"fine" * 300))[:-1024]  # without the end marker
+def test_device_nodes_and_fifos_are_refused_from_their_first_header_on(fmt, kind, phrase):
     raw = archive(fmt, member("ok.txt", data=b"fine" * 300), member("dev/mem", kind))
     verdict, emitted = refused(raw)
     assert verdict[0] == "POLICY_DENIED" and phrase in verdict[1] and "dev/mem" in verdict[1]
-    # only the complete entry before it was emitted: no part of the device entry's headers
-    assert len(emitted) <= len(first)
+    # the same length; the complete entry before it, then zeros: an end of archive to any reader
+    assert len(emitted) == len(raw)
     assert b"dev/mem" not in emitted
+    [(m, data)] = read_back(emitted)
+    assert (m.name, data, m.uid) == ("ok.txt", b"fine" * 300, UID)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -244,10 +245,11 @@ def test_malformed_pax_and_sparse_are_refused():
     assert "sparse" in verdict[1]
 
 
-def test_after_a_refusal_the_rest_of_the_body_is_swallowed():
+def test_after_a_refusal_the_rest_of_the_body_is_zeros():
     rewriter = objects.ArchiveRewriter(UID, GID)
-    assert rewriter.filter(block(b"dev", b"3")) == b""
-    assert rewriter.filter(b"x" * 4096) == b""
+    assert rewriter.filter(block(b"dev", b"3")[:100]) == b""  # not a whole header yet
+    assert rewriter.filter(block(b"dev", b"3")[100:]) == bytes(512)
+    assert rewriter.filter(b"x" * 4096) == bytes(4096)
     with pytest.raises(objects.BodyRefused):
         rewriter.filter(None)
 

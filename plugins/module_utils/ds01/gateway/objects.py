@@ -632,14 +632,16 @@ class ArchiveRewriter:
     and every extended attribute outside ``user.*`` dropped, e.g. ``security.capability``), and
     loses its setuid, setgid and sticky bits. Device nodes, FIFOs, sparse files, hard links to a
     path that is not an earlier entry of the same archive, entries outside the destination and
-    malformed headers are refused: the rewriter stops before the entry's headers (nothing of it
-    is emitted), so the daemon has only complete, rewritten entries when the upload is aborted.
+    malformed headers are refused. A refusal replaces everything from the refused entry's first
+    header to the end of the body with zeros: to dockerd that is a clean end of archive, so it
+    extracts the complete entries before it and nothing else, and never a partial file (aborting
+    the upload instead kills dockerd's untar in the middle of whatever it was still writing).
 
     The output has exactly the input's length (PAX data shrinks inside its own blocks), so a
     Content-Length stays true. ``feed(bytes) → bytes`` per piece, ``end() → bytes`` at the end
-    (raises ``BodyRefused`` when the archive was refused); ``filter`` is both, for ``_send_body``:
-    after a refusal it swallows the rest of the body (so the client can finish sending and read
-    the answer) and raises at the end.
+    (raises ``BodyRefused`` when the archive was refused); ``filter`` is both, for ``_send_body``,
+    which finishes sending the body and then raises, so the client gets the refusal, not dockerd's
+    answer to the shortened archive.
     """
 
     def __init__(self, uid: int, gid: int) -> None:
@@ -657,11 +659,15 @@ class ArchiveRewriter:
         self._zero = False  # one zero block seen
         self._ended = False
         self._seen: set = set()
+        self._total_in = 0
+        self._total_out = 0
 
     # -- public ------------------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
+        self._total_in += len(data)
         if self.verdict is not None:
-            return b""
+            self._total_out += len(data)
+            return bytes(len(data))
         self._buf += data
         try:
             self._run()
@@ -671,9 +677,8 @@ class ArchiveRewriter:
             )
         except BodyRefused as exc:
             self._refuse(exc.verdict)
-        if self.verdict is not None:
-            return b""
         out, self._out = bytes(self._out), bytearray()
+        self._total_out += len(out)
         return out
 
     def end(self) -> bytes:
@@ -688,10 +693,11 @@ class ArchiveRewriter:
 
     # -- machinery ---------------------------------------------------------------------------
     def _refuse(self, verdict: Verdict) -> None:
+        """From the refused entry's headers on, everything becomes zeros: an end of archive."""
         self.verdict = verdict
         self._buf = bytearray()
-        self._out = bytearray()
         self._pending = bytearray()
+        self._out += bytes(self._total_in - self._total_out - len(self._out))
 
     def _run(self) -> None:
         while True:

@@ -1,0 +1,210 @@
+"""docker cp uploads, image tags and networks through the real gateway, real docker CLI, real users.
+
+Judged by effect: root reads the host file the upload produced (owner, mode, type), what the
+daemon stored for a tag (which image it names) and for a network (which containers joined it).
+Uses the shared attack harness (tests/integration/gwharness.py, fixture ``attack_gw``):
+``atk1`` is the attacker, ``atk2`` the victim.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import tarfile
+import uuid
+
+import pytest
+from gwharness import ATTACKER, DOCKER_BIN, EMPTY_IMAGE, IMAGE, VICTIM
+
+pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow]
+
+
+def _tar(*members) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, data, mode in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid, info.uname, info.gname = kind, mode, 0, 0, "root", "root"
+            if kind == tarfile.CHRTYPE:
+                info.devmajor, info.devminor = 1, 1  # /dev/mem
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return out.getvalue()
+
+
+def _cp_stdin(h, user: str, target: str, data: bytes) -> subprocess.CompletedProcess:
+    """``docker cp - CONTAINER:PATH`` with the tar on stdin, as ``user`` through the gateway."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(h.home(user)), "DOCKER_HOST": h.host}
+    cmd = ["runuser", "-u", user, "--", "env", *[f"{k}={v}" for k, v in env.items()], DOCKER_BIN, "cp", "-", target]
+    return subprocess.run(cmd, input=data, capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def box(attack_gw):
+    """A running container of the attacker whose /h is a bind of a directory in the attacker's home."""
+    h = attack_gw
+    home_dir = h.scratch(ATTACKER)
+    name = h.name("cp")
+    made = h.cli(
+        ATTACKER, "run", "-d", "--name", name, "--network", "none", "-v", f"{home_dir}:/h", IMAGE, "sleep", "600"
+    )
+    assert made.returncode == 0, made.stderr
+    yield name, home_dir
+    h.remove(name)
+
+
+def test_cp_of_setuid_root_file_and_device_node_leaves_a_user_file_and_no_device(attack_gw, box):
+    h = attack_gw
+    name, home_dir = box
+    payload = b"#!/bin/sh\nid -u\n"
+    data = _tar(("suid", tarfile.REGTYPE, payload, 0o4755), ("mem", tarfile.CHRTYPE, b"", 0o666))
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", data)
+    assert proc.returncode != 0, "the archive with a device node was accepted"
+    assert b"device" in proc.stderr, proc.stderr
+    assert not os.path.lexists(home_dir / "mem"), "a device node reached the host"
+    # the entry before the refusal point landed, complete and re-owned, without its setuid bit
+    st = os.lstat(home_dir / "suid")
+    assert (st.st_uid, st.st_gid) == (h.uid(ATTACKER), h.gid(ATTACKER))
+    assert stat.S_IMODE(st.st_mode) == 0o755
+    assert (home_dir / "suid").read_bytes() == payload
+
+    # the same file alone is copied: owned by the user, without the setuid bit
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", _tar(("suid2", tarfile.REGTYPE, payload, 0o6755)))
+    assert proc.returncode == 0, proc.stderr
+    st = os.lstat(home_dir / "suid2")
+    assert (st.st_uid, st.st_gid) == (h.uid(ATTACKER), h.gid(ATTACKER))
+    assert stat.S_IMODE(st.st_mode) == 0o755
+    assert (home_dir / "suid2").read_bytes() == payload
+
+
+def test_refused_upload_leaves_no_partial_file(attack_gw, box):
+    """A big file, then a device: the daemon never sees the device, and the big file is whole or absent."""
+    h = attack_gw
+    name, home_dir = box
+    big = os.urandom(24 * 1024 * 1024)
+    data = _tar(("big.bin", tarfile.REGTYPE, big, 0o644), ("fifo", tarfile.FIFOTYPE, b"", 0o644))
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", data)
+    assert proc.returncode != 0
+    assert b"FIFO" in proc.stderr, proc.stderr
+    assert not os.path.lexists(home_dir / "fifo")
+    assert (home_dir / "big.bin").read_bytes() == big, "a partial file was left behind"
+
+
+def test_cp_with_a_hard_link_to_a_container_file_is_refused(attack_gw, box):
+    h = attack_gw
+    name, _home_dir = box
+    # a hard link to /etc/shadow inside the container, which is not an entry of the archive
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("shadow")
+        info.type, info.linkname = tarfile.LNKTYPE, "/etc/shadow"
+        tar.addfile(info)
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/tmp", out.getvalue())
+    assert proc.returncode != 0 and b"hard link" in proc.stderr, proc.stderr
+    assert h.probe(name, "test -e /tmp/shadow && echo present || echo absent").strip() == "absent"
+
+
+def _image_id(h, ref: str):
+    import docker
+
+    try:
+        return h.client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def test_tags_belong_to_their_maker(attack_gw):
+    h = attack_gw
+    victim_tag = f"{h.name('vtag')}:1"
+    made = h.cli(VICTIM, "tag", IMAGE, victim_tag)
+    assert made.returncode == 0, made.stderr
+    victims = _image_id(h, victim_tag)
+    assert victims == _image_id(h, IMAGE)
+
+    # the attacker cannot move it, commit onto it, import onto it or delete it
+    assert h.cli(ATTACKER, "tag", EMPTY_IMAGE, victim_tag).returncode != 0
+    imported = subprocess.run(
+        ["runuser", "-u", ATTACKER, "--", "env", f"DOCKER_HOST={h.host}", DOCKER_BIN, "import", "-", victim_tag],
+        input=_tar(("f", tarfile.REGTYPE, b"x", 0o644)),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert imported.returncode != 0
+    removed = h.cli(ATTACKER, "rmi", victim_tag)
+    assert removed.returncode != 0 and "belongs to" in removed.stderr
+    by_id = h.cli(ATTACKER, "rmi", "-f", victims.split(":", 1)[1][:12])
+    assert by_id.returncode != 0
+    assert _image_id(h, victim_tag) == victims, "the victim's tag was moved or removed"
+
+    # a tag nobody claimed (made by root) is read-only to users
+    assert h.cli(ATTACKER, "tag", EMPTY_IMAGE, IMAGE).returncode != 0
+    assert _image_id(h, IMAGE) == victims
+
+    # the attacker's own tag: made, moved and removed by the attacker; then free for others
+    own = f"{h.name('atag')}:2"
+    assert h.cli(ATTACKER, "tag", IMAGE, own).returncode == 0
+    assert h.cli(ATTACKER, "tag", EMPTY_IMAGE, own).returncode == 0
+    assert _image_id(h, own) == _image_id(h, EMPTY_IMAGE)
+    assert h.cli(VICTIM, "tag", IMAGE, own).returncode != 0
+    assert h.cli(ATTACKER, "rmi", own).returncode == 0
+    assert _image_id(h, own) is None
+    assert h.cli(VICTIM, "tag", IMAGE, own).returncode == 0
+    assert h.cli(VICTIM, "rmi", own, victim_tag).returncode == 0
+    assert _image_id(h, victim_tag) is None
+
+
+def test_image_sources_that_reach_the_host_network_are_refused(attack_gw):
+    h = attack_gw
+    ref = f"{h.name('url')}:1"
+    proc = h.cli(ATTACKER, "import", "http://127.0.0.1:1/x.tar", ref)
+    assert proc.returncode != 0 and "URL" in proc.stderr
+    saved = subprocess.run(["docker", "save", EMPTY_IMAGE], capture_output=True, check=True).stdout
+    loaded = subprocess.run(
+        ["runuser", "-u", ATTACKER, "--", "env", f"DOCKER_HOST={h.host}", DOCKER_BIN, "load"],
+        input=saved,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert loaded.returncode != 0 and b"docker import" in loaded.stderr
+    assert _image_id(h, ref) is None
+
+
+def test_networks_belong_to_their_maker(attack_gw):
+    h = attack_gw
+    net = h.name("vnet")
+    assert h.cli(VICTIM, "network", "create", "--internal", net).returncode == 0
+    mine = h.name("an")
+    assert h.cli(ATTACKER, "create", "--name", mine, "--network", "none", IMAGE, "true").returncode == 0
+    try:
+        proc = h.cli(ATTACKER, "network", "connect", net, mine)
+        assert proc.returncode != 0 and "belongs to" in proc.stderr
+        assert h.network(net)["Containers"] == {}
+        assert h.cli(ATTACKER, "network", "rm", net).returncode != 0
+        assert h.network(net) is not None
+        # the victim's own network stays usable by the victim
+        theirs = h.name("vn")
+        assert h.cli(VICTIM, "create", "--name", theirs, "--network", "none", IMAGE, "true").returncode == 0
+        h.remove(theirs)
+        assert h.cli(VICTIM, "network", "rm", net).returncode == 0
+        assert h.network(net) is None
+    finally:
+        h.remove(mine)
+
+
+def test_classic_build_tags_are_claimed(attack_gw):
+    h = attack_gw
+    context = h.scratch(VICTIM)
+    (context / "Dockerfile").write_text(f"FROM {EMPTY_IMAGE}\nLABEL who={uuid.uuid4().hex}\n")
+    tag = f"{h.name('built')}:1"
+    built = h.cli(VICTIM, "build", "--network", "none", "-t", tag, str(context), env={"DOCKER_BUILDKIT": "0"})
+    assert built.returncode == 0, built.stderr
+    victims = _image_id(h, tag)
+    attacker_ctx = h.scratch(ATTACKER)
+    (attacker_ctx / "Dockerfile").write_text(f"FROM {EMPTY_IMAGE}\nLABEL evil=1\n")
+    again = h.cli(ATTACKER, "build", "--network", "none", "-t", tag, str(attacker_ctx), env={"DOCKER_BUILDKIT": "0"})
+    assert again.returncode != 0 and "belongs to" in again.stderr
+    assert _image_id(h, tag) == victims
