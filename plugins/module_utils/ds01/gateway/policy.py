@@ -207,8 +207,26 @@ def classify(method: str, target: str) -> Route:
         if len(parts) == 1 and method == "POST":
             return route("build")
         return route("open")  # /build/cancel
-    if first in ("session", "grpc", "auth") and len(parts) == 1:
+    if first == "grpc" and len(parts) == 1:
+        return route("grpc")  # BuildKit's control API: refused for users (objects.GRPC_SENTENCE)
+    if first in ("session", "auth") and len(parts) == 1:
         return route("open")
+    if first == "images":
+        # dockerd's router matches the decoded path and image names contain "/": decode first.
+        names = unquote(path).split("/")[1:]
+        if ".." in names or "." in names or "" in names:
+            return route("unknown")
+        if method in ("GET", "HEAD"):
+            return route("open")  # list, inspect, history, get (save), search
+        if method == "POST" and names[1:] in (["create"], ["load"]):
+            return route(f"images.{names[1]}")
+        if method == "POST" and len(names) >= 3 and names[-1] in ("tag", "push"):
+            if names[-1] == "push":
+                return route("open")
+            return Route("images.tag", path, version, query, "/".join(names[1:-1]), "tag")
+        if method == "DELETE" and len(names) >= 2:
+            return Route("images.delete", path, version, query, "/".join(names[1:]), "remove")
+        return route("unknown")
     if first == "volumes":
         if len(parts) == 2 and parts[1] == "create" and method == "POST":
             return route("volumes.create")
@@ -227,7 +245,7 @@ def classify(method: str, target: str) -> Route:
         if method in ("GET", "HEAD"):
             return route("open")
         return route("unknown")
-    if first in OPEN_GET and (method in ("GET", "HEAD") or first == "images"):
+    if first in OPEN_GET and method in ("GET", "HEAD"):
         return route("open")
     return route("unknown")
 
@@ -582,19 +600,6 @@ def _check_volume_driver(
     options = {str(k): str(v) for k, v in (options or {}).items()}
     if not options:
         return None
-    if (
-        options.get("type") == "tmpfs"
-        and not options.get("device", "tmpfs").startswith("/")
-        and set(options)
-        <= {
-            "type",
-            "device",
-            "o",
-        }
-    ):
-        flags = {f.strip() for f in options.get("o", "").split(",") if f.strip()}
-        if not flags & {"bind", "rbind"}:
-            return None
     shown = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
     return denied(
         f"volume '{name}' has driver options ({shown}); a volume that mounts a host path, a device or a network "
@@ -887,6 +892,10 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
     if driver not in ("", "local"):
         return denied(f"--volume-driver {driver} is not available to users; use local named volumes.")
 
+    for target in host.get("Tmpfs") or {}:
+        refusal = _check_target(str(target))
+        if refusal:
+            return refusal
     for spec in host.get("Binds") or []:
         source, target, readonly = _parse_bind(str(spec))
         refusal = _check_target(target)
@@ -1132,6 +1141,21 @@ def check_volume_create(body: Any, ctx: CreateContext) -> tuple:
     labels["ds01.user"] = ctx.login
     body["Labels"] = labels
     return None, body
+
+
+def volume_refusal_by_users(login: str, name: str, users: list) -> Optional[Refusal]:
+    """An unlabelled volume (made before ds01, or anonymous) is the caller's only when every
+    container that mounts it is theirs (and one does); otherwise it may hold someone else's files."""
+    owners = set(users)
+    if owners == {login}:
+        return None
+    return Refusal(
+        NOT_OWNER,
+        f"volume '{name}' has no owner label and is "
+        + ("used by other users' containers" if owners else "not used by any container of yours")
+        + "; you can only mount your own volumes. Create one with `docker volume create NAME`.",
+        event_type="auth.denied",
+    )
 
 
 def check_network_create(body: Any, ctx: CreateContext) -> tuple:

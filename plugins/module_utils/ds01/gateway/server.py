@@ -16,23 +16,28 @@ with a sentence (500/403) and never stops the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import grp
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
+import stat
 import time
+import uuid
 from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .. import config as config_mod
 from .. import refusals
 from . import admission as admission_mod
-from . import http, listener, peer, policy, schema
+from . import canonical, claims, http, listener, objects, peer, policy, schema
 from . import stats as stats_mod
-from .upstream import Upstream, UpstreamError
+from .upstream import Upstream, UpstreamError, gather_more
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +186,20 @@ class Gateway:
         while True:
             self.publish_stats()
             await asyncio.sleep(stats_mod.PUBLISH_EVERY_S)
+
+    def create_lock(self, key: str) -> Any:
+        """The asyncio lock for ``key`` (a login, or ``name:<container name>``); a no-op for ``""``.
+
+        A user's container count and a name's freedom are checked under it together with the
+        create itself, so parallel creates cannot all pass the same check.
+        """
+        if not key:
+            return contextlib.nullcontext()
+        locks = self.__dict__.setdefault("_create_locks", {})
+        lock = locks.get(key)
+        if lock is None:
+            lock = locks[key] = asyncio.Lock()
+        return lock
 
     # -- identity -------------------------------------------------------------------------------
     async def identify(self, cred: peer.PeerCred) -> peer.Caller:
@@ -398,11 +417,10 @@ class _Connection:
         if caller.admin:
             if route.kind != "containers.create":
                 return await self.forward(head, framing, route=route)
-            keep, status, created = await self.forward(head, framing, route=route, capture=True)
-            if 200 <= status < 300:
-                name = route.query_value("name") or ""
-                await self.gw.record("container.create", caller, container=name, id=created, admin=True)
-            return keep
+            return await self.create(head, framing, route)
+        refusal = policy.api_version_refusal(route)
+        if refusal:
+            raise Refused(refusal)
         kind = route.kind
         if kind == "admin":
             raise Refused(policy.admin_only(route, head.method))
@@ -410,6 +428,15 @@ class _Connection:
             raise Refused(policy.unknown_route(route, head.method))
         if kind == "open":
             return await self.forward(head, framing, route=route)
+        if kind == "containers.list":
+            # Filtered by the one owner resolver, so containers of the old system (aime.mlc.USER,
+            # <name>._.<uid>) show to their owners too; ``limit`` applies after the filter.
+            limit = route.query_value("limit")
+            query = tuple((k, v) for k, v in route.query if k != "limit")
+            head.target = policy.rebuild_target(route, query=query)
+            return await self.forward(
+                head, framing, route=route, rewrite=lambda body: policy.filter_owned(body, caller.login, limit)
+            )
         if kind in ("containers.list", "events"):
             try:
                 query = policy.owner_filter_query(route, caller.login)
@@ -425,39 +452,93 @@ class _Connection:
             return await self.container_op(head, framing, route)
         if kind == "exec":
             return await self.exec_op(head, framing, route)
-        if kind == "commit":
-            info = await self.owned_container(route.ref or "", "commit")
-            query = (*((k, v) for k, v in route.query if k != "container"), ("container", info["Id"]))
-            head.target = policy.rebuild_target(route, query=query)
-            return await self.forward(head, framing, route=route)
+        if kind in ("build", "images.create", "images.tag", "commit"):
+            return await self.image_write(head, framing, route)
+        if kind == "grpc":
+            raise Refused(policy.denied(objects.GRPC_SENTENCE))
+        if kind == "images.load":
+            raise Refused(policy.denied(objects.LOAD_SENTENCE))
+        if kind == "images.delete":
+            verdict, refs = await claims.delete_check(self.gw, caller.login, route.ref or "")
+            if verdict:
+                raise Refused(policy.Refusal(*verdict))
+            keep, status, _ = await self.forward(head, framing, route=route, capture=True)
+            if 200 <= status < 300:
+                await claims.drop(self.gw, refs)
+            return keep
         if kind == "containers.create":
             return await self.create(head, framing, route)
         if kind in ("volumes.create", "networks.create"):
-            body = await self.read_json(framing)
+            body = await self.read_model(framing, kind)
             ctx = self.context()
             check = policy.check_volume_create if kind == "volumes.create" else policy.check_network_create
             refusal, body = check(body, ctx)
             if refusal:
                 raise Refused(refusal)
-            return await self.forward(head, framing, route=route, body=body)
-        if kind in ("volume", "network"):
+            if kind == "volumes.create":
+                body["Name"] = body.get("Name") or f"{caller.login}-{uuid.uuid4().hex[:16]}"
+            keep, status, _ = await self.forward(head, framing, route=route, body=body, capture=True)
+            if kind == "volumes.create" and 200 <= status < 300:
+                await self.give_volume(body["Name"], ctx)
+            return keep
+        if kind == "volume":
             labels = await self.gw.upstream.labels_of(kind, route.ref or "")
             refusal = policy.object_ownership(caller.login, kind, route.ref or "", labels, route.action)
             if refusal:
                 raise Refused(refusal)
             return await self.forward(head, framing, route=route)
-        if kind == "networks.connect":
-            body = await self.read_json(framing)
-            ref = str((body or {}).get("Container") or "") if isinstance(body, dict) else ""
-            await self.owned_container(ref, f"{route.action} a network")
+        if kind in ("networks.connect", "network"):
+            # Networks have owners (ds01.user): connect, disconnect and remove need the caller's own.
+            network = await self.gw.upstream.inspect_network(route.ref or "")
+            if kind == "network":
+                verdict = objects.network_delete_verdict(caller.login, route.ref or "", network)
+            else:
+                verdict = objects.network_connect_verdict(caller.login, route.action, route.ref or "", network)
+            if verdict or network is None:
+                raise Refused(policy.Refusal(*verdict))
+            suffix = f"/{route.action}" if kind == "networks.connect" else ""
+            head.target = policy.rebuild_target(route, path=f"/networks/{quote(network['Id'], safe='')}{suffix}")
+            body = None
+            if kind == "networks.connect":
+                body = await self.read_model(framing, f"networks.{route.action}") or {}
+                info = await self.owned_container(str(body.get("Container") or ""), f"{route.action} a network")
+                body["Container"] = info["Id"]
             return await self.forward(head, framing, route=route, body=body)
-        if kind == "build":
-            refusal, query = policy.check_build(route, self.context())
-            if refusal:
-                raise Refused(refusal)
-            head.target = policy.rebuild_target(route, query=query)
-            return await self.forward(head, framing, route=route)
         raise Refused(policy.unknown_route(route, head.method))
+
+    async def image_write(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
+        """build -t, pull, import, tag, commit: the target tags must be free or the caller's (objects.py);
+        they are claimed for the caller before the request is forwarded."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        query, body = route.query, None
+        if route.kind == "build":
+            verdict, query, refs = objects.check_build(route.query, self.limits().slice_name)
+        elif route.kind == "images.create":
+            verdict, refs = objects.check_images_create(route.query)
+        else:
+            what = "docker commit" if route.kind == "commit" else "docker tag"
+            verdict, refs = objects.check_retag(route.query, what)
+        if verdict is None and route.kind == "commit":
+            info = await self.owned_container(route.ref or "", "commit")
+            query = (*((k, v) for k, v in query if k != "container"), ("container", info["Id"]))
+            body = await self.read_model(framing, "commit")
+            framing = http.NO_BODY
+        if verdict is None:
+            verdict = await claims.claim(self.gw, caller.login, refs)
+        if verdict:
+            # read the (build context, import) body first: a client still sending cannot read the answer
+            async for _piece in http.iter_body(self.reader, framing):
+                pass
+            raise Refused(policy.Refusal(*verdict))
+        head.target = policy.rebuild_target(route, query=query)  # re-encoded: what was checked is what is sent
+        if objects.form_content_type(head.get("Content-Type")):
+            head.set("Content-Type", "application/octet-stream")  # dockerd would read a form body as query
+        try:
+            return await self.forward(head, framing, route=route, body=body)
+        finally:
+            claims.release(self.gw, refs)
 
     def limits(self) -> config_mod.Limits:
         if self.caller is None:  # identity is established before any request is handled
@@ -471,9 +552,17 @@ class _Connection:
         limits = self.limits()
         section = self.gw.section()
         settings = self.gw.settings()
+        try:
+            gid = pwd.getpwnam(caller.login).pw_gid
+            groups = tuple(os.getgrouplist(caller.login, gid))
+        except KeyError:  # the account vanished since the connection was identified
+            gid, groups = -1, ()
         return policy.CreateContext(
             login=caller.login,
             home=caller.home,
+            uid=caller.uid if gid >= 0 else -1,
+            gid=gid,
+            groups=groups,
             slice_name=limits.slice_name,
             group=limits.group,
             max_cpus=limits.max_cpus,
@@ -500,6 +589,15 @@ class _Connection:
         except ValueError:
             raise http.HttpError(400, "the request body is not valid JSON") from None
 
+    async def read_model(self, framing: http.Framing, shape: str) -> Optional[dict]:
+        """The body as the daemon's Go decoder will read it (canonical.decode), or a refusal naming the key."""
+        limit = int(self.gw.section()["max_body_bytes"])
+        raw = await http.read_body(self.reader, framing, limit)
+        try:
+            return canonical.decode(raw, shape)
+        except canonical.BodyError as exc:
+            raise Refused(policy.Refusal(policy.POLICY_DENIED, exc.sentence, status=400)) from None
+
     async def owned_container(self, ref: str, verb: str) -> dict:
         if self.caller is None:  # identity is established before any request is handled
             raise AssertionError("request handled before the caller was identified")
@@ -520,25 +618,49 @@ class _Connection:
         head.target = policy.rebuild_target(route, path=policy.container_path(route, info["Id"]))
         body = None
         if route.action == "exec" and head.method == "POST":
-            body = await self.read_json(framing)
-            refusal = policy.check_exec_create(body)
+            body = await self.read_model(framing, "exec.create")
+            refusal = policy.check_exec_create(body, self.context())
             if refusal:
                 raise Refused(refusal)
         elif route.action == "update":
-            body = await self.read_json(framing)
-            refusal, body = policy.check_update(body, self.context())
+            body = await self.read_model(framing, "containers.update")
+            host_paths = policy.has_host_paths(info.get("HostConfig") or {})
+            refusal, body = policy.check_update(body, self.context(), host_paths)
             if refusal:
                 raise Refused(refusal)
+        elif route.action == "archive" and head.method == "PUT":
+            return await self.archive_put(head, framing, route, info["Id"])
         elif route.action == "start":
+            raw = await http.read_body(self.reader, framing, int(self.gw.section()["max_body_bytes"]))
+            refusal = policy.check_start_body(raw) or policy.check_start(info, self.context())
+            if refusal:
+                raise Refused(refusal)
+            framing = http.NO_BODY
             await self.check_devices_present(info)
         return await self.forward(head, framing, route=route, body=body)
+
+    async def archive_put(self, head: http.Head, framing: http.Framing, route: policy.Route, container: str) -> bool:
+        """docker cp into a container: the tar is re-owned to the caller and checked as it streams."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        rewriter = objects.ArchiveRewriter(caller.uid, pwd.getpwuid(caller.uid).pw_gid)
+        # copyUIDGID would chown to the container's user instead of the rewritten owner
+        query = tuple((k, v) for k, v in route.query if k != "copyUIDGID")
+        head.target = policy.rebuild_target(route, path=policy.container_path(route, container), query=query)
+        head.set("Content-Type", "application/x-tar")
+        try:
+            return await self.forward(head, framing, route=route, body_filter=rewriter.filter)
+        except objects.BodyRefused as exc:
+            raise Refused(policy.Refusal(*exc.verdict)) from None
 
     async def exec_op(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
         info = await self.gw.upstream.inspect_exec(route.ref or "")
         if info is None:
             raise Refused(policy.Refusal("NOT_FOUND", f"No such exec instance: {route.ref}", status=404))
         await self.owned_container(str(info.get("ContainerID") or ""), policy.EXEC_ACTIONS[route.action])
-        return await self.forward(head, framing, route=route)
+        body = await self.read_model(framing, "exec.start") if route.action == "start" else None
+        return await self.forward(head, framing, route=route, body=body)
 
     async def check_devices_present(self, info: dict) -> None:
         labels = (info.get("Config") or {}).get("Labels") or {}
@@ -562,60 +684,90 @@ class _Connection:
             )
 
     async def create(self, head: http.Head, framing: http.Framing, route: policy.Route) -> bool:
+        """A create: decided on the canonical model, counted and named under the caller's lock."""
         caller = self.caller
         if caller is None:  # identity is established before any request is handled
             raise AssertionError("request handled before the caller was identified")
-        body = await self.read_json(framing)
-        if not isinstance(body, dict):
-            raise http.HttpError(400, "the create request body is not a JSON object")
+        body = await self.read_model(framing, "containers.create")
+        if body is None:
+            raise Refused(
+                policy.Refusal(
+                    policy.POLICY_DENIED, "the create request body is null; send the container's settings", status=400
+                )
+            )
+        name = route.query_value("name") or ""
+        if caller.admin:
+            return await self.admin_create(head, framing, route, body, name)
         owners = {}
         for ref in policy.referenced_containers(body):
             info = await self.gw.upstream.inspect_container(ref)
             owners[ref] = ((info or {}).get("Config") or {}).get("Labels") if info else None
-        volumes = {}
-        for name in policy.referenced_volumes(body):
-            volumes[name] = await self.gw.upstream.labels_of("volume", name)
-        host = body.get("HostConfig") or {}
-        needs_image = not any(policy.is_gpu_request_entry(e) for e in host.get("DeviceRequests") or []) and (
-            policy.env_value(body.get("Env"), policy.NVIDIA_ENV) is None
-        )
-        image_env = (
-            await self.gw.upstream.image_env(str(body.get("Image") or ""))
-            if needs_image and body.get("Image")
-            else None
-        )
+        volumes: dict = {}
+        missing = []
+        for volume in policy.referenced_volumes(body):
+            labels = await self.gw.upstream.labels_of("volume", volume)
+            if labels is None:
+                missing.append(volume)
+            elif not labels.get("ds01.user"):
+                users = await self.gw.upstream.container_owners_of_volume(volume)
+                refusal = policy.volume_refusal_by_users(caller.login, volume, users)
+                if refusal:
+                    raise Refused(refusal)
+                labels = {**labels, "ds01.user": caller.login}
+            volumes[volume] = labels
+        image_env = await self.gw.upstream.image_env(str(body.get("Image") or "")) if body.get("Image") else None
         ctx = self.context(container_owners=owners, volume_owners=volumes, image_env=image_env)
         refusal = policy.check_create(body, ctx)
         if refusal:
             raise Refused(refusal)
+        for volume in missing:  # made here, as the caller's (the daemon would make it unowned, root's)
+            await self.make_volume(volume, ctx)
         limits = self.limits()
-        if limits.max_containers_per_user is not None:
-            mine = await self.gw.upstream.containers_of(caller.login)
-            if len(mine) >= limits.max_containers_per_user:
-                raise Refused(
-                    policy.Refusal(
-                        policy.CONTAINER_LIMIT,
-                        f"you have {len(mine)} containers (running or stopped) and your limit is "
-                        f"{limits.max_containers_per_user}; remove one you no longer need (`docker ps -a`, "
-                        "`docker rm NAME`) and try again.",
+        async with self.gw.create_lock(caller.login), self.gw.create_lock("name:" + name if name else ""):
+            await self.check_name_free(name)
+            if limits.max_containers_per_user is not None:
+                mine = await self.gw.upstream.containers_of(caller.login)
+                if len(mine) >= limits.max_containers_per_user:
+                    raise Refused(
+                        policy.Refusal(
+                            policy.CONTAINER_LIMIT,
+                            f"you have {len(mine)} containers (running or stopped) and your limit is "
+                            f"{limits.max_containers_per_user}; remove one you no longer need (`docker ps -a`, "
+                            "`docker rm NAME`) and try again.",
+                        )
                     )
-                )
-        ask = policy.gpu_ask(body, image_env)
-        body = policy.rewrite_create(body, ctx)
-        name = route.query_value("name") or ""
-        details = {
-            "container": name,
-            "image": str(body.get("Image") or ""),
-            "container_type": body["Labels"]["ds01.container_type"],
-        }
-        if ask is None:
-            body = policy.strip_gpu(body)
-            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
-            if 200 <= status < 300:
-                await self.gw.record("container.create", caller, gpu=False, id=created, **details)
-            return keep
+            ask = policy.gpu_ask(body, image_env)
+            body = policy.rewrite_create(body, ctx)
+            details = {
+                "container": name,
+                "image": str(body.get("Image") or ""),
+                "container_type": body["Labels"]["ds01.container_type"],
+            }
+            if ask is None:
+                body = policy.strip_gpu(body)
+                keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+                if 200 <= status < 300:
+                    await self.gw.record("container.create", caller, gpu=False, id=created, **details)
+                return keep
+            return await self.gpu_create(head, framing, route, body, ask, limits, details)
+
+    async def gpu_create(
+        self,
+        head: http.Head,
+        framing: http.Framing,
+        route: policy.Route,
+        body: dict,
+        ask: policy.GpuAsk,
+        limits: config_mod.Limits,
+        details: dict,
+        admin: bool = False,
+    ) -> bool:
+        """Place the GPU request through the allocator, holding its lock until the daemon answered."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
         loop = asyncio.get_running_loop()
-        reservation = self.gw.admission.reservation(caller.login, ask, limits, details)
+        reservation = self.gw.admission.reservation(caller.login, ask, limits, details, admin=admin)
         try:
             grant = await loop.run_in_executor(None, reservation.enter)
         except admission_mod.AdmissionRefused as exc:
@@ -627,9 +779,81 @@ class _Connection:
             await loop.run_in_executor(None, reservation.exit)
         if 200 <= status < 300:
             await self.gw.record(
-                "container.create", caller, gpu=True, gpu_uuids=list(grant.uuids), id=created, **details
+                "container.create", caller, gpu=True, gpu_uuids=list(grant.uuids), id=created, admin=admin, **details
             )
         return keep
+
+    async def admin_create(
+        self, head: http.Head, framing: http.Framing, route: policy.Route, body: dict, name: str
+    ) -> bool:
+        """Admins pass unchecked, except that a GPU request is placed by the allocator like anyone's:
+        an admin may exceed quotas, never take a slot someone else holds."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        image_env = await self.gw.upstream.image_env(str(body.get("Image") or "")) if body.get("Image") else None
+        ask = policy.gpu_ask(body, image_env)
+        if ask is None or str((body.get("Labels") or {}).get("ds01.protected", "")).lower() == "true":
+            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            if 200 <= status < 300:
+                await self.gw.record("container.create", caller, container=name, id=created, admin=True)
+            return keep
+        limits = dataclasses.replace(
+            self.limits(),
+            max_gpu_equivalents=None,
+            max_gpu_slots_per_container=None,
+            max_containers_per_user=None,
+            allow_full_gpu=True,
+            aggregate=None,
+        )
+        labels = {str(k): str(v) for k, v in (body.get("Labels") or {}).items() if not policy.gateway_label(str(k))}
+        labels.update({"ds01.user": caller.login, "ds01.managed": "true"})
+        body["Labels"] = labels
+        details = {"container": name, "image": str(body.get("Image") or ""), "container_type": "admin"}
+        return await self.gpu_create(head, framing, route, body, ask, limits, details, admin=True)
+
+    async def make_volume(self, name: str, ctx: policy.CreateContext) -> None:
+        """Create a named volume as the caller's: labelled ``ds01.user`` and its directory theirs."""
+        status, _data = await self.gw.upstream.request(
+            "POST", "/volumes/create", {"Name": name, "Labels": {"ds01.user": ctx.login}}
+        )
+        if not 200 <= status < 300:
+            raise UpstreamError(f"creating volume {name!r} failed with HTTP {status}")
+        await self.give_volume(name, ctx)
+
+    async def give_volume(self, name: str, ctx: policy.CreateContext) -> None:
+        """A new local volume's directory belongs to its creator (containers run as the caller's uid).
+
+        Only an empty directory owned by root is changed: the daemon made it a moment ago."""
+        status, data = await self.gw.upstream.request("GET", f"/volumes/{quote(name, safe='')}")
+        mountpoint = str((data or {}).get("Mountpoint") or "") if status == 200 and isinstance(data, dict) else ""
+        if ctx.uid < 0 or not mountpoint.startswith("/"):
+            return
+        try:
+            info = os.lstat(mountpoint)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not os.listdir(mountpoint):
+                os.chown(mountpoint, ctx.uid, ctx.gid)
+        except OSError as exc:
+            log.warning("could not give volume %s to %s: %s", name, ctx.login, exc)
+
+    async def check_name_free(self, name: str) -> None:
+        """A name another user's container has is refused in our words (the daemon's names its id)."""
+        caller = self.caller
+        if not name or caller is None:
+            return
+        info = await self.gw.upstream.inspect_container(name)
+        if info is None or str(info.get("Name") or "").lstrip("/") != name.lstrip("/"):
+            return
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if policy.ownership(caller.login, str(info.get("Name") or name), labels, "use") is None:
+            return  # the caller's own container: the daemon's answer names their own container
+        raise Refused(
+            policy.Refusal(
+                "NAME_IN_USE",
+                f"the container name '{name.lstrip('/')}' is taken on this server; choose another name.",
+                status=409,
+            )
+        )
 
     # -- forwarding -----------------------------------------------------------------------------
     async def upstream_connection(self) -> tuple:
@@ -647,13 +871,14 @@ class _Connection:
         body: Any = None,
         rewrite: Optional[Callable[[Any], Any]] = None,
         capture: bool = False,
+        body_filter: Optional[Callable[[Optional[bytes]], bytes]] = None,
     ) -> Any:
         """Send the request upstream and the answer back. Returns keep-alive (and status, id if capture)."""
         up_reader, up_writer = await self.upstream_connection()
         head.remove("Content-Length", "Transfer-Encoding", "Expect")
         payload: Optional[bytes] = None
         if body is not None:
-            payload = json.dumps(body).encode()
+            payload = canonical.encode(body)
             head.set("Content-Type", "application/json")
             head.headers.append(("Content-Length", str(len(payload))))
         elif framing.kind == "length":
@@ -667,7 +892,7 @@ class _Connection:
             up_writer.write(payload)
             await up_writer.drain()
         elif framing.kind != "none":
-            sender = asyncio.ensure_future(self._send_body(framing, up_writer))
+            sender = asyncio.ensure_future(self._send_body(framing, up_writer, body_filter))
         else:
             await up_writer.drain()
         try:
@@ -743,6 +968,7 @@ class _Connection:
                     if out:
                         self.writer.write(out)
                         await self.writer.drain()
+                    await gather_more(up_writer.transport, len(data))
                 if copier.excess:
                     log.warning("the Docker daemon sent bytes after a response; dropping that connection")
                     upstream_close = True
@@ -750,6 +976,7 @@ class _Connection:
                 async for piece in http.iter_body(up_reader, rframing, error_status=502):
                     self.writer.write(piece)
                     await self.writer.drain()
+                    await gather_more(up_writer.transport, len(piece))
             await self.writer.drain()
         if upstream_close:
             up_writer.close()
@@ -757,15 +984,34 @@ class _Connection:
         keep = not (client_close or rframing.kind == "close")
         return (keep, response.status, captured) if capture else keep
 
-    async def _send_body(self, framing: http.Framing, up_writer: asyncio.StreamWriter) -> None:
-        """Stream a body we do not need to read: exactly Content-Length bytes, or re-chunked."""
+    async def _send_body(
+        self,
+        framing: http.Framing,
+        up_writer: asyncio.StreamWriter,
+        body_filter: Optional[Callable[[Optional[bytes]], bytes]] = None,
+    ) -> None:
+        """Stream a body we do not need to read: exactly Content-Length bytes, or re-chunked.
+
+        ``body_filter`` (objects.ArchiveRewriter.filter) rewrites each piece and is called with None
+        at the end; when that raises BodyRefused, the (rewritten) body is still finished and then
+        the refusal is raised, so forward() answers the client with it instead of the daemon."""
         chunked = framing.kind == "chunked"
+        refused: Optional[Exception] = None
         async for piece in http.iter_body(self.reader, framing):
+            if body_filter is not None:
+                piece = body_filter(piece)
             up_writer.write(http.chunk(piece) if chunked else piece)
             await up_writer.drain()
+        if body_filter is not None:
+            try:
+                up_writer.write(http.chunk(body_filter(None)) if chunked else body_filter(None))
+            except objects.BodyRefused as exc:
+                refused = exc
         if chunked:
             up_writer.write(http.LAST_CHUNK)
             await up_writer.drain()
+        if refused is not None:
+            raise refused
 
     async def splice(self, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
         """Copy bytes both ways until the daemon's side ends; pass half-closes on."""

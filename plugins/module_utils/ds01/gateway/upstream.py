@@ -7,10 +7,28 @@ import json
 from typing import Any, Optional
 from urllib.parse import quote
 
+from .. import identity
 from . import http
 
 QUERY_TIMEOUT_S = 15.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The daemon writes a streamed log one line per write(): read as they come, 100 MB of log is a
+# million wake-ups. After a small piece, reading pauses this long so the next read takes what
+# accumulated meanwhile; a line arriving after a quiet spell still passes at once.
+GATHER_S = 0.005
+GATHER_BELOW = 64 * 1024
+
+
+async def gather_more(transport: asyncio.BaseTransport, got: int) -> None:
+    """After a piece of ``got`` bytes read from ``transport`` (a stream's daemon side): let more arrive."""
+    if got >= GATHER_BELOW or not isinstance(transport, asyncio.ReadTransport) or transport.is_closing():
+        return
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(GATHER_S)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()
 
 
 class UpstreamError(Exception):
@@ -52,11 +70,13 @@ class Upstream:
                     raise UpstreamError("the Docker daemon closed the connection without answering")
                 response = http.parse_response_head(raw)
                 framing = http.response_framing(response, method)
-                data = b""
+                parts, total = [], 0
                 async for piece in http.iter_body(reader, framing, error_status=502):
-                    data += piece
-                    if len(data) > MAX_ANSWER_BYTES:
+                    parts.append(piece)
+                    total += len(piece)
+                    if total > MAX_ANSWER_BYTES:
                         raise UpstreamError("the Docker daemon's answer is too large")
+                data = b"".join(parts)
             except http.HttpError as exc:
                 raise UpstreamError(f"the Docker daemon sent a malformed answer: {exc.message}") from None
             parsed = None
@@ -112,3 +132,34 @@ class Upstream:
         if status != 200 or not isinstance(data, list):
             raise UpstreamError(f"listing containers failed with HTTP {status}")
         return data
+
+    async def image_tags(self, name: str) -> Optional[tuple]:
+        """(image id, RepoTags) of the image ``name`` selects (tag, id, id prefix or digest); None if none."""
+        status, data = await self.request("GET", f"/images/{quote(name, safe='/:@')}/json")
+        if status in (400, 404):
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting image {name!r} failed with HTTP {status}")
+        return str(data.get("Id") or ""), list(data.get("RepoTags") or [])
+
+    async def inspect_network(self, ref: str) -> Optional[dict]:
+        """A network's inspect answer (Id, Name, Labels ...); None when there is no such network."""
+        status, data = await self.request("GET", f"/networks/{quote(ref, safe='')}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"inspecting network {ref!r} failed with HTTP {status}")
+        return data
+
+    async def container_owners_of_volume(self, name: str) -> list:
+        """The owners (``identity.container_owner``) of every container that mounts volume ``name``."""
+        filters = json.dumps({"volume": [name]})
+        status, data = await self.request("GET", f"/containers/json?all=1&filters={quote(filters)}")
+        if status != 200 or not isinstance(data, list):
+            raise UpstreamError(f"listing the containers of volume {name!r} failed with HTTP {status}")
+        owners = []
+        for item in data:
+            names = (item.get("Names") or [""]) if isinstance(item, dict) else [""]
+            attrs = {"Name": names[0], "Config": {"Labels": (item or {}).get("Labels") or {}}}
+            owners.append(identity.container_owner(attrs)[0] or "")
+        return owners
