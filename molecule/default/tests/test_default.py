@@ -125,6 +125,7 @@ def test_docker_daemon_json_was_merged_not_replaced(host):
     assert data["log-driver"] == "journald"
     assert data["cgroup-parent"] == "ds01.slice"
     assert data["exec-opts"] == ["native.umask=normal", "native.cgroupdriver=systemd"]
+    assert data["builder"]["Entitlements"] == {"NetworkHost": False, "SecurityInsecure": False}
 
 
 def test_lifecycle_timer_is_enabled_and_scheduled(host):
