@@ -253,7 +253,7 @@ class World:
             IMAGE,
             "sh",
             "-c",
-            "exit 42",
+            f"echo {self.secret}; exit 42",
         )
         assert proc.returncode == 42, f"setup: the victim's exiting container did not exit 42: {proc.stderr}"
 
@@ -433,6 +433,8 @@ class World:
                 ("the victim container's id", self.ids["vic"]),
                 ("the victim's stopped container's id", self.ids["vstop"]),
                 ("the victim's exit code", '"StatusCode":42'),
+                ("the victim container's resource usage", '"cpu_stats"'),
+                ("the victim container's file changes", '"Path":"/tmp/secret"'),
             )
             if value in text.replace(" ", "") and value not in sent
         ]
@@ -652,7 +654,7 @@ def test_c4_grpc_is_refused_for_users(attack_gw, vid, line, headers):
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     if "HTTP2-Settings" in headers["Connection"]:
         head += "HTTP2-Settings: AAMAAABkAAQAAP__\r\n"
-    data = h.raw_bytes(ATTACKER, head.encode() + b"\r\n" + H2_PREFACE, timeout=4)
+    data = h.raw_bytes(ATTACKER, head.encode() + b"\r\n" + H2_PREFACE, timeout=3, half_close=False)
     assert not _daemon_spoke_h2(data), f"{vid}: the daemon's BuildKit gRPC server answered the user: {data[:200]!r}"
     if vid in ("grpc", "v1.41-grpc"):
         text = data.decode(errors="replace")
@@ -711,11 +713,15 @@ def _build_request(w: World, vid: str, query: str, how: str, port: int, tag: str
         return target, b"", {"Content-Type": None, "Content-Length": "0"}
     kind, _, rest = how.partition(":")
     rest = rest.format(**refs)
+    # dockerd peeks the first 4 KiB of a build body before it parses the form: padding puts the
+    # smuggled parameter where Go's ParseForm reads it.
+    pad = "a" * 8192
     if kind == "form":
-        return target, rest.encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+        return target, f"pad={pad}&{rest}".encode(), {"Content-Type": "application/x-www-form-urlencoded"}
     key, _, value = rest.partition("=")
     boundary = "ds01routes" + uuid.uuid4().hex
     body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="pad"\r\n\r\n{pad}\r\n'
         f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n--{boundary}--\r\n'
     ).encode()
     return target, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -868,7 +874,6 @@ NET_OPS = [
     ("connect-own-to-victim-net-name", "POST", "{api}/networks/{vnet}/connect", {"Container": "{aid}"}),
     ("connect-own-to-victim-net-id", "POST", "{api}/networks/{vnetid}/connect", {"Container": "{aname}"}),
     ("connect-own-to-victim-net-prefix", "POST", "{api}/networks/{vnetid12}/connect", {"Container": "{aid}"}),
-    ("connect-victim-to-own-net", "POST", "{api}/networks/{anet}/connect", {"Container": "{vid}"}),
     ("connect-victim-netc-to-own-net", "POST", "{api}/networks/{anet}/connect", {"Container": "{vnetcname}"}),
     ("disconnect-victim-container", "POST", "{api}/networks/{vnet}/disconnect", {"Container": "{vnetcid}"}),
     (
@@ -899,10 +904,9 @@ def test_c4_network_ops_on_the_victims_network(fresh, vid, method, target, body)
 
 NET_CREATE = [
     ("driver-host", {"Driver": "host"}),
-    ("driver-macvlan", {"Driver": "macvlan", "Options": {"parent": "lo"}}),
-    ("driver-ipvlan", {"Driver": "ipvlan", "Options": {"parent": "lo"}}),
-    ("bridge-host-interface-option", {"Driver": "bridge", "Options": {"com.docker.network.bridge.name": "lo"}}),
-    ("bridge-options-lowercase-key", {"Driver": "bridge", "options": {"com.docker.network.bridge.name": "lo"}}),
+    ("driver-macvlan", {"Driver": "macvlan"}),
+    ("bridge-interface-name-option", {"Driver": "bridge", "Options": {"com.docker.network.bridge.name": "{br}"}}),
+    ("bridge-options-lowercase-key", {"Driver": "bridge", "options": {"com.docker.network.bridge.name": "{br}"}}),
 ]
 
 
@@ -911,6 +915,8 @@ def test_c4_network_create_with_host_reaching_drivers(attack_gw, vid, body):
     h = attack_gw
     name = h.name("net")
     try:
+        bridge = "atkbr" + uuid.uuid4().hex[:8]
+        body = _fmt(body, {"br": bridge})
         h.raw(ATTACKER, "POST", f"{API}/networks/create", {"Name": name, "CheckDuplicate": True, **body})
         assert h.network(name) is None, f"{vid}: the network was created: {h.network(name)}"
     finally:
@@ -1130,6 +1136,7 @@ def test_c4_update_within_limits_still_works(attack_gw):
 def test_c6_parallel_creates_respect_the_container_limit(attack_gw, world):
     h = attack_gw
     names = [h.name("par") for _ in range(6)]
+    before = h.containers_of(ATTACKER)
     procs = [
         subprocess.Popen(
             [
@@ -1156,11 +1163,10 @@ def test_c6_parallel_creates_respect_the_container_limit(attack_gw, world):
     try:
         for proc in procs:
             proc.communicate(timeout=120)
-        mine = h.containers_of(ATTACKER)
         made = [n for n in names if h.stored(n) is not None]
-        assert len(mine) <= ATTACKER_MAX_CONTAINERS, (
-            f"the attacker holds {len(mine)} containers after 6 parallel creates; the limit is "
-            f"{ATTACKER_MAX_CONTAINERS}: {[c['Names'] for c in mine]}"
+        assert len(before) + len(made) <= ATTACKER_MAX_CONTAINERS, (
+            f"the attacker held {len(before)} containers and 6 parallel creates made {len(made)} more; "
+            f"the limit is {ATTACKER_MAX_CONTAINERS}: {made}"
         )
         assert made, "none of the parallel creates succeeded although the attacker was under the limit"
     finally:
@@ -1349,9 +1355,7 @@ SINGLE_OPS = [
     ("pause", "POST", "/containers/{vid12}/pause", None),
     ("update", "POST", "/containers/{vname}/update", {"Memory": 8 << 30, "MemorySwap": -1}),
     ("changes", "GET", "/containers/{vid}/changes", None),
-    ("resize", "POST", "/containers/{vid}/resize?h=1&w=1", None),
     ("archive-put", "PUT", "/containers/{vid}/archive?path=/tmp", "TAR"),
-    ("attach-ws", "GET", "/containers/{vid}/attach/ws?logs=1&stream=0&stdout=1", None),
     ("wait-stopped", "POST", "/containers/{sid}/wait", None),
     ("wait-stopped-name", "POST", "/containers/{sname}/wait?condition=not-running", None),
     ("logs-stopped", "GET", "/containers/{sname}/logs?stdout=1", None),
@@ -1407,6 +1411,18 @@ def test_c4_the_victims_container_is_out_of_reach(fresh, vid, method, target, bo
     if vid.startswith("exec-start"):
         time.sleep(0.5)
     w.assert_intact(answer, hdrs, files=True, sent=path + json.dumps(payload if isinstance(payload, dict) else ""))
+
+
+def test_c4_the_victims_container_is_out_of_reach_by_websocket_attach(fresh):
+    w, h = fresh, fresh.h
+    head = (
+        f"GET {API}/containers/{w.ids['vstop']}/attach/ws?logs=1&stream=0&stdout=1 HTTP/1.1\r\nHost: docker\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nOrigin: http://docker\r\n\r\n"
+    )
+    data = h.raw_bytes(ATTACKER, head.encode(), timeout=3, half_close=False)
+    assert w.secret.encode() not in data, f"the attacker read the victim's output over a websocket: {data[:300]!r}"
+    w.assert_intact(data, sent=head)
 
 
 # ---------------------------------------------------------------------------------------------
