@@ -279,6 +279,7 @@ CLI_BUILD = (
     ("labels", "null"),
     ("cachefrom", "null"),
     ("session", "abc"),
+    ("remote", "client-session"),
     ("version", "2"),
 )
 

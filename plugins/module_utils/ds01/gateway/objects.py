@@ -101,6 +101,7 @@ BUILD_PARAMETERS = frozenset(
 )
 _REPEATABLE = ("t", "extrahosts")
 BUILD_NETWORKS = ("", "default", "none", "bridge")
+CLIENT_SESSION = "client-session"  # remote= of a BuildKit build: the context comes through /session
 _FALSE = ("", "0", "no", "false", "none")  # httputils.BoolValue's false values
 
 
@@ -127,7 +128,7 @@ def check_build(query: tuple, slice_name: str) -> tuple:
                 tags.append(tag_target(value, ""))
             except ValueError as exc:
                 return _denied(f"docker build -t {value}: {exc}."), query, []
-        if key in ("cgroupparent", "remote", "outputs", "pull"):
+        if key in ("cgroupparent", "outputs", "pull") or (key == "remote" and not value):
             continue  # forced or dropped below
         out.append((key, value))
     out.append(("cgroupparent", slice_name))
@@ -135,7 +136,7 @@ def check_build(query: tuple, slice_name: str) -> tuple:
 
 
 def _build_value(key: str, value: str) -> Optional[Verdict]:
-    if key == "remote" and value:
+    if key == "remote" and value not in ("", CLIENT_SESSION):
         return _denied(
             "docker build from a URL (remote=) is not available: the daemon would fetch it from the host, "
             "where other users' services listen on loopback. Download the context yourself and build from "
