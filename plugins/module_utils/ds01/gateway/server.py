@@ -720,6 +720,11 @@ class _Connection:
         refusal = policy.check_create(body, ctx)
         if refusal:
             raise Refused(refusal)
+        names = objects.network_names(body)
+        networks = {name: await self.gw.upstream.inspect_network(name) for name in names}
+        verdict = objects.network_refusal(names, networks, caller.login)
+        if verdict:
+            raise Refused(policy.Refusal(*verdict))
         for volume in missing:  # made here, as the caller's (the daemon would make it unowned, root's)
             await self.make_volume(volume, ctx)
         limits = self.limits()
