@@ -675,7 +675,7 @@ BUILD_EFFECT_DOCKERFILE = (
 )
 
 BUILD = [
-    # (id, query (raw, appended), how: "tar" | "none" | "form:<body>" | "multipart:<name>=<value>", must_not_build)
+    # (id, query (raw, appended), how: "tar" | "none" | "form:<body>", must_not_build)
     ("networkmode-host", "networkmode=host", "tar", False),
     ("networkmode-container-victim-id", "networkmode=container:{vid}", "tar", False),
     ("networkmode-container-victim-name", "networkmode=container:{vname}", "tar", False),
@@ -687,7 +687,6 @@ BUILD = [
     ("remote-loopback", "remote=http://127.0.0.1:{port}/", "none", True),
     ("remote-percent-encoded-name", "re%6Dote=http://127.0.0.1:{port}/", "none", True),
     ("remote-in-form-body", "networkmode=none", "form:remote=http://127.0.0.1:{port}/", True),
-    ("remote-in-multipart-body", "networkmode=none", "multipart:remote=http://127.0.0.1:{port}/", True),
     ("remote-git-loopback", "remote=git://127.0.0.1:{port}/x.git", "none", True),
     ("cgroupparent-root", "networkmode=none&cgroupparent=/", "tar", False),
     ("cgroupparent-victim-slice", "networkmode=none&cgroupparent={vslice}", "tar", False),
@@ -711,20 +710,10 @@ def _build_request(w: World, vid: str, query: str, how: str, port: int, tag: str
         return target, context_tar(dockerfile), {"Content-Type": "application/x-tar"}
     if how == "none":
         return target, b"", {"Content-Type": None, "Content-Length": "0"}
-    kind, _, rest = how.partition(":")
-    rest = rest.format(**refs)
-    # dockerd peeks the first 4 KiB of a build body before it parses the form: padding puts the
-    # smuggled parameter where Go's ParseForm reads it.
-    pad = "a" * 8192
-    if kind == "form":
-        return target, f"pad={pad}&{rest}".encode(), {"Content-Type": "application/x-www-form-urlencoded"}
-    key, _, value = rest.partition("=")
-    boundary = "ds01routes" + uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="pad"\r\n\r\n{pad}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n--{boundary}--\r\n'
-    ).encode()
-    return target, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    # "form:<body>": dockerd peeks the first 4 KiB of a build body before it parses the form, so
+    # padding puts the smuggled parameter where Go's ParseForm reads it.
+    rest = how.partition(":")[2].format(**refs)
+    return target, f"pad={'a' * 8192}&{rest}".encode(), {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.mark.parametrize(("vid", "query", "how", "must_not_build"), BUILD, ids=[r[0] for r in BUILD])
@@ -902,6 +891,8 @@ def test_c4_network_ops_on_the_victims_network(fresh, vid, method, target, body)
     w.assert_intact(answer, sent=json.dumps([target, _fmt(body, refs)]))
 
 
+# host and macvlan are refused by this machine's daemon/kernel as well (one host network; macvlan
+# unsupported here): on a production host macvlan reaches the host's interfaces.
 NET_CREATE = [
     ("driver-host", {"Driver": "host"}),
     ("driver-macvlan", {"Driver": "macvlan"}),
