@@ -81,8 +81,9 @@ opened = len(live)
 print("ready", flush=True)
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-while not stop.is_set():
-    for fd, _ev in poller.poll(0):
+while True:
+    done = stop.is_set()  # one last look after stdin closed: answers that came in meanwhile count
+    for fd, _ev in poller.poll(200 if done else 0):
         s = live.pop(fd)
         poller.unregister(fd)
         try:
@@ -105,6 +106,8 @@ while not stop.is_set():
                 s.send(b"X")
             except OSError:
                 pass
+    if done:
+        break
     stop.wait(1.0)
 print(json.dumps({"opened": opened, "failed": failed, "refused_429": refused, "closed": cut}), flush=True)
 """

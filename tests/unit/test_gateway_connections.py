@@ -102,7 +102,7 @@ def test_a_trickled_head_is_cut_off_with_408(tmp_path):
 
 def test_idle_connections_are_closed_quietly(tmp_path):
     async def body(gw, path):
-        reader, writer = await _request(path)
+        reader, _writer = await _request(path)
         first = await _response(reader)
         after_idle = await reader.read()  # kept alive, then closed by the gateway
         silent_reader, _w = await asyncio.open_unix_connection(path)  # never sends a byte
@@ -367,7 +367,7 @@ def _encode(chunks: list, trailers: list) -> bytes:
 def _copy(data: bytes, cuts: list) -> tuple:
     copier = ghttp.ChunkedCopy(error_status=502)
     out, start = [], 0
-    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+    for cut in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
         out.append(bytes(copier.feed(data[start:cut])))
         start = cut
     return b"".join(out), copier.done, copier.excess

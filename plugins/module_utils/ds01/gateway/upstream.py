@@ -15,7 +15,7 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # The daemon writes a streamed log one line per write(): read as they come, 100 MB of log is a
 # million wake-ups. After a small piece, reading pauses this long so the next read takes what
 # accumulated meanwhile; a line arriving after a quiet spell still passes at once.
-GATHER_S = 0.005
+GATHER_S = 0.001
 GATHER_BELOW = 64 * 1024
 
 
