@@ -188,8 +188,14 @@ def exchange(user: str, path: str, data: bytes, timeout: float = 10, half_close:
     return bytes.fromhex(doc["data"]), doc["eof"]
 
 
-def hex_runs(text: str) -> list[str]:
-    return re.findall(r"[0-9a-fA-F]{12,}", text)
+def id_pieces(text: str, full_id: str) -> list[str]:
+    """Every 12+ hex-digit run in ``text`` that holds 12 consecutive digits of ``full_id``."""
+    found = []
+    for run in re.findall(r"[0-9a-fA-F]{12,}", text):
+        low = run.lower()
+        if any(low[i : i + 12] in full_id for i in range(len(low) - 11)):
+            found.append(run)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,11 +490,13 @@ class World:
             "aname": n["an"],
             "vnet": n["vnet"],
             "vnetid": i["vnet"],
+            "vvol": n["vvol"],
             "anet": n["anet"],
             "vimg": n["vimg"],
             "vimgrepo": n["vimg"].partition(":")[0],
             "vimgid": i["vimg"],
             "aimg": n["aimg"],
+            "aimgrepo": n["aimg"].partition(":")[0],
             "pre": n["pre"],
             "prerepo": n["pre"].partition(":")[0],
             "prefix": self.h.prefix,
@@ -927,12 +935,39 @@ def test_c4_network_create_owner_label_cannot_be_spoofed(attack_gw):
             h.client.api.remove_network(name)
 
 
+VOLUMES = [
+    ("remove-victim-volume", "DELETE", "/volumes/{vvol}", None),
+    ("remove-victim-volume-force", "DELETE", "/volumes/{vvol}?force=1", None),
+    ("create-binds-victim-volume", "CREATE", "", {"Binds": ["{vvol}:/v"]}),
+    ("create-mounts-victim-volume", "CREATE", "", {"Mounts": [{"Type": "volume", "Source": "{vvol}", "Target": "/v"}]}),
+]
+
+
+@pytest.mark.parametrize(("vid", "method", "target", "host"), VOLUMES, ids=[r[0] for r in VOLUMES])
+def test_c4_the_victims_volume_is_out_of_reach(fresh, vid, method, target, host):
+    w, h = fresh, fresh.h
+    refs = w.refs()
+    name = ""
+    try:
+        if method == "CREATE":
+            body = {"Image": IMAGE, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none", **_fmt(host, refs)}}
+            name, _status, answer = h.create(ATTACKER, body)
+            mounts = [m.get("Name") for m in (h.stored(name) or {}).get("Mounts") or []]
+            assert w.names["vvol"] not in mounts, f"{vid}: the attacker's container mounts the victim's volume"
+        else:
+            _status, _hd, answer = h.raw(ATTACKER, method, API + target.format(**refs))
+        w.assert_intact(answer)
+    finally:
+        if name:
+            h.remove(name)
+
+
 # ---------------------------------------------------------------------------------------------
 # C4: images and tags belong to whoever created them
 
 
-def _load_tar(h: Harness, source: str, repo_tag: str) -> bytes:
-    """``docker save source`` rewritten so that ``docker load`` tags it ``repo_tag``."""
+def _load_tar(h: Harness, source: str, repo_tags: list) -> bytes:
+    """``docker save source`` rewritten so that ``docker load`` tags it ``repo_tags``."""
     raw = b"".join(h.client.api.get_image(source))
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=out, mode="w") as dst:
@@ -941,12 +976,15 @@ def _load_tar(h: Harness, source: str, repo_tag: str) -> bytes:
             if member.name == "manifest.json":
                 doc = json.loads(data)
                 for entry in doc:
-                    entry["RepoTags"] = [repo_tag]
+                    entry["RepoTags"] = list(repo_tags)
                 data = json.dumps(doc).encode()
             elif member.name == "repositories":
-                repo, _, ver = repo_tag.partition(":")
-                inner = next(iter(json.loads(data).values()))
-                data = json.dumps({repo: {ver: next(iter(inner.values()))}}).encode()
+                layer = next(iter(next(iter(json.loads(data).values())).values()))
+                repos: dict = {}
+                for repo_tag in repo_tags:
+                    repo, _, ver = repo_tag.partition(":")
+                    repos.setdefault(repo, {})[ver] = layer
+                data = json.dumps(repos).encode()
             if data is not None:
                 member.size = len(data)
                 dst.addfile(member, io.BytesIO(data))
@@ -976,8 +1014,23 @@ TAGS = [
         ),
     ),
     ("tag-onto-admin-made-tag", "raw", ("POST", "{api}/images/{aimg}/tag?repo={prerepo}&tag=1", None, None)),
-    ("build-t-onto-victim-tag", "build", "{vimg}"),
-    ("build-t-onto-admin-made-tag", "build", "{pre}"),
+    ("build-t-onto-victim-tag", "build", "t={vimg}"),
+    ("build-t-onto-admin-made-tag", "build", "t={pre}"),
+    ("build-own-t-then-victim-t", "build", "t={aimgrepo}-b:1&t={vimg}"),
+    ("build-t-percent-encoded-key", "build", "%74={vimg}"),
+    ("build-t-docker-io-spelling", "build", "t=docker.io/library/{vimg}"),
+    ("commit-percent-encoded-repo", "raw", ("POST", "{api}/commit?container={aid}&re%70o={vimgrepo}&tag=1", {}, None)),
+    (
+        "commit-dup-repo-victim-first",
+        "raw",
+        ("POST", "{api}/commit?container={aid}&repo={vimgrepo}&repo={aimgrepo}-c&tag=1", {}, None),
+    ),
+    (
+        "tag-dup-repo-victim-first",
+        "raw",
+        ("POST", "{api}/images/{aimg}/tag?repo={vimgrepo}&repo={aimgrepo}-d&tag=1", None, None),
+    ),
+    ("load-own-and-victim-tags", "load", "{aimgrepo}-l:1,{vimg}"),
     ("commit-onto-victim-tag", "raw", ("POST", "{api}/commit?container={aid}&repo={vimgrepo}&tag=1", {}, None)),
     ("import-onto-victim-tag", "import", "{vimgrepo}"),
     ("load-onto-victim-tag", "load", "{vimg}"),
@@ -1008,14 +1061,14 @@ def test_c4_tags_of_others_are_read_only(fresh, vid, how, args):
         _s, _hd, answer = h.raw(ATTACKER, method, _fmt(target, refs), body, headers=headers, timeout=60)
     elif how == "build":
         ctx = context_tar(f"FROM {EMPTY_IMAGE}\nLABEL ds01.routes.who=attacker-{uuid.uuid4().hex}\n")
-        target = f"{API}/build?t={quote(_fmt(args, refs))}&networkmode=none&q=1"
+        target = f"{API}/build?{_fmt(args, refs)}&networkmode=none&q=1"
         _s, _hd, answer = h.raw(ATTACKER, "POST", target, ctx, headers={"Content-Type": "application/x-tar"})
     elif how == "import":
         target = f"{API}/images/create?fromSrc=-&repo={_fmt(args, refs)}&tag=1"
         tar = file_tar("attacker", uuid.uuid4().hex.encode())
         _s, _hd, answer = h.raw(ATTACKER, "POST", target, tar, headers={"Content-Type": "application/tar"})
     elif how == "load":
-        tar = _load_tar(h, w.names["aimg"], _fmt(args, refs))
+        tar = _load_tar(h, w.names["aimg"], _fmt(args, refs).split(","))
         _s, _hd, answer = h.raw(
             ATTACKER, "POST", f"{API}/images/load?quiet=1", tar, headers={"Content-Type": "application/x-tar"}
         )
@@ -1164,20 +1217,32 @@ def test_c6_parallel_creates_respect_the_container_limit(attack_gw, world):
         h.remove(*names)
 
 
-def test_c6_a_taken_name_is_answered_without_the_owners_id(fresh):
+TAKEN = [
+    ("create", "POST", "/containers/create?name={taken}", {"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}}),
+    (
+        "create-slash-name",
+        "POST",
+        "/containers/create?name=%2F{taken}",
+        {"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}},
+    ),
+    ("rename-own-to-taken", "POST", "/containers/{aid}/rename?name={taken}", None),
+]
+
+
+@pytest.mark.parametrize(("vid", "method", "target", "body"), TAKEN, ids=[r[0] for r in TAKEN])
+def test_c6_a_taken_name_is_answered_without_the_owners_id(fresh, vid, method, target, body):
     w, h = fresh, fresh.h
     taken_id = w.ids["taken"]
-    _status, _hd, answer = h.raw(
-        ATTACKER,
-        "POST",
-        f"{API}/containers/create?name={w.names['taken']}",
-        {"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}},
-    )
+    path = API + target.format(**w.refs(), taken=w.names["taken"])
+    _status, _hd, answer = h.raw(ATTACKER, method, path, body)
     text = message_of(answer)
-    leaked = [run for run in hex_runs(text) if run.lower() in taken_id]
-    assert not leaked, f"the answer shows the other user's container id ({leaked}): {text!r}"
-    assert "is taken" in text.lower() and "choose another" in text.lower(), text
-    assert "remove" not in text.lower() and "rename" not in text.lower(), f"the answer advises removal: {text!r}"
+    leaked = id_pieces(text, taken_id)
+    assert not leaked, f"{vid}: the answer shows the other user's container id ({leaked}): {text!r}"
+    assert "is taken" in text.lower() and "choose another" in text.lower(), f"{vid}: {text!r}"
+    assert "remove" not in text.lower() and "rename" not in text.lower(), f"{vid}: the answer advises removal: {text!r}"
+    assert (h.stored(w.ids["an"]) or {}).get("Name") == "/" + w.names["an"], (
+        f"{vid}: the attacker's container was renamed"
+    )
     w.assert_intact(answer)
 
 
@@ -1185,7 +1250,7 @@ def test_c6_a_taken_name_through_the_cli(fresh):
     w, h = fresh, fresh.h
     proc = h.cli(ATTACKER, "create", "--name", w.names["taken"], "--network", "none", IMAGE)
     assert proc.returncode != 0, "the attacker created a container under a name another user holds"
-    leaked = [run for run in hex_runs(proc.stderr) if run.lower() in w.ids["taken"]]
+    leaked = id_pieces(proc.stderr, w.ids["taken"])
     assert not leaked, f"the CLI shows the other user's container id ({leaked}): {proc.stderr!r}"
     w.assert_intact(proc.stderr.encode())
 
@@ -1217,17 +1282,46 @@ def victim_gpu(attack_gw):
     h.remove(name)
 
 
-def test_c7_admin_cannot_take_a_slot_another_user_holds(attack_gw, victim_gpu):
+ADMIN_GPU = [
+    ("cli-gpus-device", None),
+    (
+        "devicerequest-nvidia-ids",
+        {
+            "HostConfig": {
+                "NetworkMode": "none",
+                "DeviceRequests": [{"Driver": "nvidia", "DeviceIDs": ["{held}"], "Capabilities": [["gpu"]]}],
+            }
+        },
+    ),
+    (
+        "devicerequest-compute-capability",
+        {
+            "HostConfig": {
+                "NetworkMode": "none",
+                "DeviceRequests": [{"Driver": "", "DeviceIDs": ["{held}"], "Capabilities": [["nvidia", "compute"]]}],
+            }
+        },
+    ),
+    ("env-visible-devices", {"Env": ["NVIDIA_VISIBLE_DEVICES={held}"], "HostConfig": {"NetworkMode": "none"}}),
+]
+
+
+@pytest.mark.parametrize(("vid", "body"), ADMIN_GPU, ids=[r[0] for r in ADMIN_GPU])
+def test_c7_admin_cannot_take_a_slot_another_user_holds(attack_gw, victim_gpu, vid, body):
     h = attack_gw
     name = h.name("agpu")
     try:
-        h.cli(ADMIN, "create", "--name", name, "--network", "none", "--gpus", f"device={victim_gpu}", IMAGE)
+        if body is None:
+            h.cli(ADMIN, "create", "--name", name, "--network", "none", "--gpus", f"device={victim_gpu}", IMAGE)
+        else:
+            h.create(ADMIN, {"Image": IMAGE, **_fmt(body, {"held": victim_gpu})}, name=name)
         info = h.stored(name)
         if info is not None:
             assert victim_gpu not in _devices_of(info), (
-                f"the admin's container was given {victim_gpu}, which the victim holds"
+                f"{vid}: the admin's container was given {victim_gpu}, which the victim holds"
             )
-            assert victim_gpu not in json.dumps(info["Config"].get("Env") or []), info["Config"]["Env"]
+            env = info["Config"].get("Env") or []
+            assert f"NVIDIA_VISIBLE_DEVICES={victim_gpu}" not in env, f"{vid}: the admin's container sees {env}"
     finally:
         h.remove(name)
 
@@ -1279,6 +1373,7 @@ def legacy(attack_gw):
 
 
 LEGACY_OPS = [
+    "other-psfilter",
     "other-inspect",
     "other-ps",
     "other-start",
@@ -1306,6 +1401,9 @@ def test_c8_legacy_containers_belong_to_their_login(attack_gw, legacy, form, op)
             assert proc.returncode == 0 and cid in proc.stdout, f"the owner cannot inspect it: {proc.stderr}"
         else:
             assert cid not in proc.stdout + proc.stderr, "another user read the legacy container"
+    elif what == "psfilter":
+        proc = h.cli(user, "ps", "-a", "--no-trunc", "--filter", f"label=aime.mlc.USER={VICTIM}", "--format", "{{.ID}}")
+        assert cid not in proc.stdout, f"{user} listed {name} by filtering on its legacy owner label"
     elif what == "ps":
         proc = h.cli(user, "ps", "-a", "--no-trunc", "--format", "{{.ID}}")
         listed = cid in proc.stdout.split()
