@@ -810,6 +810,36 @@ def test_c4_images_create_from_url(attack_gw, canary, vid, query, form):
     assert image_id(h, f"{repo}:1") is None, f"{vid}: an image was imported from a URL"
 
 
+# The same loopback reach through the daemon's registry client (the daemon connects as root).
+REGISTRY_REACH = [
+    ("auth-loopback", "POST", "/auth", {"username": "u", "password": "p", "serveraddress": "http://127.0.0.1:{port}"}),
+    ("distribution-loopback", "GET", "/distribution/127.0.0.1:{port}/x:1/json", None),
+    ("search-loopback", "GET", "/images/search?term=127.0.0.1:{port}/x", None),
+    ("push-loopback", "PUSH", "/images/127.0.0.1:{port}/{repo}/push?tag=1", None),
+]
+
+
+@pytest.mark.parametrize(("vid", "method", "target", "body"), REGISTRY_REACH, ids=[r[0] for r in REGISTRY_REACH])
+def test_c4_registry_calls_do_not_reach_loopback(attack_gw, world, canary, vid, method, target, body):
+    h = attack_gw
+    repo = h.name("push")
+    if method == "PUSH":  # the attacker's own image under a loopback registry's name: made by root
+        h.client.api.tag(world.names["aimg"], f"127.0.0.1:{canary.port}/{repo}", "1")
+        method = "POST"
+    try:
+        h.raw(
+            ATTACKER,
+            method,
+            API + target.format(port=canary.port, repo=repo),
+            _fmt(body, {"port": canary.port}),
+            headers={"X-Registry-Auth": base64.urlsafe_b64encode(b"{}").decode()},
+        )
+        assert canary.count() == 0, f"{vid}: the daemon connected to the loopback canary 127.0.0.1:{canary.port}"
+    finally:
+        with contextlib.suppress(Exception):
+            h.client.api.remove_image(f"127.0.0.1:{canary.port}/{repo}:1")
+
+
 def test_c4_import_from_upload_still_works(attack_gw):
     h = attack_gw
     repo = h.name("upl")
