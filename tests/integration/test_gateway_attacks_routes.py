@@ -1538,6 +1538,33 @@ def test_c4_the_victims_container_is_out_of_reach(fresh, vid, method, target, bo
     w.assert_intact(answer, hdrs, files=True, sent=path + json.dumps(payload if isinstance(payload, dict) else ""))
 
 
+JOIN = [
+    ("network-container-id", {"NetworkMode": "container:{vid}"}),
+    ("network-container-name", {"NetworkMode": "container:{vname}"}),
+    ("network-container-prefix", {"NetworkMode": "container:{vid12}"}),
+    ("pid-container-name", {"PidMode": "container:{vname}", "NetworkMode": "none"}),
+    ("ipc-container-id", {"IpcMode": "container:{vid}", "NetworkMode": "none"}),
+    ("volumes-from-victim", {"VolumesFrom": ["{vname}:ro"], "NetworkMode": "none"}),
+]
+
+
+@pytest.mark.parametrize(("vid", "host"), JOIN, ids=[r[0] for r in JOIN])
+def test_c4_the_attacker_cannot_join_the_victims_namespaces(fresh, vid, host):
+    w, h = fresh, fresh.h
+    body = {"Image": IMAGE, "Cmd": ["sleep", "infinity"], "HostConfig": _fmt(host, w.refs())}
+    name, _status, answer = h.create(ATTACKER, body)
+    try:
+        info = h.stored(name)
+        if info is not None:
+            stored = json.dumps(info["HostConfig"])
+            assert w.ids["vic"] not in stored and w.names["vic"] not in stored, (
+                f"{vid}: the attacker's container was created in the victim's namespaces: {host}"
+            )
+        w.assert_intact(answer, sent=json.dumps(body))
+    finally:
+        h.remove(name)
+
+
 def test_c4_the_victims_container_is_out_of_reach_by_websocket_attach(fresh):
     w, h = fresh, fresh.h
     head = (
