@@ -24,6 +24,7 @@ Every container carries the label ``ds01.bench=1`` and is removed at the end. Fi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -251,7 +252,7 @@ def flood(sock, mode, count, hold_s, host, samples, log_path):
     summary = {"opened": 0, "failed": 0, "refused_429": 0, "closed": 0}
     for p in helpers:
         try:
-            stdout, _ = p.communicate("", timeout=120)
+            stdout, _unused = p.communicate("", timeout=120)
             line = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
             for k, v in json.loads(line).items():
                 summary[k] += v
@@ -320,13 +321,8 @@ def bench_basic(args, gw_host, label):
     row("docker ps -a p95", pct(ps[DIRECT], 95) * 1e3, pct(ps[gw_host], 95) * 1e3, "ms")
     creates = {}
     for host, user in hosts:
-        names = []
-
-        def create_one(host=host, user=user, names=names):
-            names.append(f"gwbench-c{len(names)}-{user}")
-            sh(user, host, "create", *label, "--name", names[-1], IMAGE)
-
-        creates[host] = timed(create_one, args.samples)
+        names: list = []
+        creates[host] = timed(functools.partial(_create_one, host, user, names, label), args.samples)
         for name in names:
             sh("root", DIRECT, "rm", "-f", name, check=False)
     row("docker create p50", pct(creates[DIRECT], 50) * 1e3, pct(creates[gw_host], 50) * 1e3, "ms")
@@ -366,6 +362,11 @@ def bench_floods(args, sock, gw_host, log_path):
         flood_row(f"{count} idle conns", quiet, out, json.dumps(summary))
         after = ps_once(gw_host)
         print(f"    after the flood closed: ps {'failed' if after is None else f'{after * 1e3:.1f} ms'}", flush=True)
+
+
+def _create_one(host: str, user: str, names: list, label: list) -> None:
+    names.append(f"gwbench-c{len(names)}-{user}")
+    sh(user, host, "create", *label, "--name", names[-1], IMAGE)
 
 
 def main() -> int:

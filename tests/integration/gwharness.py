@@ -363,7 +363,7 @@ class Harness:
         self.proc = proc
         self.client = client  # docker SDK, root, on the real socket
         self.label = label  # "key=value": the session's test label
-        self.label_key, _, self.label_value = label.partition("=")
+        self.label_key, _unused, self.label_value = label.partition("=")
         self.prefix = f"atk{uuid.uuid4().hex[:6]}-"
         self.data = root / "data"
         self.canaries: dict[str, str] = {}
@@ -593,7 +593,7 @@ class Harness:
         tag = f"{self.name('img')}:t"
         holder = self.client.api.create_container(IMAGE, ["true"], labels=self.labels, network_disabled=True)
         try:
-            repo, _, ver = tag.partition(":")
+            repo, _unused, ver = tag.partition(":")
             self.client.api.commit(holder["Id"], repository=repo, tag=ver, changes=list(changes))
         finally:
             self.client.api.remove_container(holder["Id"], force=True)

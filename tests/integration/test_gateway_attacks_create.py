@@ -858,7 +858,7 @@ C2_VECTORS = {
     "run_u_root": lambda w: _ran_as_caller_or_refused(w, "-u", "root"),
     "run_user_0_0": lambda w: _ran_as_caller_or_refused(w, "--user", "0:0"),
     "run_u_victim_uid": lambda w: _ran_as_caller_or_refused(w, "-u", str(w.h.uid(VICTIM))),
-    "run_debian_cli_u_0": lambda w: _ran_as_caller_or_refused_debian(w),
+    "run_debian_cli_u_0": lambda w: _ran_as_caller_or_refused_debian(w),  # pylint: disable=unnecessary-lambda
     "image_user_root": lambda w: _ran_as_caller_or_refused(w, image=w.h.image_with("USER root")),
     "group_add_0": _group_add("0"),
     "group_add_disk": _group_add("disk"),

@@ -215,7 +215,7 @@ class World:
 
     # -- making -------------------------------------------------------------------------------
     def ok(self, user: str, *args: str, input: Optional[str] = None, **kw: Any) -> str:
-        for _ in range(60):  # another session on this engine may hold the attacker's quota for a moment
+        for _unused in range(60):  # another session on this engine may hold the attacker's quota for a moment
             proc = self.h.cli(user, *args, input=input, **kw)
             if "CONTAINER_LIMIT" not in proc.stderr:
                 break
@@ -242,7 +242,7 @@ class World:
             self.marker,
             self.secret,
         )
-        for _ in range(50):  # the listener is bound once /tmp/secret exists
+        for _unused in range(50):  # the listener is bound once /tmp/secret exists
             if "ok" in root_exec(self.h, self.names["vic"], "test -e /tmp/secret && echo ok"):
                 break
             time.sleep(0.1)
@@ -319,7 +319,7 @@ class World:
             env={"DOCKER_BUILDKIT": "0"},
         )
         # a tag that existed before anyone's request (made by root): read-only to users
-        repo, _, version = self.names["pre"].partition(":")
+        repo, _unused, version = self.names["pre"].partition(":")
         h.client.api.tag(EMPTY_IMAGE, repo, version)
         self.refresh()
         self.slice = self.snaps["an"]["HostConfig"]["CgroupParent"]
@@ -407,7 +407,7 @@ class World:
             changed = True
         for key in ("vimg", "pre"):
             if image_id(h, self.names[key]) != self.ids[key]:
-                repo, _, version = self.names[key].partition(":")
+                repo, _unused, version = self.names[key].partition(":")
                 if image_id(h, self.ids[key]) is not None:
                     client.api.tag(self.ids[key], repo, version, force=True)
                 else:
@@ -549,7 +549,7 @@ def own_container(h: Harness, body_extra: Optional[dict] = None, start: bool = F
     """
     body = {"Image": IMAGE, "Cmd": ["sleep", "infinity"], "HostConfig": {"NetworkMode": "none"}}
     body.update(body_extra or {})
-    for _ in range(60):
+    for _unused in range(60):
         name, status, answer = h.create(ATTACKER, body)
         if b"CONTAINER_LIMIT" not in answer:
             break
@@ -1012,7 +1012,7 @@ def _load_tar(h: Harness, source: str, repo_tags: list) -> bytes:
                 layer = next(iter(next(iter(json.loads(data).values())).values()))
                 repos: dict = {}
                 for repo_tag in repo_tags:
-                    repo, _, ver = repo_tag.partition(":")
+                    repo, _unused, ver = repo_tag.partition(":")
                     repos.setdefault(repo, {})[ver] = layer
                 data = json.dumps(repos).encode()
             if data is not None:
@@ -1209,7 +1209,7 @@ def test_c4_update_within_limits_still_works(attack_gw):
 
 def test_c6_parallel_creates_respect_the_container_limit(attack_gw, world):
     h = attack_gw
-    names = [h.name("par") for _ in range(6)]
+    names = [h.name("par") for _unused in range(6)]
     before = h.containers_of(ATTACKER)
     procs = [
         subprocess.Popen(
@@ -1505,7 +1505,7 @@ SINGLE_OPS = [
     ("path-version-three-parts", "GET", "/v1.41.0/containers/{vid}/json", None),
     ("path-uppercase-containers", "GET", "/CONTAINERS/{vid}/json", None),
 ]
-OWNERSHIP = [(f"{op}-by-{ref}", m, t.replace("{ref}", REFS[ref]), b) for op, m, t, b in OWN_OPS for ref in REFS] + [
+OWNERSHIP = [(f"{op}-by-{ref}", m, t.replace("{ref}", REFS[ref]), b) for op, m, t, b in OWN_OPS for ref in REFS] + [  # pylint: disable=unnecessary-comprehension
     (op, m, t, b) for op, m, t, b in SINGLE_OPS
 ]
 
@@ -1685,7 +1685,7 @@ def test_c9_slowloris_is_cut_off_while_others_are_served(attack_gw):
         sock.sendall(b"GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\nX-Slow: ")
         sent = 0
         cut = ""
-        for _ in range(100):
+        for _unused in range(100):
             readable, _w, _x = select.select([sock], [], [], 0.5)
             if readable:
                 try:
@@ -1726,7 +1726,7 @@ def test_c9_many_idle_connections_do_not_starve_others(attack_gw):
 
     def hold() -> bytes:
         socks, failed = [], 0
-        for _ in range(500):
+        for _unused in range(500):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(2)
             try:
@@ -1781,7 +1781,7 @@ class StandInDaemon:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self.server.accept()
+                conn, _unused = self.server.accept()
             except socket.timeout:
                 continue
             except OSError:

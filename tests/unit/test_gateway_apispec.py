@@ -55,7 +55,7 @@ def struct_names(tree: tuple) -> list:
 ALL_FIELDS = [(struct, field, kind) for struct, fields in apispec.STRUCTS.items() for field, kind in fields.items()]
 
 
-@pytest.mark.parametrize(("struct", "field", "kind"), ALL_FIELDS, ids=[f"{s}.{f}" for s, f, _ in ALL_FIELDS])
+@pytest.mark.parametrize(("struct", "field", "kind"), ALL_FIELDS, ids=[f"{s}.{f}" for s, f, _unused in ALL_FIELDS])
 def test_every_type_parses_and_names_an_existing_struct(struct: str, field: str, kind: str) -> None:
     tree = parse_type(kind)
     for name in struct_names(tree):

@@ -105,7 +105,7 @@ def _build_oracle(out_dir: Path) -> Path:
     }
     binary = out_dir / "go_oracle"
     result = subprocess.run(
-        [go, "build", "-o", str(binary), "."], cwd=ORACLE_SRC, env=env, capture_output=True, text=True
+        [go, "build", "-o", str(binary), "."], cwd=ORACLE_SRC, env=env, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         pytest.fail(f"building the Go oracle in {ORACLE_SRC} failed:\n{result.stderr}")
@@ -270,12 +270,12 @@ class Gen:
         if tspec == "strslice":
             if self.chance(30):
                 return self.string()
-            return [self.string() for _ in range(self.draw(st.integers(0, 3)))]
+            return [self.string() for _unused in range(self.draw(st.integers(0, 3)))]
         if tspec == "set":
             keys = self.draw(st.lists(st.text(STRING_ALPHABET, max_size=4), max_size=3))
             return Obj([(key_token(k), Obj([])) for k in keys])
         if tspec.startswith("[]"):
-            return [self.value(tspec[2:], depth + 1) for _ in range(self.draw(st.integers(0, 3)))]
+            return [self.value(tspec[2:], depth + 1) for _unused in range(self.draw(st.integers(0, 3)))]
         if tspec.startswith("map["):
             keys = self.draw(st.lists(st.text(STRING_ALPHABET, max_size=4), max_size=3))
             if not self.clean and keys and self.chance(10):
@@ -285,7 +285,7 @@ class Gen:
         if tspec.startswith("["):
             size = int(tspec[1 : tspec.index("]")])
             count = size if self.clean else self.draw(st.integers(0, size + 1))
-            return [self.value(tspec[tspec.index("]") + 1 :], depth + 1) for _ in range(count)]
+            return [self.value(tspec[tspec.index("]") + 1 :], depth + 1) for _unused in range(count)]
         return self.struct(tspec, depth)
 
     def struct(self, name: str, depth: int, fields: list | None = None) -> Obj:
@@ -300,7 +300,7 @@ class Gen:
             if field in seen:
                 self.tags.add("dup-exact")
             seen.add(field)
-            key, _ = self.spell(field)
+            key, _unused = self.spell(field)
             pairs.append((key, self.value(table[field], depth + 1)))
             if not self.clean and self.chance(8):
                 # a twin after it: another spelling of the same field with another value

@@ -137,7 +137,8 @@ def framed(draw, faults: Faults, lines: list, payload: bytes) -> bytes:
 def assemble(draw, faults: Faults, start: bytes, lines: list, body: bytes) -> bytes:
     lines = list(lines)
     lines += [
-        draw(st.sampled_from(GOOD_NAMES)) + b": " + field_value(draw, faults) for _ in range(draw(st.integers(0, 2)))
+        draw(st.sampled_from(GOOD_NAMES)) + b": " + field_value(draw, faults)
+        for _unused in range(draw(st.integers(0, 2)))
     ]
     if "bad-field" in faults.active:
         lines.append(draw(st.sampled_from(BAD_FIELDS)))
@@ -284,7 +285,7 @@ def _headers(headers) -> list:
         value = value.encode("latin-1") if isinstance(value, str) else bytes(value)
         if name.lower() == b"transfer-encoding":
             value = value.lower()
-        if name.lower() == b"content-length" and any(n.lower() == b"content-length" for n, _ in out):
+        if name.lower() == b"content-length" and any(n.lower() == b"content-length" for n, _unused in out):
             continue
         out.append((name, value))
     return out

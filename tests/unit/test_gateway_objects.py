@@ -104,7 +104,7 @@ def test_every_entry_is_reowned_and_loses_setuid_setgid_sticky(fmt, piece):
     assert rewriter.verdict is None
     assert len(out) == len(raw)  # a Content-Length stays true
     members = read_back(out)
-    assert [m.name for m, _ in members] == ["deep", "deep/suid", long_name, "deep/link", "deep/hard"]
+    assert [m.name for m, _unused in members] == ["deep", "deep/suid", long_name, "deep/link", "deep/hard"]
     for m, _data in members:
         assert (m.uid, m.gid, m.uname, m.gname) == (UID, GID, "", "")
         assert m.mode & 0o7000 == 0
@@ -129,7 +129,7 @@ def test_pax_owner_records_and_privileged_xattrs_are_dropped():
     raw = archive("pax", member("f", data=b"data", pax=pax, uid=5, gid=6))
     _rewriter, out = rewrite(raw)
     assert len(out) == len(raw)
-    (m, data), *_ = read_back(out)
+    (m, data), *_unused = read_back(out)
     assert data == b"data"
     assert (m.uid, m.gid) == (UID, GID)
     assert m.pax_headers == {"SCHILY.xattr.user.note": "kept", "mtime": "1700000000.5"}
@@ -153,7 +153,7 @@ def test_large_uid_is_written_base256():
     rewriter = objects.ArchiveRewriter(3_000_000, 3_000_001)
     raw = archive("gnu", member("f", data=b"1"))
     out = rewriter.filter(raw) + rewriter.filter(None)
-    (m, _), *_ = read_back(out)
+    (m, _unused), *_unused = read_back(out)
     assert (m.uid, m.gid) == (3_000_000, 3_000_001)
 
 
@@ -162,7 +162,7 @@ def test_gnu_long_link_hard_link_to_an_earlier_long_name_is_allowed():
     raw = archive("gnu", member(name, data=b"z"), member("h", tarfile.LNKTYPE, link=name))
     rewriter, out = rewrite(raw)
     assert rewriter.verdict is None
-    assert [m.linkname for m, _ in read_back(out)] == ["", name]
+    assert [m.linkname for m, _unused in read_back(out)] == ["", name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,19 +190,19 @@ def test_device_nodes_and_fifos_are_refused_from_their_first_header_on(fmt, kind
 @pytest.mark.parametrize("link", ["/etc/shadow", "../outside", "notinarchive", "a/../../x"])
 def test_hard_links_outside_the_archive_are_refused(fmt, link):
     raw = archive(fmt, member("a", data=b"1"), member("h", tarfile.LNKTYPE, link=link))
-    verdict, _ = refused(raw)
+    verdict, _unused = refused(raw)
     assert "hard link" in verdict[1]
 
 
 def test_hard_link_with_a_pax_linkpath_is_checked_on_the_pax_value():
     raw = archive("pax", member("a", data=b"1"), member("h", tarfile.LNKTYPE, link="a", pax={"linkpath": "/etc/x"}))
-    verdict, _ = refused(raw)
+    verdict, _unused = refused(raw)
     assert "/etc/x" in verdict[1]
 
 
 def test_entries_outside_the_destination_are_refused():
     raw = archive("pax", member("../../etc/cron.d/x", data=b"1"))
-    verdict, _ = refused(raw)
+    verdict, _unused = refused(raw)
     assert "outside the destination" in verdict[1]
 
 
@@ -223,7 +223,7 @@ def test_entries_outside_the_destination_are_refused():
     ],
 )
 def test_what_go_reads_differently_is_refused(raw, phrase):
-    verdict, _ = refused(raw)
+    verdict, _unused = refused(raw)
     assert phrase in verdict[1]
 
 
@@ -238,10 +238,10 @@ def test_pax_size_decides_where_the_next_header_is():
 
 def test_malformed_pax_and_sparse_are_refused():
     bad = b"99 path=x\n"
-    verdict, _ = refused(block(b"p", b"x", size=len(bad)) + pad(bad) + block(b"f") + bytes(1024))
+    verdict, _unused = refused(block(b"p", b"x", size=len(bad)) + pad(bad) + block(b"f") + bytes(1024))
     assert "not a tar stream" in verdict[1]
     sparse = objects._pax_record(b"GNU.sparse.map", b"0,1")
-    verdict, _ = refused(block(b"p", b"x", size=len(sparse)) + pad(sparse) + block(b"f") + bytes(1024))
+    verdict, _unused = refused(block(b"p", b"x", size=len(sparse)) + pad(sparse) + block(b"f") + bytes(1024))
     assert "sparse" in verdict[1]
 
 
@@ -289,7 +289,7 @@ def test_build_as_the_cli_sends_it_is_allowed_with_the_slice_forced():
     assert verdict is None
     assert tags == ["docker.io/alice/app:1"]
     assert dict(query)["cgroupparent"] == "ds01-alice.slice"
-    assert [k for k, _ in query].count("cgroupparent") == 1
+    assert [k for k, _unused in query].count("cgroupparent") == 1
 
 
 @pytest.mark.parametrize(

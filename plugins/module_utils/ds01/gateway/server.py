@@ -462,7 +462,7 @@ class _Connection:
             verdict, refs = await claims.delete_check(self.gw, caller.login, route.ref or "")
             if verdict:
                 raise Refused(policy.Refusal(*verdict))
-            keep, status, _ = await self.forward(head, framing, route=route, capture=True)
+            keep, status, _unused = await self.forward(head, framing, route=route, capture=True)
             if 200 <= status < 300:
                 await claims.drop(self.gw, refs)
             return keep
@@ -477,7 +477,7 @@ class _Connection:
                 raise Refused(refusal)
             if kind == "volumes.create":
                 body["Name"] = body.get("Name") or f"{caller.login}-{uuid.uuid4().hex[:16]}"
-            keep, status, _ = await self.forward(head, framing, route=route, body=body, capture=True)
+            keep, status, _unused = await self.forward(head, framing, route=route, body=body, capture=True)
             if kind == "volumes.create" and 200 <= status < 300:
                 await self.give_volume(body["Name"], ctx)
             return keep
