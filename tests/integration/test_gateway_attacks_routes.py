@@ -1505,7 +1505,7 @@ SINGLE_OPS = [
     ("path-version-three-parts", "GET", "/v1.41.0/containers/{vid}/json", None),
     ("path-uppercase-containers", "GET", "/CONTAINERS/{vid}/json", None),
 ]
-OWNERSHIP = [(f"{op}-by-{ref}", m, t.replace("{ref}", REFS[ref]), b) for op, m, t, b in OWN_OPS for ref in REFS] + [  # pylint: disable=unnecessary-comprehension
+OWNERSHIP = [(f"{op}-by-{ref}", m, t.replace("{ref}", REFS[ref]), b) for op, m, t, b in OWN_OPS for ref in REFS] + [  # pylint: disable=R1721
     (op, m, t, b) for op, m, t, b in SINGLE_OPS
 ]
 
