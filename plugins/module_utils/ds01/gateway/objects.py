@@ -33,6 +33,7 @@ Rules for non-admin callers (admins pass unchanged and claim nothing):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Optional
@@ -107,6 +108,46 @@ _FALSE = ("", "0", "no", "false", "none")  # httputils.BoolValue's false values
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() not in _FALSE
+
+
+# --------------------------------------------------------------------------------------------
+# Registries: the daemon connects to them as root, from the host
+# --------------------------------------------------------------------------------------------
+
+
+def registry_of(reference: str) -> str:
+    """The registry host of an image reference (``docker.io`` when it names none)."""
+    slash = reference.find("/")
+    head = reference[:slash]
+    if slash < 0 or (not any(c in head for c in ".:") and head != "localhost"):
+        return DEFAULT_DOMAIN
+    return head
+
+
+def _host_part(domain: str) -> str:
+    if domain.startswith("["):
+        return domain[1:].split("]", 1)[0]
+    return domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
+
+
+def registry_verdict(domain: str, addresses: list, what: str) -> Optional[Verdict]:
+    """A registry on the host itself or on a private network is refused: the daemon would connect
+    to it as root from the host, where other users' services listen. ``addresses``: what the name
+    resolves to (the caller resolves it; an IP literal is its own address)."""
+    host = _host_part(domain).lower()
+    bad = host in ("localhost", "localhost.localdomain") or host.endswith(".localhost")
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            continue
+        bad = bad or not ip.is_global
+    if not bad:
+        return None
+    return _denied(
+        f"{what} names the registry {domain}, which is on this host or a private network; the Docker daemon "
+        "would connect to it as root, where other users' services listen. Use a public registry, or ask an admin."
+    )
 
 
 def check_build(query: tuple, slice_name: str) -> tuple:

@@ -48,6 +48,7 @@ GATEWAY_LABELS = (
     "ds01.monitoring",
     "ds01.slice",
     "ds01.owner",
+    "ds01.binds",
 )
 GATEWAY_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "ds01.lifecycle.", "aime.mlc")
 
@@ -685,6 +686,13 @@ def check_user(value: str, ctx: CreateContext, what: str = "--user") -> Optional
     )
 
 
+def explicit_user(value: str, ctx: CreateContext) -> str:
+    """``uid:gid`` always: with a bare uid, runc takes the group and supplementary groups from the
+    image's /etc/passwd and /etc/group, which the user can write (``docker cp``)."""
+    _user, sep, group = value.partition(":")
+    return f"{ctx.uid}:{group if sep and group else ctx.gid}"
+
+
 def _check_group_add(groups: list, ctx: CreateContext) -> Optional[Refusal]:
     allowed = {ctx.gid, *ctx.groups}
     for item in groups:
@@ -992,6 +1000,9 @@ def apply_limits(host: dict, ctx: CreateContext) -> dict:
             if quota / period > cpus:
                 host["CpuQuota"] = int(cpus * period)
         else:
+            # -1 (or any non-positive quota) is "unlimited" to the kernel: the cap comes from NanoCpus
+            host.pop("CpuQuota", None)
+            host.pop("CpuPeriod", None)
             host["NanoCpus"] = _clamp(host.get("NanoCpus"), max_nano)
     if ctx.memory is not None:
         host["Memory"] = _clamp(host.get("Memory"), ctx.memory)
@@ -1004,6 +1015,16 @@ def apply_limits(host: dict, ctx: CreateContext) -> dict:
     if ctx.pids_limit is not None:
         host["PidsLimit"] = _clamp(host.get("PidsLimit"), ctx.pids_limit)
     return host
+
+
+def neutralise_image_labels(body: dict, image_labels: Optional[dict]) -> dict:
+    """Gateway labels an image carries (``LABEL ds01.gpu.uuids=…``) are inherited by its containers;
+    each one the gateway did not stamp is overwritten with an empty value, which readers ignore."""
+    labels = body.setdefault("Labels", {})
+    for key in image_labels or {}:
+        if gateway_label(str(key)) and str(key) not in labels:
+            labels[str(key)] = ""
+    return body
 
 
 def rewrite_create(body: dict, ctx: CreateContext) -> dict:
@@ -1033,8 +1054,8 @@ def rewrite_create(body: dict, ctx: CreateContext) -> dict:
 def harden(body: dict, host: dict, ctx: CreateContext) -> None:
     """Root in the container is never root on the host: the caller's uid, no-new-privileges, and
     no capability that makes setuid files or device nodes (checked requests only)."""
-    if ctx.uid >= 0 and not body.get("User"):
-        body["User"] = f"{ctx.uid}:{ctx.gid}"
+    if ctx.uid >= 0:
+        body["User"] = explicit_user(str(body.get("User") or ""), ctx)
     options = [str(o) for o in host.get("SecurityOpt") or []]
     if not any(re.fullmatch(r"no-new-privileges([:=]true)?", o) for o in options):
         options.append("no-new-privileges")
@@ -1088,8 +1109,8 @@ def check_exec_create(body: Any, ctx: Optional[CreateContext] = None) -> Optiona
         refusal = check_user(str(body.get("User") or ""), ctx, "exec --user")
         if refusal:
             return refusal
-        if ctx.uid >= 0 and not body.get("User"):
-            body["User"] = f"{ctx.uid}:{ctx.gid}"
+        if ctx.uid >= 0:
+            body["User"] = explicit_user(str(body.get("User") or ""), ctx)
     return None
 
 
@@ -1170,6 +1191,13 @@ def check_network_create(body: Any, ctx: CreateContext) -> tuple:
         return denied(
             "driver options on a network (e.g. a host bridge name) are for admins; create it without --opt."
         ), body
+    ipam = body.get("IPAM") or {}
+    if ipam.get("Config") or ipam.get("Options") or str(ipam.get("Driver") or "default") != "default":
+        return denied(
+            "a network's subnet, gateway and IP ranges become routes on the host, where they can shadow the "
+            "host's own networks; create it without --subnet/--gateway/--ip-range/--ipam-driver and Docker "
+            "picks a free range."
+        ), body
     labels = {k: v for k, v in (body.get("Labels") or {}).items() if not gateway_label(str(k))}
     labels["ds01.user"] = ctx.login
     body["Labels"] = labels
@@ -1188,6 +1216,29 @@ def check_build(route: Route, ctx: CreateContext) -> tuple:
         return denied(f"docker build --cgroup-parent {parent} is not your slice; leave it unset."), route.query
     query = (*((k, v) for k, v in route.query if k != "cgroupparent"), ("cgroupparent", ctx.slice_name))
     return None, query
+
+
+def build_limits(query: tuple, limits: Any) -> tuple:
+    """The classic builder's per-step limits (memory, swap, shm, CPU) set to the caller's, as at create.
+
+    BuildKit ignores them; its steps are bounded by the daemon's builder settings only."""
+    forced = {}
+    if getattr(limits, "memory", None):
+        forced["memory"] = str(int(limits.memory))
+    if getattr(limits, "memory_swap", None):
+        forced["memswap"] = str(max(int(limits.memory_swap), int(limits.memory or 0)))
+    if getattr(limits, "shm_size", None):
+        forced["shmsize"] = str(int(limits.shm_size))
+    if getattr(limits, "max_cpus", None):
+        cpus = min(float(limits.max_cpus), float(os.cpu_count() or limits.max_cpus))
+        forced["cpuperiod"], forced["cpuquota"] = "100000", str(int(cpus * 100000))
+    asked = dict(query)
+    for key in ("memory", "shmsize"):  # a smaller positive value the caller asked for stays
+        value = asked.get(key, "")
+        if key in forced and value.isdigit() and 0 < int(value) <= int(forced[key]):
+            forced[key] = value
+    kept = tuple((k, v) for k, v in query if k not in forced)
+    return (*kept, *forced.items())
 
 
 def filter_owned(body: Any, login: str, limit: Optional[str] = None) -> Any:

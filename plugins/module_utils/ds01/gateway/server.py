@@ -30,18 +30,20 @@ import stat
 import time
 import uuid
 from typing import Any, Callable, Optional
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .. import config as config_mod
 from .. import refusals
 from . import admission as admission_mod
-from . import canonical, claims, http, listener, objects, peer, policy, schema
+from . import canonical, claims, http, listener, objects, peer, pins, policy, schema
 from . import stats as stats_mod
 from .upstream import Upstream, UpstreamError, gather_more
 
 log = logging.getLogger(__name__)
 
-HIJACK_ACTIONS = ("attach", "start")  # container attach, exec start
+HIJACK_ACTIONS = ("attach", "start")
+# Container actions for which dockerd mounts the container's host paths.
+MOUNTING_ACTIONS = ("start", "restart", "archive")  # container attach, exec start
 SPLICE_GRACE_S = 5.0
 MAX_CONNECTIONS_PER_UID = 256  # open connections one non-root uid may hold (the unit's LimitNOFILE is 65536)
 HIJACK_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
@@ -186,6 +188,10 @@ class Gateway:
         while True:
             self.publish_stats()
             await asyncio.sleep(stats_mod.PUBLISH_EVERY_S)
+
+    def run_dir(self) -> str:
+        config = self.config()
+        return config.paths.run_dir if config else "/run/ds01"
 
     def create_lock(self, key: str) -> Any:
         """The asyncio lock for ``key`` (a login, or ``name:<container name>``); a no-op for ``""``.
@@ -426,7 +432,13 @@ class _Connection:
             raise Refused(policy.admin_only(route, head.method))
         if kind == "unknown":
             raise Refused(policy.unknown_route(route, head.method))
+        if kind == "open" or route.path.startswith("/images/"):
+            await self.check_registry(head, route)
         if kind == "open":
+            if route.path == "/auth" and head.method == "POST":
+                body = await self.read_model(framing, "auth")
+                await self.check_registry_domain(str((body or {}).get("serveraddress") or ""), "docker login")
+                return await self.forward(head, framing, route=route, body=body)
             return await self.forward(head, framing, route=route)
         if kind == "containers.list":
             # Filtered by the one owner resolver, so containers of the old system (aime.mlc.USER,
@@ -515,6 +527,7 @@ class _Connection:
         query, body = route.query, None
         if route.kind == "build":
             verdict, query, refs = objects.check_build(route.query, self.limits().slice_name)
+            query = policy.build_limits(query, self.limits())
         elif route.kind == "images.create":
             verdict, refs = objects.check_images_create(route.query)
         else:
@@ -628,16 +641,82 @@ class _Connection:
             refusal, body = policy.check_update(body, self.context(), host_paths)
             if refusal:
                 raise Refused(refusal)
-        elif route.action == "archive" and head.method == "PUT":
-            return await self.archive_put(head, framing, route, info["Id"])
+        elif route.action == "rename":
+            new_name = route.query_value("name") or ""
+            async with self.gw.create_lock("name:" + new_name.lstrip("/") if new_name else ""):
+                await self.check_name_free(new_name)
+                return await self.forward(head, framing, route=route)
         elif route.action == "start":
             raw = await http.read_body(self.reader, framing, int(self.gw.section()["max_body_bytes"]))
-            refusal = policy.check_start_body(raw) or policy.check_start(info, self.context())
+            refusal = policy.check_start_body(raw)
             if refusal:
                 raise Refused(refusal)
             framing = http.NO_BODY
             await self.check_devices_present(info)
-        return await self.forward(head, framing, route=route, body=body)
+        if route.action in MOUNTING_ACTIONS:
+            # the daemon mounts the container's host paths for these: pinned to what is checked now
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            plan = pins.plan_of(labels)
+            ctx = self.context()
+            if plan is None:
+                refusal = policy.check_start(info, ctx)
+                if refusal:
+                    raise Refused(refusal)
+            with self.pinned(plan, ctx):
+                if route.action == "archive" and head.method == "PUT":
+                    return await self.archive_put(head, framing, route, info["Id"])
+                return await self.forward(head, framing, route=route, body=body)
+        keep = await self.forward(head, framing, route=route, body=body)
+        if route.action == "" and head.method == "DELETE":
+            pins.remove(self.gw.run_dir(), (info.get("Config") or {}).get("Labels"))
+        return keep
+
+    async def check_registry(self, head: http.Head, route: policy.Route) -> None:
+        """Requests that make the daemon talk to a registry name it; a registry on this host or a
+        private network is refused (objects.registry_verdict)."""
+        path = unquote(route.path)
+        reference, what = "", ""
+        if path.startswith("/distribution/") and path.endswith("/json"):
+            reference, what = path[len("/distribution/") : -len("/json")], "docker manifest inspect"
+        elif path == "/images/search":
+            reference, what = route.query_value("term") or "", "docker search"
+        elif path.startswith("/images/") and path.endswith("/push") and head.method == "POST":
+            reference, what = path[len("/images/") : -len("/push")], "docker push"
+        elif path == "/images/create" and route.query_value("fromImage"):
+            reference, what = route.query_value("fromImage") or "", "docker pull"
+        if reference:
+            await self.check_registry_domain(objects.registry_of(reference), what)
+
+    async def check_registry_domain(self, domain: str, what: str) -> None:
+        if not domain:
+            return
+        if "://" in domain:
+            domain = domain.split("://", 1)[1]
+        domain = domain.split("/", 1)[0]
+        host = domain[1:].split("]", 1)[0] if domain.startswith("[") else domain.rsplit(":", 1)[0]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, None), 5.0)
+            addresses = [str(info[4][0]) for info in infos]
+        except (OSError, asyncio.TimeoutError):
+            addresses = [host]  # unresolvable here is unresolvable for the daemon; an IP literal is itself
+        verdict = objects.registry_verdict(domain, addresses, what)
+        if verdict:
+            raise Refused(policy.Refusal(*verdict))
+
+    def pinned(self, plan: Optional[dict], ctx: policy.CreateContext) -> pins.Pinned:
+        """The container's bind sources opened and checked now, and pinned for the daemon (pins.py)."""
+
+        def check(source: str, readonly: bool, opened: str) -> Optional[str]:
+            refusal = policy.check_bind_source(opened, readonly, ctx)
+            if refusal is None:
+                return None
+            return refusal.sentence if opened == source else f"{source}: {refusal.sentence}"
+
+        try:
+            return pins.Pinned(plan, self.gw.run_dir(), check, ctx.uid, ctx.gid).__enter__()
+        except pins.PinError as exc:
+            raise Refused(policy.denied(exc.sentence)) from None
 
     async def archive_put(self, head: http.Head, framing: http.Framing, route: policy.Route, container: str) -> bool:
         """docker cp into a container: the tar is re-owned to the caller and checked as it streams."""
@@ -715,7 +794,8 @@ class _Connection:
                     raise Refused(refusal)
                 labels = {**labels, "ds01.user": caller.login}
             volumes[volume] = labels
-        image_env = await self.gw.upstream.image_env(str(body.get("Image") or "")) if body.get("Image") else None
+        image = await self.gw.upstream.image_config(str(body.get("Image") or "")) if body.get("Image") else None
+        image_env = None if image is None else list(image.get("Env") or [])
         ctx = self.context(container_owners=owners, volume_owners=volumes, image_env=image_env)
         refusal = policy.check_create(body, ctx)
         if refusal:
@@ -728,7 +808,7 @@ class _Connection:
         for volume in missing:  # made here, as the caller's (the daemon would make it unowned, root's)
             await self.make_volume(volume, ctx)
         limits = self.limits()
-        async with self.gw.create_lock(caller.login), self.gw.create_lock("name:" + name if name else ""):
+        async with self.gw.create_lock(caller.login), self.gw.create_lock("name:" + name.lstrip("/") if name else ""):
             await self.check_name_free(name)
             if limits.max_containers_per_user is not None:
                 mine = await self.gw.upstream.containers_of(caller.login)
@@ -743,18 +823,23 @@ class _Connection:
                     )
             ask = policy.gpu_ask(body, image_env)
             body = policy.rewrite_create(body, ctx)
+            plan = pins.plan_create(body)
+            pins.finish_create(body, self.gw.run_dir(), plan)
             details = {
                 "container": name,
                 "image": str(body.get("Image") or ""),
                 "container_type": body["Labels"]["ds01.container_type"],
             }
-            if ask is None:
-                body = policy.strip_gpu(body)
-                keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
-                if 200 <= status < 300:
-                    await self.gw.record("container.create", caller, gpu=False, id=created, **details)
-                return keep
-            return await self.gpu_create(head, framing, route, body, ask, limits, details)
+            with self.pinned(plan, ctx):
+                if ask is None:
+                    body = policy.neutralise_image_labels(policy.strip_gpu(body), (image or {}).get("Labels"))
+                    keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+                    if 200 <= status < 300:
+                        await self.gw.record("container.create", caller, gpu=False, id=created, **details)
+                    return keep
+                return await self.gpu_create(
+                    head, framing, route, body, ask, limits, details, image_labels=(image or {}).get("Labels")
+                )
 
     async def gpu_create(
         self,
@@ -766,6 +851,7 @@ class _Connection:
         limits: config_mod.Limits,
         details: dict,
         admin: bool = False,
+        image_labels: Optional[dict] = None,
     ) -> bool:
         """Place the GPU request through the allocator, holding its lock until the daemon answered."""
         caller = self.caller
@@ -779,6 +865,8 @@ class _Connection:
             raise Refused(policy.Refusal(exc.code, exc.sentence)) from None
         try:
             body = policy.apply_gpu_grant(body, grant.uuids, grant.labels)
+            if not admin:
+                body = policy.neutralise_image_labels(body, image_labels)
             keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
         finally:
             await loop.run_in_executor(None, reservation.exit)
@@ -846,8 +934,11 @@ class _Connection:
         caller = self.caller
         if not name or caller is None:
             return
+        name = name.lstrip("/")
+        if not name:
+            return
         info = await self.gw.upstream.inspect_container(name)
-        if info is None or str(info.get("Name") or "").lstrip("/") != name.lstrip("/"):
+        if info is None or str(info.get("Name") or "").lstrip("/") != name:
             return
         labels = (info.get("Config") or {}).get("Labels") or {}
         if policy.ownership(caller.login, str(info.get("Name") or name), labels, "use") is None:

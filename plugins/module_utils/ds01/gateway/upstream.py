@@ -108,14 +108,19 @@ class Upstream:
             raise UpstreamError(f"inspecting exec {exec_id!r} failed with HTTP {status}")
         return data
 
-    async def image_env(self, image: str) -> Optional[list]:
-        """The image's default Env, or None when the image is not present (create will fail on it)."""
+    async def image_config(self, image: str) -> Optional[dict]:
+        """The image's Config (Env, Labels, User, …), or None when the image is not present."""
         status, data = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json")
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
             raise UpstreamError(f"inspecting image {image!r} failed with HTTP {status}")
-        return list((data.get("Config") or {}).get("Env") or [])
+        return dict(data.get("Config") or {})
+
+    async def image_env(self, image: str) -> Optional[list]:
+        """The image's default Env, or None when the image is not present (create will fail on it)."""
+        config = await self.image_config(image)
+        return None if config is None else list(config.get("Env") or [])
 
     async def labels_of(self, kind: str, name: str) -> Optional[dict]:
         """Labels of a volume or network; None when it does not exist."""
