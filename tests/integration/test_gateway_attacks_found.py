@@ -1,0 +1,175 @@
+"""The vectors an independent black-box attack got through (round 1), each judged by its effect.
+
+F5 exec -u <uid> took its group from an uploaded /etc/passwd; F8 CpuQuota -1 left the CPU
+unlimited; F9 gateway labels inherited from an image spoofed GPU holdings; F10 a user's network
+subnet became a host route; F11 docker cp on a stopped container followed a bind source swapped
+for a symlink; F6 the classic builder took the caller's --memory. (F1-F4, F7 are in the two
+corpus files.) Users atk1 (attacker) and atk2 (victim) through the real gateway on the real engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import tarfile
+
+import pytest
+from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS
+
+FOUND = ("f5", "f6", "f8", "f9", "f10", "f11")
+
+
+@pytest.fixture(autouse=True)
+def _own_containers_removed(attack_gw):
+    """The attacker's quota is 3: each test's containers go when it ends."""
+    yield
+    for item in attack_gw.containers_of(ATTACKER):
+        name = (item.get("Names") or ["/"])[0].lstrip("/")
+        if name.startswith(tuple(attack_gw.prefix + f + "-" for f in FOUND)):
+            attack_gw.client.api.remove_container(item["Id"], force=True, v=True)
+
+
+def _tar(files: dict) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_f5_exec_as_a_bare_uid_never_takes_groups_from_the_image(attack_gw):
+    h = attack_gw
+    uid, gid = h.uid(ATTACKER), h.gid(ATTACKER)
+    name = h.name("f5")
+    made = h.cli(ATTACKER, "run", "-d", "--network", "none", "--name", name, IMAGE, "sleep", "300")
+    assert made.returncode == 0, made.stderr
+    planted = _tar(
+        {
+            "etc/passwd": f"root:x:0:0::/root:/bin/sh\nevil:x:{uid}:0::/:/bin/sh\n",
+            "etc/group": "root:x:0:evil\ndisk:x:6:evil\nshadow:x:42:evil\n",
+        }
+    )
+    status, _h, _b = h.api(
+        ATTACKER, "PUT", f"/containers/{name}/archive?path=/", planted, headers={"Content-Type": "application/x-tar"}
+    )
+    assert status == 200
+    run = h.cli(ATTACKER, "exec", "-u", str(uid), name, "sh", "-c", "id -g; id -G")
+    assert run.returncode == 0, run.stderr
+    primary, groups = run.stdout.split("\n")[:2]
+    assert int(primary) == gid  # not the 0 the planted /etc/passwd names
+    assert {int(g) for g in groups.split()} <= {gid, *os.getgrouplist(ATTACKER, gid)}  # not 0, 6, 42
+    named = h.cli(ATTACKER, "exec", "-u", "evil", name, "id")
+    assert named.returncode != 0 and "uid" in named.stderr  # a name is looked up in the image: refused
+    stored_user = h.stored(name)["Config"]["User"]
+    assert stored_user == f"{uid}:{gid}"
+
+
+def test_f8_a_negative_cpu_quota_never_lifts_the_cpu_cap(attack_gw):
+    h = attack_gw
+    name, status, _body = h.create(ATTACKER, {"Image": IMAGE, "HostConfig": {"CpuQuota": -1, "NetworkMode": "none"}})
+    info = h.stored(name)
+    assert info is not None, status
+    host = info["HostConfig"]
+    assert host["CpuQuota"] in (0, None)
+    assert host["NanoCpus"] == int(1.5e9)  # the student limit of the harness's config
+
+
+def test_f9_gateway_labels_an_image_carries_are_neutralised(attack_gw):
+    h = attack_gw
+    uuids = ",".join(GPU_UUIDS + MIG_UUIDS)
+    image = h.image_with(
+        f"LABEL ds01.gpu.uuids={uuids}",
+        "LABEL ds01.gpu.slots=0,1,2.0,2.1",
+        "LABEL ds01.lifecycle.exempt=true",
+        "LABEL ds01.protected=true",
+        "LABEL aime.mlc.USER=atk2",
+    )
+    name, status, body = h.create(ATTACKER, {"Image": image, "HostConfig": {"NetworkMode": "none"}})
+    info = h.stored(name)
+    assert info is not None, (status, body)
+    labels = info["Config"]["Labels"]
+    for key in ("ds01.gpu.uuids", "ds01.gpu.slots", "ds01.lifecycle.exempt", "ds01.protected", "aime.mlc.USER"):
+        assert labels.get(key) == "", (key, labels.get(key))
+    assert labels["ds01.user"] == ATTACKER
+    assert not info["HostConfig"].get("DeviceRequests")
+
+
+def test_f10_a_users_network_gets_no_subnet_of_their_choosing(attack_gw):
+    h = attack_gw
+    name = h.name("f10")
+    made = h.cli(ATTACKER, "network", "create", "--subnet", "192.0.2.252/30", "--gateway", "192.0.2.253", name)
+    assert made.returncode != 0
+    assert h.network(name) is None
+    assert "subnet" in made.stderr
+
+
+def test_f11_docker_cp_never_follows_a_bind_source_swapped_after_create(attack_gw, tmp_path):
+    h = attack_gw
+    os.chmod(tmp_path, 0o755)
+    outer = tmp_path / "root-only"
+    inner = outer / "pub"
+    inner.mkdir(parents=True)
+    os.chmod(outer, 0o700)
+    token = secrets.token_hex(8)
+    (inner / "secret.txt").write_text(token)
+    work = h.scratch(ATTACKER)
+    src = work / "f"
+    src.mkdir()
+    os.chown(src, h.uid(ATTACKER), h.gid(ATTACKER))
+    name = h.name("f11")
+    made = h.cli(ATTACKER, "create", "--network", "none", "--name", name, "-v", f"{src}:/x", IMAGE, "true")
+    assert made.returncode == 0, made.stderr
+    src.rmdir()
+    src.symlink_to(inner)
+    os.lchown(src, h.uid(ATTACKER), h.gid(ATTACKER))
+    status, _h, body = h.api(ATTACKER, "GET", f"/containers/{name}/archive?path=/x/secret.txt")
+    assert token.encode() not in body
+    if status == 200:  # whatever came back is not the root-only file
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            assert all(
+                token.encode() not in (tar.extractfile(m).read() if tar.extractfile(m) else b"")
+                for m in tar.getmembers()
+            )
+    status, _h, _b = h.api(
+        ATTACKER,
+        "PUT",
+        f"/containers/{name}/archive?path=/x",
+        _tar({"planted.txt": "x"}),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert not (inner / "planted.txt").exists()
+    assert sorted(os.listdir(inner)) == ["secret.txt"]
+
+
+def test_f6_the_classic_builder_takes_the_callers_limits(attack_gw):
+    h = attack_gw
+    ctx = h.scratch(ATTACKER)
+    limit_files = "/sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN cat {limit_files}\n")
+    os.chown(ctx / "Dockerfile", h.uid(ATTACKER), h.gid(ATTACKER))
+    tag = f"{h.name('f6')}:t"
+    built = h.cli(
+        ATTACKER,
+        "build",
+        "--network",
+        "none",
+        "--memory",
+        "8g",
+        "--no-cache",
+        "-t",
+        tag,
+        str(ctx),
+        debian=True,
+        env={"DOCKER_BUILDKIT": "0"},
+        timeout=300,
+    )
+    h.images.append(tag)
+    assert built.returncode == 0, built.stderr
+    numbers = [int(w) for w in built.stdout.split() if w.isdigit() and len(w) >= 6]
+    assert numbers, built.stdout
+    assert max(numbers) <= 2 * 1024**3, json.dumps(built.stdout[-400:])  # the student's 2g, never the asked 8g
