@@ -74,8 +74,8 @@ GRPC_SENTENCE = (
 )
 
 # Every parameter dockerd 20.10 reads in newImageBuildOptions, and what its value may be.
-_INT = re.compile(r"^-?[0-9]{1,19}$")
-_CPUSET = re.compile(r"^[0-9,\-]*$")
+_INT = re.compile(r"-?[0-9]{1,19}")
+_CPUSET = re.compile(r"[0-9,\-]*")
 _BOOL_NAMES = ("q", "nocache", "rm", "forcerm", "squash")
 _STRING_NAMES = ("dockerfile", "target", "session", "buildid", "platform")
 _INT_NAMES = ("memory", "memswap", "cpushares", "cpuperiod", "cpuquota", "shmsize")
@@ -205,9 +205,9 @@ def _build_value(key: str, value: str) -> Optional[Verdict]:
         return _denied(f"docker build --isolation {value} is not available on Linux; remove it.")
     if key == "version" and value not in ("", "1", "2"):
         return _denied(f"the builder version '{value}' is unknown; use 1 (classic) or 2 (BuildKit).")
-    if key in _INT_NAMES and value and not _INT.match(value):
+    if key in _INT_NAMES and value and not _INT.fullmatch(value):
         return _denied(f"the build parameter {key}={value!r} is not a whole number.")
-    if key in ("cpusetcpus", "cpusetmems") and not _CPUSET.match(value):
+    if key in ("cpusetcpus", "cpusetmems") and not _CPUSET.fullmatch(value):
         return _denied(f"the build parameter {key}={value!r} is not a CPU/memory-node list such as 0-3,5.")
     if key in _JSON_NAMES and value.strip() not in ("", "null"):
         try:
@@ -231,17 +231,17 @@ _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
 _TAG_TEXT = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST_TEXT = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
-    rf"^((?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::({_TAG_TEXT}))?(?:@({_DIGEST_TEXT}))?$", re.ASCII
+    rf"((?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::({_TAG_TEXT}))?(?:@({_DIGEST_TEXT}))?", re.ASCII
 )
-_TAG = re.compile(rf"^{_TAG_TEXT}$", re.ASCII)
-_DIGEST = re.compile(rf"^{_DIGEST_TEXT}$", re.ASCII)
-_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+_TAG = re.compile(_TAG_TEXT, re.ASCII)
+_DIGEST = re.compile(_DIGEST_TEXT, re.ASCII)
+_HEX64 = re.compile(r"[a-f0-9]{64}")
 DEFAULT_DOMAIN = "docker.io"
 
 
 def parse_reference(text: str) -> tuple:
     """(name, tag, digest) of a reference in dockerd's normal form (``docker.io/library/x``); ValueError."""
-    if _HEX64.match(text):
+    if _HEX64.fullmatch(text):
         raise ValueError("a 64-character hexadecimal string is an image id, not a name")
     slash = text.find("/")
     head = text[:slash]
@@ -256,7 +256,7 @@ def parse_reference(text: str) -> tuple:
     remote = rest.split(":", 1)[0].split("@", 1)[0]
     if remote.lower() != remote:
         raise ValueError("a repository name must be lowercase")
-    match = _REFERENCE.match(f"{domain}/{rest}")
+    match = _REFERENCE.fullmatch(f"{domain}/{rest}")
     if not match:
         raise ValueError("it is not a valid image reference")
     name, tag, digest = match.group(1), match.group(2) or "", match.group(3) or ""
@@ -269,7 +269,7 @@ def tag_target(repo: str, tag: str) -> str:
     """The tag that ``repo`` (+ ``tag``) names when an image is tagged: ``docker.io/library/x:latest``."""
     name, own_tag, digest = parse_reference(repo)
     if tag:
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ValueError(f"'{tag}' is not a valid tag")
         own_tag = tag
     elif digest:
@@ -335,9 +335,9 @@ def check_images_create(query: tuple) -> tuple:
             name, own_tag, digest = parse_reference(image)
         except ValueError as exc:
             return _denied(f"docker pull {image}: {exc}."), []
-        if (tag and _DIGEST.match(tag)) or (not tag and digest):
+        if (tag and _DIGEST.fullmatch(tag)) or (not tag and digest):
             return None, []  # by digest: no tag is written
-        if tag and not _TAG.match(tag):
+        if tag and not _TAG.fullmatch(tag):
             return _denied(f"docker pull: '{tag}' is not a valid tag."), []
         if not tag and not own_tag:
             return _denied(
@@ -532,7 +532,7 @@ ENTRY_TYPES = (b"0", b"\x00", b"1", b"2", b"5")  # what dockerd's untar extracts
 META_TYPES = (b"x", b"g", b"L", b"K")
 PAX_KEEP = ("path", "linkpath", "size", "mtime", "atime", "ctime", "comment", "charset", "hdrcharset")
 PAX_KEEP_PREFIX = ("SCHILY.xattr.user.",)
-_GO_INT = re.compile(rb"^[+-]?[0-9]+$")
+_GO_INT = re.compile(rb"[+-]?[0-9]+")
 
 
 class BodyRefused(Exception):
@@ -570,7 +570,7 @@ def _numeric(field: bytes) -> int:
     text = _cstr(field.strip(b" \x00"))
     if not text:
         return 0
-    if not re.match(rb"^[0-7]+$", text):
+    if not re.fullmatch(rb"[0-7]+", text):
         raise _Bad("a numeric field is not octal")
     return int(text, 8)
 
@@ -629,7 +629,7 @@ def _pax_records(data: bytes) -> list:
     rest = data
     while rest:
         space = rest.find(b" ")
-        if space < 0 or not _GO_INT.match(rest[:space]):
+        if space < 0 or not _GO_INT.fullmatch(rest[:space]):
             raise _Bad("a PAX record has no length")
         length = int(rest[:space])
         if length < 5 or len(rest) < length or space + 1 >= length - 1:
@@ -837,7 +837,7 @@ class ArchiveRewriter:
         if pax.get(b"linkpath"):
             link = pax[b"linkpath"]
         if pax.get(b"size"):
-            if not _GO_INT.match(pax[b"size"]):
+            if not _GO_INT.fullmatch(pax[b"size"]):
                 raise _Bad("a PAX size is not a number")
             size = int(pax[b"size"])
         if long_name:

@@ -34,7 +34,7 @@ POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
 CONTAINER_LIMIT = "CONTAINER_LIMIT"
 
-_VERSION_PREFIX = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?(?=/)")
+_VERSION_PREFIX = re.compile(r"/v[0-9]+(?:\.[0-9]+)?")
 # Labels only the gateway (or an admin) sets: a caller-supplied value is dropped before the
 # gateway writes its own (ownership, protection, GPU holdings, and the legacy owner fallbacks).
 GATEWAY_LABELS = (
@@ -162,9 +162,9 @@ def split_target(target: str) -> tuple:
     """``/v1.41/containers/x/json?all=1`` → (path, version prefix, query pairs)."""
     raw_path, _sep, raw_query = target.partition("?")
     version = ""
-    match = _VERSION_PREFIX.match(raw_path)
-    if match:
-        version = match.group(0)
+    head, sep, _rest = raw_path[1:].partition("/")
+    if sep and _VERSION_PREFIX.fullmatch("/" + head):
+        version = "/" + head
         raw_path = raw_path[len(version) :]
     query = tuple(parse_qsl(raw_query, keep_blank_values=True))
     return raw_path, version, query
