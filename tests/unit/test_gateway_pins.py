@@ -69,3 +69,17 @@ def test_a_missing_source_is_created_as_the_user(tmp_path):
 def test_dotdot_is_refused(tmp_path):
     with pytest.raises(pins.PinError, match=r"'\.\.'"):
         pins.open_dir_safely(f"{tmp_path}/a/../b", os.getuid(), os.getgid())
+
+
+def test_pins_left_mounted_are_unmounted_at_start(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    plan = {"token": "t0", "sources": [{"source": str(source), "readonly": False}]}
+    pinned = pins.Pinned(plan, str(tmp_path / "run"), lambda *_a: None, os.getuid(), os.getgid()).__enter__()
+    target = tmp_path / "run" / "gateway" / "pins" / "t0" / "0"
+    assert (target / "f").read_text() == "x"  # mounted: the checked directory
+    pinned.mounted = []  # a gateway that died before unmounting
+    assert pins.unmount_all(str(tmp_path / "run")) == 1
+    assert not os.path.ismount(target)
+    assert list(target.iterdir()) == []

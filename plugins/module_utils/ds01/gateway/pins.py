@@ -259,3 +259,21 @@ def remove(run_dir: str, labels: Optional[dict]) -> None:
         os.rmdir(base)
     except OSError:
         pass
+
+
+def unmount_all(run_dir: str) -> int:
+    """Unmount pins a gateway that died mid-request left behind (they still point at checked
+    directories, but nothing should hold them between requests); the number found."""
+    root = os.path.realpath(pin_root(run_dir)) + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            points = [line.split()[4] for line in handle if len(line.split()) > 4]
+    except OSError:
+        return 0
+    found = 0
+    for point in reversed(points):  # the newest first
+        path = point.encode().decode("unicode_escape")  # mountinfo escapes spaces as \040
+        if path.startswith(root):
+            _unmount(path)
+            found += 1
+    return found

@@ -125,6 +125,9 @@ class Gateway:
 
     # -- server ---------------------------------------------------------------------------------
     async def start(self) -> listener.Listener:
+        stale = pins.unmount_all(self.run_dir())
+        if stale:
+            log.warning("unmounted %d bind pin(s) left by an earlier gateway", stale)
         settings = self.settings()
         path = settings.listen
         if os.path.exists(path) or os.path.islink(path):
