@@ -78,8 +78,10 @@ def test_pins_left_mounted_are_unmounted_at_start(tmp_path):
     plan = {"token": "t0", "sources": [{"source": str(source), "readonly": False}]}
     pinned = pins.Pinned(plan, str(tmp_path / "run"), lambda *_a: None, os.getuid(), os.getgid()).__enter__()
     target = tmp_path / "run" / "gateway" / "pins" / "t0" / "0"
-    assert (target / "f").read_text() == "x"  # mounted: the checked directory
-    pinned.mounted = []  # a gateway that died before unmounting
-    assert pins.unmount_all(str(tmp_path / "run")) == 1
-    assert not os.path.ismount(target)
-    assert list(target.iterdir()) == []
+    try:
+        assert (target / "f").read_text() == "x"  # mounted: the checked directory
+        pinned.mounted = []  # a gateway that died before unmounting
+        assert pins.unmount_all(str(tmp_path / "run")) == 1
+        assert list(target.iterdir()) == []
+    finally:
+        pins.unmount_all(str(tmp_path / "run"))
