@@ -1369,25 +1369,46 @@ def _legit_logs(world: World) -> None:
         drop(h, name)
 
 
-def _legit_cp_out(world: World) -> None:
-    out = world.scratch / "hostname.out"
-    proc = world.h.cli(A, "cp", f"{world.box}:/etc/hostname", str(out))
+def _plain_box(world: World) -> str:
+    """A running container of the attacker's with no host directory mounted (docker cp is refused
+    on containers that mount host directories: the daemon would read and write them as root)."""
+    name = world.h.name("cpbox")
+    proc = world.h.cli(A, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "infinity")
     assert proc.returncode == 0, proc.stderr
-    assert out.read_text().strip() and out.stat().st_uid == world.uid
+    return name
+
+
+def _legit_cp_out(world: World) -> None:
+    box = _plain_box(world)
+    try:
+        out = world.scratch / "hostname.out"
+        proc = world.h.cli(A, "cp", f"{box}:/etc/hostname", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_text().strip() and out.stat().st_uid == world.uid
+    finally:
+        drop(world.h, box)
 
 
 def _legit_cp_in(world: World) -> None:
     src = world.h.home(A) / f"{world.h.prefix}in.txt"
     src.write_text("copied in\n")
     os.chown(src, world.uid, world.gid)
+    box = _plain_box(world)
     try:
-        proc = world.h.cli(A, "cp", str(src), f"{world.box}:/h/in.txt")
+        proc = world.h.cli(A, "cp", str(src), f"{box}:/tmp/in.txt")
         assert proc.returncode == 0, proc.stderr
-        landed = world.scratch / "in.txt"
-        assert landed.read_text() == "copied in\n"
-        assert landed.stat().st_uid == world.uid, f"cp in left the file owned by uid {landed.stat().st_uid}"
+        stat = world.h.cli(A, "exec", box, "stat", "-c", "%u %s", "/tmp/in.txt")
+        assert stat.returncode == 0, stat.stderr
+        assert stat.stdout.split() == [str(world.uid), str(len("copied in\n"))], stat.stdout
     finally:
         src.unlink()
+        drop(world.h, box)
+
+
+def _legit_cp_refused_with_host_directories(world: World) -> None:
+    proc = world.h.cli(A, "cp", f"{world.box}:/etc/hostname", "-")
+    assert proc.returncode != 0
+    assert "docker exec" in proc.stderr  # the sentence says what to do instead
 
 
 def _legit_named_volume(world: World) -> None:
@@ -1530,6 +1551,7 @@ LEGIT = {
     "logs": _legit_logs,
     "cp_out": _legit_cp_out,
     "cp_in_keeps_caller_as_owner": _legit_cp_in,
+    "cp_with_host_directories_says_what_to_do": _legit_cp_refused_with_host_directories,
     "own_named_volume": _legit_named_volume,
     "own_home_bind_rw_and_data_ro": _legit_home_bind_rw,
     "gpus_1_created_not_started": _legit_gpus_1,

@@ -18,16 +18,14 @@ import tarfile
 import pytest
 from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS
 
-FOUND = ("f5", "f6", "f8", "f9", "f10", "f11")
-
 
 @pytest.fixture(autouse=True)
 def _own_containers_removed(attack_gw):
-    """The attacker's quota is 3: each test's containers go when it ends."""
+    """The attacker's quota is 3: whatever a test made for the attacker goes when it ends."""
+    before = {item["Id"] for item in attack_gw.containers_of(ATTACKER)}
     yield
     for item in attack_gw.containers_of(ATTACKER):
-        name = (item.get("Names") or ["/"])[0].lstrip("/")
-        if name.startswith(tuple(attack_gw.prefix + f + "-" for f in FOUND)):
+        if item["Id"] not in before:
             attack_gw.client.api.remove_container(item["Id"], force=True, v=True)
 
 
@@ -173,3 +171,79 @@ def test_f6_the_classic_builder_takes_the_callers_limits(attack_gw):
     numbers = [int(w) for w in built.stdout.split() if w.isdigit() and len(w) >= 6]
     assert numbers, built.stdout
     assert max(numbers) <= 2 * 1024**3, json.dumps(built.stdout[-400:])  # the student's 2g, never the asked 8g
+
+
+# -- round 2 -------------------------------------------------------------------------------------
+
+
+def test_r2_an_endpoint_network_id_cannot_smuggle_in_another_users_network(attack_gw):
+    h = attack_gw
+    theirs, mine = h.name("f10v"), h.name("f10m")
+    assert h.cli("atk2", "network", "create", "--internal", theirs).returncode == 0
+    assert h.cli(ATTACKER, "network", "create", "--internal", mine).returncode == 0
+    victim_id = h.network(theirs)["Id"]
+    body = {
+        "Image": IMAGE,
+        "HostConfig": {"NetworkMode": mine},
+        "NetworkingConfig": {"EndpointsConfig": {mine: {"NetworkID": victim_id, "Aliases": ["db"]}}},
+    }
+    name, status, answer = h.create(ATTACKER, body, name=h.name("f10"))
+    assert h.stored(name) is None, (status, answer)
+    assert not h.network(theirs)["Containers"]
+
+
+def test_r2_docker_cp_never_reads_a_host_directory_as_root(attack_gw):
+    h = attack_gw
+    work = h.scratch(ATTACKER)
+    private = work / "root-only.txt"
+    token = secrets.token_hex(8)
+    private.write_text(token)
+    os.chmod(private, 0o600)  # root's file in the user's directory: the user cannot read it on the host
+    assert not h.can_read(ATTACKER, str(private))
+    name = h.name("f11")
+    made = h.cli(ATTACKER, "create", "--network", "none", "--name", name, "-v", f"{work}:/w", IMAGE, "true")
+    assert made.returncode == 0, made.stderr
+    for path in ("/w/root-only.txt", "/w", "/"):
+        _status, _h, body = h.api(ATTACKER, "GET", f"/containers/{name}/archive?path={path}")
+        assert token.encode() not in body, path
+    copied = h.cli(ATTACKER, "cp", f"{name}:/w/root-only.txt", "-")
+    assert token not in copied.stdout and "exec" in copied.stderr  # the sentence says what to do instead
+
+
+def test_r2_published_ports_stay_on_loopback_and_unprivileged(attack_gw):
+    h = attack_gw
+    refused = [
+        {"PortBindings": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8099"}]}},
+        {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "81"}]}},
+        {"PublishAllPorts": True},
+    ]
+    for host in refused:
+        name, status, answer = h.create(ATTACKER, {"Image": IMAGE, "HostConfig": host}, name=h.name("f8"))
+        assert h.stored(name) is None, (host, status, answer)
+    name, status, answer = h.create(
+        ATTACKER,
+        {"Image": IMAGE, "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "18099"}]}}},
+        name=h.name("f8"),
+    )
+    stored = h.stored(name)
+    assert stored is not None, (status, answer)
+    assert stored["HostConfig"]["PortBindings"]["80/tcp"][0]["HostIp"] == "127.0.0.1"
+
+
+def test_r2_shares_and_log_files_are_bounded(attack_gw):
+    h = attack_gw
+    body = {
+        "Image": IMAGE,
+        "HostConfig": {
+            "NetworkMode": "none",
+            "CpuShares": 262144,
+            "BlkioWeight": 1000,
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "100g", "max-file": "1000"}},
+        },
+    }
+    name, status, answer = h.create(ATTACKER, body, name=h.name("f8"))
+    stored = h.stored(name)
+    assert stored is not None, (status, answer)
+    host = stored["HostConfig"]
+    assert host["CpuShares"] <= 1024 and host["BlkioWeight"] <= 500
+    assert host["LogConfig"]["Config"] == {"max-size": "100m", "max-file": "5"}

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import tarfile
 import uuid
+from pathlib import Path
 
 import pytest
 from gwharness import ATTACKER, DOCKER_BIN, EMPTY_IMAGE, IMAGE, VICTIM
@@ -43,15 +44,17 @@ def _cp_stdin(h, user: str, target: str, data: bytes) -> subprocess.CompletedPro
 
 @pytest.fixture
 def box(attack_gw):
-    """A running container of the attacker whose /h is a bind of a directory in the attacker's home."""
+    """A running container of the attacker's with its /tmp, and that directory as root sees it on
+    the host (the container's merged overlay): what ``docker cp`` wrote is judged there. (A container
+    that mounts host directories gets no docker cp at all: the daemon would write them as root.)"""
     h = attack_gw
-    home_dir = h.scratch(ATTACKER)
     name = h.name("cp")
     made = h.cli(
-        ATTACKER, "run", "-d", "--name", name, "--network", "none", "-v", f"{home_dir}:/h", IMAGE, "sleep", "600"
+        ATTACKER, "run", "-d", "--name", name, "--network", "none", IMAGE, "sh", "-c", "mkdir -p /h; sleep 600"
     )
     assert made.returncode == 0, made.stderr
-    yield name, home_dir
+    merged = Path(h.stored(name)["GraphDriver"]["Data"]["MergedDir"]) / "tmp"
+    yield name, merged
     h.remove(name)
 
 
@@ -60,7 +63,7 @@ def test_cp_of_setuid_root_file_and_device_node_leaves_a_user_file_and_no_device
     name, home_dir = box
     payload = b"#!/bin/sh\nid -u\n"
     data = _tar(("suid", tarfile.REGTYPE, payload, 0o4755), ("mem", tarfile.CHRTYPE, b"", 0o666))
-    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", data)
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/tmp", data)
     assert proc.returncode != 0, "the archive with a device node was accepted"
     assert b"device" in proc.stderr, proc.stderr
     assert not os.path.lexists(home_dir / "mem"), "a device node reached the host"
@@ -71,7 +74,7 @@ def test_cp_of_setuid_root_file_and_device_node_leaves_a_user_file_and_no_device
     assert (home_dir / "suid").read_bytes() == payload
 
     # the same file alone is copied: owned by the user, without the setuid bit
-    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", _tar(("suid2", tarfile.REGTYPE, payload, 0o6755)))
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/tmp", _tar(("suid2", tarfile.REGTYPE, payload, 0o6755)))
     assert proc.returncode == 0, proc.stderr
     st = os.lstat(home_dir / "suid2")
     assert (st.st_uid, st.st_gid) == (h.uid(ATTACKER), h.gid(ATTACKER))
@@ -85,7 +88,7 @@ def test_refused_upload_leaves_no_partial_file(attack_gw, box):
     name, home_dir = box
     big = os.urandom(24 * 1024 * 1024)
     data = _tar(("big.bin", tarfile.REGTYPE, big, 0o644), ("fifo", tarfile.FIFOTYPE, b"", 0o644))
-    proc = _cp_stdin(h, ATTACKER, f"{name}:/h", data)
+    proc = _cp_stdin(h, ATTACKER, f"{name}:/tmp", data)
     assert proc.returncode != 0
     assert b"FIFO" in proc.stderr, proc.stderr
     assert not os.path.lexists(home_dir / "fifo")

@@ -374,6 +374,8 @@ def test_unlimited_limits_leave_the_request_alone():
         # hardening is not a limit: it is stamped whatever the limits say
         "SecurityOpt": ["no-new-privileges"],
         "CapDrop": ["MKNOD", "SETUID", "SETGID"],
+        # a container's log files are bounded on the host (100m x 5)
+        "LogConfig": {"Type": "", "Config": {"max-size": "100m", "max-file": "5"}},
     }
 
 

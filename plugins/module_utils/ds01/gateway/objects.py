@@ -487,9 +487,13 @@ def network_names(body: dict) -> list:
     names = [] if governed else [mode]
     networking = body.get("NetworkingConfig")
     endpoints = networking.get("EndpointsConfig") if isinstance(networking, dict) else None
-    for key in endpoints if isinstance(endpoints, dict) else {}:
+    for key, settings in (endpoints if isinstance(endpoints, dict) else {}).items():
         if not (governed and key == mode):
             names.append(str(key))
+        # dockerd prefers an endpoint's NetworkID over its key: the id names a network too
+        network_id = (settings or {}).get("NetworkID") if isinstance(settings, dict) else None
+        if network_id:
+            names.append(str(network_id))
     return list(dict.fromkeys(names))
 
 

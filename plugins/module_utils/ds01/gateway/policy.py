@@ -81,6 +81,23 @@ LOG_OPTIONS = (
     "max-buffer-size",
 )
 RESTART_NONE = ("", "no")
+MAX_CPU_SHARES = 1024  # Docker's default weight: a user's container never outranks another's
+MAX_BLKIO_WEIGHT = 500  # the kernel's default weight
+LOG_MAX_SIZE = 100 * 1024 * 1024  # a container's log files: at most LOG_MAX_FILES times LOG_MAX_SIZE on the host
+LOG_MAX_FILES = 5
+_SIZE = re.compile(r"([0-9]+)([kmg]?)b?", re.IGNORECASE)
+
+
+def _smaller_size(value: Any, limit: int) -> str:
+    """A log ``max-size`` no larger than ``limit`` (Docker's units: k, m, g)."""
+    match = _SIZE.fullmatch(str(value or ""))
+    if match:
+        size = int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+        if 0 < size <= limit:
+            return str(value)
+    return f"{limit // (1 << 20)}m"
+
+
 SOCKET_PATHS = (
     "/var/run/docker.sock",
     "/run/docker.sock",
@@ -723,6 +740,45 @@ def _check_log_config(log_config: dict) -> Optional[Refusal]:
     return None
 
 
+def _check_ports(host: dict) -> Optional[Refusal]:
+    """Published ports bind on the host: loopback only, unprivileged ports only (an empty host
+    address becomes 127.0.0.1 in ``harden``)."""
+    if host.get("PublishAllPorts"):
+        return denied(
+            "-P (publish all ports) opens the container's ports on every interface of the host; publish the ones "
+            "you need on loopback, e.g. -p 127.0.0.1:8888:8888, and reach them through an SSH tunnel."
+        )
+    for container_port, bindings in (host.get("PortBindings") or {}).items():
+        for binding in bindings or []:
+            address = str((binding or {}).get("HostIp") or "")
+            port = str((binding or {}).get("HostPort") or "")
+            if address not in ("", "127.0.0.1", "::1"):
+                return denied(
+                    f"-p {address}:{port}:{container_port} would open the port on {address}; ports are published "
+                    "on the host's loopback only (-p 127.0.0.1:PORT:PORT), reach them through an SSH tunnel."
+                )
+            low = port.split("-", 1)[0]
+            if low and (not low.isdigit() or int(low) < 1024):
+                return denied(
+                    f"host port {port} is a privileged port (below 1024) or not a number; publish on a port from "
+                    "1024 up, or leave it empty for a free one."
+                )
+    return None
+
+
+def archive_with_host_paths(name: str) -> Refusal:
+    """``docker cp`` with a container that mounts host directories: dockerd reads and writes those
+    files as root, past the permissions that bind the user on the host (and a path in the container
+    can reach them through symlinks the user made there)."""
+    shown = name.lstrip("/")
+    return denied(
+        f"docker cp with container '{shown}' is not available because it mounts directories of the host, which "
+        "the Docker daemon would read and write as root. Copy to or from those directories on the host directly, "
+        f"or stream through the container as yourself: `docker exec {shown} cat FILE > FILE`, "
+        f"`docker exec -i {shown} sh -c 'cat > FILE' < FILE`."
+    )
+
+
 def has_host_paths(host: dict) -> bool:
     """True when the container mounts a host path (a bind), which is checked at every start."""
     if any(str(spec).startswith("/") for spec in host.get("Binds") or []):
@@ -809,6 +865,9 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
         or _check_restart(host.get("RestartPolicy") or {}, has_host_paths(host))
         or _check_device_requests(host.get("DeviceRequests") or [])
     )
+    if refusal:
+        return refusal
+    refusal = _check_ports(host)
     if refusal:
         return refusal
     if str(host.get("CgroupnsMode") or "") == "host":
@@ -1060,6 +1119,21 @@ def harden(body: dict, host: dict, ctx: CreateContext) -> None:
     if not any(re.fullmatch(r"no-new-privileges([:=]true)?", o) for o in options):
         options.append("no-new-privileges")
     host["SecurityOpt"] = options
+    for bindings in (host.get("PortBindings") or {}).values():
+        for binding in bindings or []:
+            if isinstance(binding, dict) and not binding.get("HostIp"):
+                binding["HostIp"] = "127.0.0.1"  # never every interface of the host
+    if isinstance(host.get("CpuShares"), int) and host["CpuShares"] > MAX_CPU_SHARES:
+        host["CpuShares"] = MAX_CPU_SHARES  # above the default is priority over everyone else
+    if isinstance(host.get("BlkioWeight"), int) and host["BlkioWeight"] > MAX_BLKIO_WEIGHT:
+        host["BlkioWeight"] = MAX_BLKIO_WEIGHT
+    log_config = host.get("LogConfig") or {}
+    if str(log_config.get("Type") or "") in ("", "json-file", "local"):
+        options = dict(log_config.get("Config") or {})
+        options["max-size"] = _smaller_size(options.get("max-size"), LOG_MAX_SIZE)
+        files = str(options.get("max-file") or "")
+        options["max-file"] = files if files.isdigit() and 0 < int(files) <= LOG_MAX_FILES else str(LOG_MAX_FILES)
+        host["LogConfig"] = {"Type": str(log_config.get("Type") or ""), "Config": options}
     drop = [str(c) for c in host.get("CapDrop") or []]
     have = {_capability(c) for c in drop}
     if "ALL" not in have:

@@ -656,6 +656,9 @@ class _Connection:
                 raise Refused(refusal)
             framing = http.NO_BODY
             await self.check_devices_present(info)
+        if route.action == "archive" and policy.has_host_paths(info.get("HostConfig") or {}):
+            await self.drain(framing)
+            raise Refused(policy.archive_with_host_paths(str(info.get("Name") or route.ref or "")))
         if route.action in MOUNTING_ACTIONS:
             # the daemon mounts the container's host paths for these: pinned to what is checked now
             labels = (info.get("Config") or {}).get("Labels") or {}
@@ -706,6 +709,18 @@ class _Connection:
         verdict = objects.registry_verdict(domain, addresses, what)
         if verdict:
             raise Refused(policy.Refusal(*verdict))
+
+    async def drain(self, framing: http.Framing, limit: int = 64 * 1024 * 1024) -> None:
+        """Read (and drop) a refused request's body, so a client still sending it reads our answer
+        instead of a broken pipe; past ``limit`` bytes the connection is simply closed."""
+        seen = 0
+        try:
+            async for piece in http.iter_body(self.reader, framing):
+                seen += len(piece)
+                if seen > limit:
+                    break
+        except http.HttpError:
+            pass
 
     def pinned(self, plan: Optional[dict], ctx: policy.CreateContext) -> pins.Pinned:
         """The container's bind sources opened and checked now, and pinned for the daemon (pins.py)."""
@@ -804,7 +819,11 @@ class _Connection:
         if refusal:
             raise Refused(refusal)
         names = objects.network_names(body)
-        networks = {name: await self.gw.upstream.inspect_network(name) for name in names}
+        networks = {
+            name: await self.gw.upstream.inspect_network(name)
+            for name in names
+            if name not in objects.CREATE_NETWORK_MODES
+        }
         verdict = objects.network_refusal(names, networks, caller.login)
         if verdict:
             raise Refused(policy.Refusal(*verdict))
