@@ -666,7 +666,7 @@ def test_c4_grpc_is_refused_for_users(attack_gw, vid, line, headers):
     assert not _daemon_spoke_h2(data), f"{vid}: the daemon's BuildKit gRPC server answered the user: {data[:200]!r}"
     if vid in ("grpc", "v1.41-grpc"):
         text = data.decode(errors="replace")
-        assert "DOCKER_BUILDKIT=1" in text or "classic builder" in text, (
+        assert "DOCKER_BUILDKIT=0" in text and "classic builder" in text, (
             f"{vid}: the refusal does not say how to build instead: {text[:400]!r}"
         )
 
@@ -759,8 +759,10 @@ def test_c4_classic_build_still_works(attack_gw):
     assert image_id(h, tag) is not None, "a classic build through the gateway tagged nothing"
 
 
-def test_c4_buildkit_build_still_works(attack_gw):
-    """BuildKit through /session (file sync) with Debian's 20.10 CLI."""
+def test_c4_buildkit_is_refused_saying_how_to_build(attack_gw):
+    """BuildKit (/session + version=2) is refused for users: its Dockerfile travels inside the session,
+    where the gateway cannot check what it makes the daemon fetch (round-2 attack: ADD <url>), and its
+    steps run outside the user's slice. Nothing is built, and the sentence names the classic builder."""
     h = attack_gw
     tag = h.name("bk") + ":1"
     ctx = h.scratch(ATTACKER)
@@ -769,8 +771,48 @@ def test_c4_buildkit_build_still_works(attack_gw):
     os.chown(ctx / "Dockerfile", h.uid(ATTACKER), h.gid(ATTACKER))
     os.chown(ctx / "payload", h.uid(ATTACKER), h.gid(ATTACKER))
     proc = h.cli(ATTACKER, "build", "--network", "none", "-t", tag, str(ctx), env={"DOCKER_BUILDKIT": "1"}, debian=True)
-    assert proc.returncode == 0, proc.stderr
-    assert image_id(h, tag) is not None, "a BuildKit build through the gateway tagged nothing"
+    assert proc.returncode != 0
+    assert image_id(h, tag) is None, "a BuildKit build through the gateway tagged an image"
+    assert "DOCKER_BUILDKIT=0" in proc.stderr, proc.stderr
+
+
+DOCKERFILE_FETCHES = [
+    # (id, Dockerfile with {image} {port})
+    ("add-url", "FROM {image}\nADD http://127.0.0.1:{port}/token /token\n"),
+    ("add-url-json", 'FROM {image}\nADD ["http://127.0.0.1:{port}/t", "/t"]\n'),
+    ("add-url-arg", "FROM {image}\nARG U=http://127.0.0.1:{port}/t\nADD $U /t\n"),
+    ("add-url-continued", "FROM {image}\nADD \\\n  http://127.0.0.1:{port}/t \\\n  /t\n"),
+    ("add-url-escape-directive", "# escape=`\nFROM {image}\nADD `\n  http://127.0.0.1:{port}/t /t\n"),
+    ("add-url-lowercase", "from {image}\nadd http://127.0.0.1:{port}/t /t\n"),
+    ("from-loopback-registry", "FROM 127.0.0.1:{port}/x:1\n"),
+    ("from-localhost-registry", "FROM localhost:{port}/x:1\n"),
+    ("copy-from-loopback-registry", "FROM {image}\nCOPY --from=127.0.0.1:{port}/x:1 /a /a\n"),
+    ("onbuild-add-url", "FROM {image}\nONBUILD ADD http://127.0.0.1:{port}/t /t\n"),
+]
+
+
+@pytest.mark.parametrize(("vid", "text"), DOCKERFILE_FETCHES, ids=[r[0] for r in DOCKERFILE_FETCHES])
+def test_c4_a_dockerfile_never_makes_the_daemon_fetch_from_the_host(attack_gw, canary, vid, text):
+    h = attack_gw
+    tag = h.name("df") + ":1"
+    body = context_tar(text.format(image=IMAGE, port=canary.port))
+    status, _h, answer = h.raw(
+        ATTACKER, "POST", f"{API}/build?t={tag}&networkmode=none", body, headers={"Content-Type": "application/x-tar"}
+    )
+    assert canary.count() == 0, f"{vid}: the daemon connected to the loopback canary 127.0.0.1:{canary.port}"
+    assert image_id(h, tag) is None, f"{vid}: the build ran: {answer[-300:]!r}"
+    assert status == 403 and b"line" in answer, (status, answer[:300])
+
+
+def test_c4_commit_changes_cannot_plant_an_onbuild_fetch(attack_gw, canary):
+    h = attack_gw
+    box = own_container(h)
+    tag = h.name("cm") + ":1"
+    repo, _sep, ver = tag.partition(":")
+    change = quote(f"ONBUILD ADD http://127.0.0.1:{canary.port}/t /t")
+    status, _h, answer = h.api(ATTACKER, "POST", f"/commit?container={box}&repo={repo}&tag={ver}&changes={change}", b"")
+    assert image_id(h, tag) is None, (status, answer[:300])
+    assert canary.count() == 0
 
 
 # ---------------------------------------------------------------------------------------------

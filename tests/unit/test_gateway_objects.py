@@ -278,10 +278,16 @@ CLI_BUILD = (
     ("buildargs", "{}"),
     ("labels", "null"),
     ("cachefrom", "null"),
-    ("session", "abc"),
-    ("remote", "client-session"),
-    ("version", "2"),
+    ("version", "1"),
 )
+# What DOCKER_BUILDKIT=1 docker build adds: BuildKit is refused for users (objects.GRPC_SENTENCE)
+BUILDKIT = (("session", "abc"), ("remote", "client-session"), ("version", "2"))
+
+
+@pytest.mark.parametrize("extra", BUILDKIT, ids=[k for k, _v in BUILDKIT])
+def test_buildkit_builds_are_refused_saying_how_to_build(extra):
+    verdict, _query, _tags = objects.check_build((*CLI_BUILD[:-1], extra), "s")
+    assert verdict and "DOCKER_BUILDKIT=0" in verdict[1]
 
 
 def test_build_as_the_cli_sends_it_is_allowed_with_the_slice_forced():
@@ -339,7 +345,7 @@ def test_form_bodies_are_recognised():
     ("method", "target", "kind", "ref"),
     [
         ("POST", "/v1.41/grpc", "grpc", None),
-        ("POST", "/session", "open", None),
+        ("POST", "/session", "grpc", None),  # BuildKit sessions are refused for users
         ("POST", "/images/create?fromImage=x", "images.create", None),
         ("POST", "/images/load", "images.load", None),
         ("POST", "/images/alice/app:1/tag?repo=y", "images.tag", "alice/app:1"),

@@ -68,9 +68,10 @@ def form_content_type(value: Optional[str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 GRPC_SENTENCE = (
-    "/grpc is BuildKit's full control API (what `docker buildx` speaks) and is not available to users; "
-    "build with `DOCKER_BUILDKIT=1 docker build --network none ...` (it goes through /build and /session) "
-    "or with the classic builder (`DOCKER_BUILDKIT=0 docker build ...`)."
+    "BuildKit (/grpc, /session, builds with version=2) is not available to users: its Dockerfile travels inside "
+    "the BuildKit session, where the ds01 gateway cannot check what it makes the daemon fetch, and its steps run "
+    "outside your resource slice. Build with the classic builder: `DOCKER_BUILDKIT=0 docker build --network none "
+    "-t NAME .` (with the Debian docker CLI, or `docker builder build` on a CLI without buildx)."
 )
 
 # Every parameter dockerd 20.10 reads in newImageBuildOptions, and what its value may be.
@@ -161,6 +162,12 @@ def check_build(query: tuple, slice_name: str) -> tuple:
         if key in seen and key not in _REPEATABLE:
             return _denied(f"the build parameter '{key}' is given twice; give it once."), query, []
         seen.add(key)
+        if (key == "version" and value == "2") or (key == "session" and value) or (key == "remote" and value):
+            return (
+                _denied(GRPC_SENTENCE) if key != "remote" or value == CLIENT_SESSION else _build_value(key, value),
+                query,
+                [],
+            )
         verdict = _build_value(key, value)
         if verdict:
             return verdict, query, []
@@ -755,6 +762,7 @@ class ArchiveRewriter:
                 take = min(self._data_left, len(self._buf))
                 if not take:
                     return
+                self._on_data(bytes(self._buf[:take]))
                 self._out += self._buf[:take]
                 del self._buf[:take]
                 self._data_left -= take
@@ -891,8 +899,62 @@ class ArchiveRewriter:
         self._out += self._pending + _seal(header)
         self._pending = bytearray()
         self._data_left = -(-size // BLOCK) * BLOCK
+        self._on_entry(key, kind, size)
+
+    # -- hooks (BuildContextReader) ----------------------------------------------------------
+    def _on_entry(self, key: str, kind: bytes, size: int) -> None:
+        """An entry's header was read; its data (padded) follows."""
+
+    def _on_data(self, data: bytes) -> None:
+        """A piece of the current entry's data (with its padding) passed through."""
 
     def _own(self, header: bytearray) -> None:
         header[108:116] = _octal(self.uid, 8)
         header[116:124] = _octal(self.gid, 8)
         header[265:329] = bytes(64)
+
+
+class BuildContextReader(ArchiveRewriter):
+    """A build context (tar) as it is spooled: rewritten like a ``docker cp`` archive, and the
+    Dockerfile the classic builder will read kept aside for ``dockerfile.check``."""
+
+    MAX_DOCKERFILE = 1024 * 1024
+
+    def __init__(self, uid: int, gid: int, dockerfile: str = "") -> None:
+        super().__init__(uid, gid)
+        names = {"Dockerfile", "dockerfile"}  # dockerd falls back to the lower-case name
+        wanted = _entry_key((dockerfile or "Dockerfile").encode())
+        if wanted:
+            names.add(wanted)
+        self.names = names
+        self.dockerfiles: dict = {}  # key -> text (the last entry of a name wins, as on extraction)
+        self._capture: Optional[bytearray] = None
+        self._capture_key = ""
+        self._capture_size = 0
+
+    def _on_entry(self, key: str, kind: bytes, size: int) -> None:
+        self._finish_capture()
+        if key not in self.names:
+            return
+        if kind not in (b"0", b"\x00", b"7"):
+            raise BodyRefused(
+                _denied(f"the build context's {key} is not a regular file (a link?); send the Dockerfile itself.")
+            )
+        if size > self.MAX_DOCKERFILE:
+            raise BodyRefused(_denied(f"the build context's {key} is larger than 1 MiB; a Dockerfile is smaller."))
+        self._capture, self._capture_key, self._capture_size = bytearray(), key, size
+        if size == 0:
+            self._finish_capture()
+
+    def _on_data(self, data: bytes) -> None:
+        if self._capture is None:
+            return
+        self._capture += data
+        if len(self._capture) >= self._capture_size:
+            self._finish_capture()
+
+    def _finish_capture(self) -> None:
+        if self._capture is not None:
+            text = bytes(self._capture[: self._capture_size]).decode("utf-8", "replace")
+            self.dockerfiles[self._capture_key] = text
+            self._capture = None

@@ -225,9 +225,9 @@ def classify(method: str, target: str) -> Route:
         if len(parts) == 1 and method == "POST":
             return route("build")
         return route("open")  # /build/cancel
-    if first == "grpc" and len(parts) == 1:
-        return route("grpc")  # BuildKit's control API: refused for users (objects.GRPC_SENTENCE)
-    if first in ("session", "auth") and len(parts) == 1:
+    if first in ("grpc", "session") and len(parts) == 1:
+        return route("grpc")  # BuildKit's control API and sessions: refused for users (objects.GRPC_SENTENCE)
+    if first == "auth" and len(parts) == 1:
         return route("open")
     if first == "images":
         # dockerd's router matches the decoded path and image names contain "/": decode first.

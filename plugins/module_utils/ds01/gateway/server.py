@@ -27,6 +27,7 @@ import pwd
 import signal
 import socket
 import stat
+import tempfile
 import time
 import uuid
 from typing import Any, Callable, Optional
@@ -35,15 +36,17 @@ from urllib.parse import quote, unquote
 from .. import config as config_mod
 from .. import refusals
 from . import admission as admission_mod
-from . import canonical, claims, http, listener, objects, peer, pins, policy, schema
+from . import canonical, claims, dockerfile, http, listener, objects, peer, pins, policy, schema
 from . import stats as stats_mod
 from .upstream import Upstream, UpstreamError, gather_more
 
 log = logging.getLogger(__name__)
 
-HIJACK_ACTIONS = ("attach", "start")
+HIJACK_ACTIONS = ("attach", "start")  # container attach, exec start
 # Container actions for which dockerd mounts the container's host paths.
-MOUNTING_ACTIONS = ("start", "restart", "archive")  # container attach, exec start
+MOUNTING_ACTIONS = ("start", "restart", "archive")
+# A classic build's context is spooled to disk, and its Dockerfile checked, before the daemon sees it.
+MAX_BUILD_CONTEXT = 8 << 30
 SPLICE_GRACE_S = 5.0
 MAX_CONNECTIONS_PER_UID = 256  # open connections one non-root uid may hold (the unit's LimitNOFILE is 65536)
 HIJACK_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
@@ -552,9 +555,65 @@ class _Connection:
         if objects.form_content_type(head.get("Content-Type")):
             head.set("Content-Type", "application/octet-stream")  # dockerd would read a form body as query
         try:
+            changes = [v for k, v in query if k == "changes"]
+            if changes:
+                try:
+                    dockerfile.check_changes(changes, "--change")
+                except dockerfile.DockerfileRefused as exc:
+                    await self.drain(framing)
+                    raise Refused(policy.denied(exc.sentence)) from None
+            if route.kind == "build":
+                with await self.spool_context(framing, dict(query)) as spooled:
+                    return await self.forward(head, framing, route=route, upload=spooled)
             return await self.forward(head, framing, route=route, body=body)
         finally:
             claims.release(self.gw, refs)
+
+    async def spool_context(self, framing: http.Framing, query: dict) -> Any:
+        """A classic build's context, read whole into a temp file (rewritten like a docker cp archive)
+        and its Dockerfile checked (dockerfile.py), before anything reaches the daemon."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        reader = objects.BuildContextReader(caller.uid, pwd.getpwuid(caller.uid).pw_gid, query.get("dockerfile", ""))
+        spool_dir = os.path.join(self.gw.state_dir(), "gateway", "spool")
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+        spooled = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - the caller's `with` closes it
+        size = 0
+        try:
+            async for piece in http.iter_body(self.reader, framing):
+                size += len(piece)
+                if size > MAX_BUILD_CONTEXT:
+                    await self.drain(framing)
+                    raise Refused(
+                        policy.denied(
+                            f"the build context is larger than {MAX_BUILD_CONTEXT >> 30} GiB; leave large files out "
+                            "with a .dockerignore."
+                        )
+                    )
+                spooled.write(reader.feed(piece))
+            try:
+                spooled.write(reader.end())
+            except objects.BodyRefused as exc:
+                raise Refused(policy.Refusal(*exc.verdict)) from None
+            build_args = {}
+            try:
+                parsed = json.loads(query.get("buildargs") or "{}")
+                build_args = (
+                    {str(k): str(v) for k, v in parsed.items() if v is not None} if isinstance(parsed, dict) else {}
+                )
+            except ValueError:
+                pass
+            for name, text in reader.dockerfiles.items():
+                try:
+                    dockerfile.check(text, build_args, name)
+                except dockerfile.DockerfileRefused as exc:
+                    raise Refused(policy.denied(exc.sentence)) from None
+            spooled.seek(0)
+            return spooled
+        except BaseException:
+            spooled.close()
+            raise
 
     def limits(self) -> config_mod.Limits:
         if self.caller is None:  # identity is established before any request is handled
@@ -990,12 +1049,27 @@ class _Connection:
         rewrite: Optional[Callable[[Any], Any]] = None,
         capture: bool = False,
         body_filter: Optional[Callable[[Optional[bytes]], bytes]] = None,
+        upload: Optional[Any] = None,
     ) -> Any:
-        """Send the request upstream and the answer back. Returns keep-alive (and status, id if capture)."""
+        """Send the request upstream and the answer back. Returns keep-alive (and status, id if capture).
+
+        ``upload``: a spooled body (a file object at its start) sent instead of the client's."""
         up_reader, up_writer = await self.upstream_connection()
         head.remove("Content-Length", "Transfer-Encoding", "Expect")
         payload: Optional[bytes] = None
-        if body is not None:
+        if upload is not None:
+            size = os.fstat(upload.fileno()).st_size
+            head.headers.append(("Content-Length", str(size)))
+            up_writer.write(head.serialize_request())
+            while True:
+                piece = upload.read(http.PIECE)
+                if not piece:
+                    break
+                up_writer.write(piece)
+                await up_writer.drain()
+            head = _Sent(head)  # the head went out with the body; below only the answer is read
+            framing = http.NO_BODY
+        elif body is not None:
             payload = canonical.encode(body)
             head.set("Content-Type", "application/json")
             head.headers.append(("Content-Length", str(len(payload))))
@@ -1004,7 +1078,10 @@ class _Connection:
         elif framing.kind == "chunked":
             head.headers.append(("Transfer-Encoding", "chunked"))
         client_close = "close" in head.connection_tokens() or head.start[2] == "HTTP/1.0"
-        up_writer.write(head.serialize_request())
+        if not isinstance(head, _Sent):
+            up_writer.write(head.serialize_request())
+        else:
+            head = head.head
         sender: Optional[asyncio.Task] = None
         if payload is not None:
             up_writer.write(payload)
@@ -1156,6 +1233,20 @@ class _Connection:
             pass
         self.up_writer = None
         up_writer.close()
+
+
+class _Sent:
+    """A request head already written upstream (with a spooled body)."""
+
+    def __init__(self, head: http.Head) -> None:
+        self.head = head
+
+    def connection_tokens(self) -> set:
+        return self.head.connection_tokens()
+
+    @property
+    def start(self) -> Any:
+        return self.head.start
 
 
 def run(

@@ -1,0 +1,184 @@
+"""What a Dockerfile makes the daemon fetch, checked before the classic builder runs it.
+
+The classic builder (``POST /build`` with the context as a tar body) runs as root in dockerd, on
+the host: ``ADD <url>`` downloads from wherever the URL points (other users' notebooks on the
+host's loopback), and ``FROM``/``COPY --from`` pull from whichever registry the image name names.
+So for users the gateway reads the Dockerfile out of the context as it streams past
+(``BuildContextFilter``) and refuses, with a sentence naming the line:
+
+- ``ADD`` with a URL, a git address or a variable in a source (a variable could hold a URL);
+- ``FROM`` / ``COPY --from`` / ``RUN --mount=from=`` images on a registry that is this host or
+  a private address (an IP literal or ``localhost``; names are left to the daemon's resolver);
+- the same inside ``ONBUILD``, and in ``docker commit``/``docker import --change`` lines.
+
+BuildKit builds are refused for users altogether (objects.py): their Dockerfile travels inside the
+BuildKit session, where the gateway cannot read it, and their steps run outside the user's slice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Optional
+
+_DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S+)\s*")
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:[:][-+?][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+class DockerfileRefused(Exception):
+    def __init__(self, sentence: str) -> None:
+        super().__init__(sentence)
+        self.sentence = sentence
+
+
+def instructions(text: str) -> list:
+    """(line number, INSTRUCTION, rest) for every instruction, continuation lines joined."""
+    lines = text.splitlines()
+    escape = "\\"
+    for line in lines[:20]:  # parser directives come first, before any instruction or comment
+        match = _DIRECTIVE.fullmatch(line.strip())
+        if not match:
+            break
+        if match.group(1).lower() == "escape" and match.group(2) in ("\\", "`"):
+            escape = match.group(2)
+    out: list = []
+    buffer, start = "", 0
+    for number, raw in enumerate(lines, 1):
+        stripped = raw.strip()
+        if not buffer and (not stripped or stripped.startswith("#")):
+            continue
+        if buffer and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction is dropped by the parser
+        if not buffer:
+            start = number
+        if stripped.endswith(escape):
+            buffer += stripped[: -len(escape)] + " "
+            continue
+        buffer += stripped
+        word, _sep, rest = buffer.strip().partition(" ")
+        out.append((start, word.upper(), rest.strip()))
+        buffer = ""
+    if buffer.strip():
+        word, _sep, rest = buffer.strip().partition(" ")
+        out.append((start, word.upper(), rest.strip()))
+    return out
+
+
+def _words(rest: str) -> list:
+    """The arguments of an instruction: its JSON form or its words."""
+    text = rest.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+            if isinstance(value, list):
+                return [str(v) for v in value]
+        except ValueError:
+            pass
+    return text.split()
+
+
+def _flags(words: list) -> tuple:
+    flags = [w for w in words if w.startswith("--")]
+    return flags, [w for w in words if not w.startswith("--")]
+
+
+def private_registry(reference: str) -> Optional[str]:
+    """The registry part of an image reference when it is this host or a private address."""
+    slash = reference.find("/")
+    head = reference[:slash] if slash > 0 else ""
+    if not head or not (any(c in head for c in ".:") or head == "localhost"):
+        return None
+    host = head[1:].split("]", 1)[0] if head.startswith("[") else head.rsplit(":", 1)[0]
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return head
+    try:
+        return None if ipaddress.ip_address(host).is_global else head
+    except ValueError:
+        return None  # a name: the daemon resolves it (the gateway refuses pulls from private ones)
+
+
+def _expand(value: str, args: dict) -> Optional[str]:
+    """``$X``/``${X}`` from the known ARG values; None when one is unknown."""
+    unknown = []
+
+    def one(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in args:
+            unknown.append(name)
+            return ""
+        return args[name]
+
+    out = _VARIABLE.sub(one, value)
+    return None if unknown else out
+
+
+def check(text: str, build_args: Optional[dict] = None, where: str = "Dockerfile") -> None:
+    """Raise DockerfileRefused for the first instruction that would make the daemon fetch from the
+    host or a private network."""
+    args = dict(build_args or {})
+    stages: set = set()
+    for number, word, rest in instructions(text):
+        _check_one(number, word, rest, args, stages, where)
+
+
+def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where: str) -> None:
+    at = f"{where} line {number}"
+    if word == "ONBUILD":
+        inner, _sep, inner_rest = rest.partition(" ")
+        _check_one(number, inner.upper(), inner_rest.strip(), args, stages, f"{where} (ONBUILD)")
+        return
+    if word == "ARG":
+        for item in _words(rest):
+            name, sep, default = item.partition("=")
+            if name not in args and sep:
+                args[name] = default.strip("\"'")
+        return
+    if word == "FROM":
+        words = _flags(_words(rest))[1]
+        if words:
+            _check_image(words[0], args, at, "FROM")
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stages.add(words[2].lower())
+        stages.add(str(len(stages)))
+        return
+    if word in ("COPY", "RUN"):
+        for flag in _flags(_words(rest))[0]:
+            name, _sep, value = flag[2:].partition("=")
+            if word == "COPY" and name == "from" and value.lower() not in stages:
+                _check_image(value, args, at, "COPY --from")
+            if word == "RUN" and name == "mount":
+                for part in value.split(","):
+                    key, _sep2, ref = part.partition("=")
+                    if key == "from" and ref.lower() not in stages:
+                        _check_image(ref, args, at, "RUN --mount from")
+        return
+    if word == "ADD":
+        words = _flags(_words(rest))[1]
+        for source in words[:-1]:
+            if "://" in source or source.startswith("git@") or "$" in source:
+                raise DockerfileRefused(
+                    f"{at}: ADD {source} makes the Docker daemon fetch it as root from the host, where other "
+                    "users' services listen, and is not available to users; download the file yourself, put it "
+                    "in the build context and COPY it."
+                )
+
+
+def _check_image(reference: str, args: dict, at: str, what: str) -> None:
+    expanded = _expand(reference, args) if "$" in reference else reference
+    if expanded is None:
+        raise DockerfileRefused(
+            f"{at}: {what} {reference} uses a build argument without a default; give the ARG a default or pass "
+            "--build-arg, so the image it names can be checked."
+        )
+    registry = private_registry(expanded)
+    if registry:
+        raise DockerfileRefused(
+            f"{at}: {what} {expanded} would make the Docker daemon pull from {registry}, which is this host or a "
+            "private address; use an image from a public registry or one already on this server."
+        )
+
+
+def check_changes(changes: list, what: str) -> None:
+    """``docker commit --change`` / ``docker import --change`` lines are Dockerfile instructions too."""
+    check("\n".join(changes), where=what)
