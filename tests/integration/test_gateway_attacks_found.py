@@ -13,7 +13,11 @@ import io
 import json
 import os
 import secrets
+import socket
 import tarfile
+import threading
+import time
+from typing import Optional
 
 import pytest
 from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS
@@ -247,3 +251,189 @@ def test_r2_shares_and_log_files_are_bounded(attack_gw):
     host = stored["HostConfig"]
     assert host["CpuShares"] <= 1024 and host["BlkioWeight"] <= 500
     assert host["LogConfig"]["Config"] == {"max-size": "100m", "max-file": "5"}
+
+
+# -- round 3 -------------------------------------------------------------------------------------
+
+
+class _Canary:
+    """A TCP listener on the host's loopback that counts connections (the daemon must make none)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                continue
+            self.hits += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def canary():
+    c = _Canary()
+    yield c
+    c.close()
+
+
+def _context(files: dict, links: Optional[dict] = None, compress: str = "") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w" + (f":{compress}" if compress else "")) as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return out.getvalue()
+
+
+ROUND3_BUILDS = [
+    ("gzip", {"Dockerfile": "FROM {image}\nADD http://127.0.0.1:{port}/t /t\n"}, {}, "gz", ""),
+    ("bzip2", {"Dockerfile": "FROM {image}\nADD http://127.0.0.1:{port}/t /t\n"}, {}, "bz2", ""),
+    ("tab", {"Dockerfile": "FROM {image}\nADD\thttp://127.0.0.1:{port}/t /t\n"}, {}, "", ""),
+    ("vertical-tab", {"Dockerfile": "FROM {image}\nADD\x0bhttp://127.0.0.1:{port}/t /t\n"}, {}, "", ""),
+    ("split-keyword", {"Dockerfile": "FROM {image}\nAD\\\nD http://127.0.0.1:{port}/t /t\n"}, {}, "", ""),
+    ("from-tab", {"Dockerfile": "FROM\t127.0.0.1:{port}/x/y\n"}, {}, "", ""),
+    (
+        "symlinked-dir",
+        {"real/Dockerfile": "FROM {image}\nADD http://127.0.0.1:{port}/t /t\n"},
+        {"sub": "real"},
+        "",
+        "sub/Dockerfile",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("vid", "files", "links", "compress", "dockerfile"), ROUND3_BUILDS, ids=[r[0] for r in ROUND3_BUILDS]
+)
+def test_r3_no_build_context_makes_the_daemon_fetch_from_loopback(
+    attack_gw, canary, vid, files, links, compress, dockerfile
+):
+    h = attack_gw
+    tag = f"{h.name('r3b')}:1"
+    body = _context({k: v.format(image=IMAGE, port=canary.port) for k, v in files.items()}, links, compress)
+    query = f"t={tag}&networkmode=none" + (f"&dockerfile={dockerfile}" if dockerfile else "")
+    status, _h, answer = h.api(ATTACKER, "POST", f"/build?{query}", body, headers={"Content-Type": "application/x-tar"})
+    assert canary.hits == 0, f"{vid}: the daemon connected to the loopback canary"
+    assert h.client.images.list(name=tag.split(":", maxsplit=1)[0]) == [], f"{vid}: the build ran: {answer[-300:]!r}"
+    assert status == 403, (status, answer[:300])
+
+
+def test_r3_connect_cannot_name_another_users_network_in_the_endpoint(attack_gw):
+    h = attack_gw
+    theirs, mine = h.name("r3v"), h.name("r3m")
+    assert h.cli("atk2", "network", "create", "--internal", theirs).returncode == 0
+    assert h.cli(ATTACKER, "network", "create", "--internal", mine).returncode == 0
+    box = h.name("r3c")
+    made = h.cli(ATTACKER, "create", "--name", box, "--network", mine, IMAGE, "sleep", "60")
+    assert made.returncode == 0, made.stderr
+    victim_id = h.network(theirs)["Id"]
+    body = {"Container": box, "EndpointConfig": {"NetworkID": victim_id, "Aliases": ["db"]}}
+    status, _h, answer = h.api(ATTACKER, "POST", f"/networks/{mine}/connect", body)
+    assert not h.network(theirs)["Containers"], (status, answer)
+    assert victim_id not in json.dumps(h.stored(box)["NetworkSettings"]["Networks"])
+
+
+def test_r3_a_network_name_cannot_be_taken_twice(attack_gw):
+    h = attack_gw
+    theirs = h.name("r3d")
+    assert h.cli("atk2", "network", "create", "--internal", theirs).returncode == 0
+    status, _h, answer = h.api(ATTACKER, "POST", "/networks/create", {"Name": theirs, "CheckDuplicate": False})
+    same = [n for n in h.client.networks.list(names=[theirs]) if n.name == theirs]
+    assert len(same) == 1, (status, answer)
+    assert h.cli("atk2", "network", "inspect", theirs).returncode == 0
+
+
+def test_r3_docker_cp_is_refused_through_volumes_from_a_container_with_host_directories(attack_gw):
+    h = attack_gw
+    work = h.scratch(ATTACKER)
+    first, second = h.name("r3p"), h.name("r3q")
+    assert (
+        h.cli(ATTACKER, "create", "--network", "none", "--name", first, "-v", f"{work}:/w", IMAGE, "true").returncode
+        == 0
+    )
+    made = h.cli(ATTACKER, "create", "--network", "none", "--name", second, "--volumes-from", first, IMAGE, "true")
+    assert made.returncode == 0, made.stderr
+    status, _h, _b = h.api(
+        ATTACKER,
+        "PUT",
+        f"/containers/{second}/archive?path=/w",
+        _tar({"dropped.txt": "x"}),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert status == 403
+    pins_root = h.root / "run" / "gateway" / "pins"
+    dropped = list(pins_root.rglob("dropped.txt")) if pins_root.exists() else []
+    assert not dropped and not (work / "dropped.txt").exists()
+
+
+def test_r3_volumes_from_mounts_the_checked_directory(attack_gw):
+    """A container with --volumes-from one that mounts a host directory gets that directory (pinned)."""
+    h = attack_gw
+    work = h.scratch(ATTACKER)
+    (work / "data.txt").write_text("data")
+    first, second = h.name("r3p"), h.name("r3q")
+    assert (
+        h.cli(ATTACKER, "create", "--network", "none", "--name", first, "-v", f"{work}:/w", IMAGE, "true").returncode
+        == 0
+    )
+    made = h.cli(ATTACKER, "create", "--network", "none", "--name", second, "--volumes-from", first, IMAGE, "ls", "/w")
+    assert made.returncode == 0, made.stderr
+    ran = h.cli(ATTACKER, "start", "-a", second)
+    assert "data.txt" in ran.stdout, ran.stderr
+
+
+def test_r3_builds_run_one_at_a_time_per_user(attack_gw):
+    h = attack_gw
+    slow = _context({"Dockerfile": f"FROM {IMAGE}\nRUN sleep 4\n"})
+    results: list = []
+
+    def build(tag: str) -> None:
+        results.append(
+            h.api(
+                ATTACKER,
+                "POST",
+                f"/build?t={tag}&networkmode=none&nocache=1",
+                slow,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=120,
+            )
+        )
+
+    first = threading.Thread(target=build, args=(f"{h.name('r3s')}:1",))
+    first.start()
+    for _attempt in range(300):  # until the first build's RUN step is running (its lock is held then)
+        if any("sleep 4" in str(c.attrs.get("Config", {}).get("Cmd")) for c in h.client.containers.list()):
+            break
+        time.sleep(0.1)
+    second = h.api(
+        ATTACKER,
+        "POST",
+        f"/build?t={h.name('r3s')}:2&networkmode=none",
+        slow,
+        headers={"Content-Type": "application/x-tar"},
+    )
+    first.join(120)
+    assert second[0] == 403 and b"already running" in second[2], second[:2]
+    assert results and results[0][0] == 200, results

@@ -110,8 +110,9 @@ def test_a_swapped_bind_source_is_never_mounted(attack_gw, tmp_path):
         flipper.wait()
     leaked = [text for text in seen if token in text]
     assert not leaked, f"the container read the root-only file through a swapped bind source: {leaked[:2]}"
-    # the flipper really ran: the attacker's own file was seen through the pin at least once
-    assert any("mine" in text for text in seen), seen[:5]
+    # the race really ran: rounds saw the attacker's own directory (mounted through the pin) or were
+    # refused because the source was a symlink at that moment; never anything else
+    assert any("mine" in text or "symbolic link" in text for text in seen), seen[:5]
     stored = h.stored(name)
     binds = stored["HostConfig"]["Binds"]
     assert binds and "/gateway/pins/" in binds[0], binds  # the daemon holds a pin, never the user's path

@@ -30,6 +30,14 @@ REFUSED = [
     ("ARG REG\nFROM $REG/x\n", "build argument"),
     ("FROM x\nONBUILD ADD http://127.0.0.1/x /x\n", "ONBUILD"),
     ("from x\nadd http://127.0.0.1/x /x\n", "ADD"),
+    # round-3 attack: spellings moby's parser accepts
+    ("FROM x\nADD\thttp://127.0.0.1/x /x\n", "ADD"),
+    ("FROM x\nADD\x0bhttp://127.0.0.1/x /x\n", "ADD"),
+    ("FROM x\nADD\x0chttp://127.0.0.1/x /x\n", "ADD"),
+    ("FROM x\nAD\\\nD http://127.0.0.1/x /x\n", "ADD"),
+    ("# escape=`\nFROM x\nAD`\nD http://127.0.0.1/x /x\n", "ADD"),
+    ("FROM x\nADD \\  \n# comment inside\n\n  http://127.0.0.1/x /x\n", "ADD"),
+    ("FROM\t127.0.0.1:5000/x/y\n", "127.0.0.1:5000"),
 ]
 
 
@@ -56,3 +64,59 @@ def test_commit_and_import_changes_are_dockerfile_lines():
     dockerfile.check_changes(["ENV A=1", "CMD sh"], "--change")
     with pytest.raises(dockerfile.DockerfileRefused, match="ONBUILD"):
         dockerfile.check_changes(["ONBUILD ADD http://127.0.0.1/x /x"], "--change")
+
+
+def _context(*entries) -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, data, link in entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return out.getvalue()
+
+
+def _read(body: bytes, dockerfile_param: str = ""):
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import objects
+
+    reader = objects.BuildContextReader(1000, 1000, dockerfile_param)
+    reader.feed(body)
+    reader.end()
+    return reader
+
+
+def test_the_build_context_reader_finds_the_dockerfile():
+    import tarfile
+
+    reader = _read(_context(("Dockerfile", tarfile.REGTYPE, b"FROM x\n", ""), ("a", tarfile.REGTYPE, b"a", "")))
+    assert reader.dockerfiles == {"Dockerfile": "FROM x\n"}
+    reader = _read(_context(("sub/Build", tarfile.REGTYPE, b"FROM y\n", "")), "./sub/Build")
+    assert reader.dockerfiles == {"sub/Build": "FROM y\n"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "phrase"),
+    [
+        (b"\x1f\x8b\x08\x00" + bytes(100), "", "gzip"),
+        (b"BZh91AY&SY" + bytes(100), "", "bzip2"),
+        (b"x" * 100, "", "tar"),  # shorter than a header: not a tar the gateway could read
+        ("symlinked-dir", "sub/Dockerfile", "link"),
+        ("symlinked-file", "", "not a regular file"),
+    ],
+)
+def test_contexts_the_gateway_cannot_read_are_refused(body, param, phrase):
+    import tarfile
+
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import objects
+
+    if body == "symlinked-dir":
+        body = _context(("real/Dockerfile", tarfile.REGTYPE, b"FROM x\n", ""), ("sub", tarfile.SYMTYPE, b"", "real"))
+    elif body == "symlinked-file":
+        body = _context(("real", tarfile.REGTYPE, b"FROM x\n", ""), ("Dockerfile", tarfile.SYMTYPE, b"", "real"))
+    with pytest.raises(objects.BodyRefused) as caught:
+        _read(body, param)
+    assert phrase in caught.value.verdict[1]

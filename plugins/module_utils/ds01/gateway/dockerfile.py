@@ -33,36 +33,45 @@ class DockerfileRefused(Exception):
 
 
 def instructions(text: str) -> list:
-    """(line number, INSTRUCTION, rest) for every instruction, continuation lines joined."""
-    lines = text.splitlines()
+    """(line number, INSTRUCTION, rest) for every instruction, as moby's parser joins them.
+
+    A line ending in the escape character (optionally followed by blanks) continues on the next
+    line, which is appended as it is (no separator: ``AD\\`` then ``D url`` is ``ADD url``);
+    comment and empty lines inside a continuation are skipped; the keyword is split off at any
+    whitespace (tab, vertical tab, form feed)."""
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]  # moby: \n only
     escape = "\\"
-    for line in lines[:20]:  # parser directives come first, before any instruction or comment
+    for line in lines:  # parser directives come first, before any instruction or comment
         match = _DIRECTIVE.fullmatch(line.strip())
         if not match:
             break
         if match.group(1).lower() == "escape" and match.group(2) in ("\\", "`"):
             escape = match.group(2)
+    continued = re.compile(re.escape(escape) + r"[ \t]*$")
     out: list = []
-    buffer, start = "", 0
+    buffer: Optional[str] = None
+    start = 0
     for number, raw in enumerate(lines, 1):
-        stripped = raw.strip()
-        if not buffer and (not stripped or stripped.startswith("#")):
+        if buffer is None:
+            if not raw.strip() or raw.lstrip().startswith("#"):
+                continue
+            start, buffer = number, ""
+        elif not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        if buffer and stripped.startswith("#"):
-            continue  # a comment inside a continued instruction is dropped by the parser
-        if not buffer:
-            start = number
-        if stripped.endswith(escape):
-            buffer += stripped[: -len(escape)] + " "
+        match = continued.search(raw)
+        if match:
+            buffer += raw[: match.start()]
             continue
-        buffer += stripped
-        word, _sep, rest = buffer.strip().partition(" ")
-        out.append((start, word.upper(), rest.strip()))
-        buffer = ""
-    if buffer.strip():
-        word, _sep, rest = buffer.strip().partition(" ")
-        out.append((start, word.upper(), rest.strip()))
+        out.append(_split(start, buffer + raw))
+        buffer = None
+    if buffer:
+        out.append(_split(start, buffer))
     return out
+
+
+def _split(number: int, text: str) -> tuple:
+    parts = re.split(r"\s+", text.strip(), maxsplit=1)
+    return number, parts[0].upper(), (parts[1] if len(parts) > 1 else "").strip()
 
 
 def _words(rest: str) -> list:
@@ -75,7 +84,7 @@ def _words(rest: str) -> list:
                 return [str(v) for v in value]
         except ValueError:
             pass
-    return text.split()
+    return text.split()  # any whitespace, as moby splits arguments
 
 
 def _flags(words: list) -> tuple:

@@ -198,7 +198,8 @@ def response_framing(head: Head, request_method: str) -> Framing:
         raise HttpError(502, f"the Docker daemon sent an unsupported Transfer-Encoding {', '.join(te)!r}")
     cl = head.get_all("Content-Length")
     values = {v.strip() for v in cl}
-    if cl and (len(values) != 1 or not next(iter(values)).isdigit() or not next(iter(values)).isascii()):
+    value = next(iter(values)) if len(values) == 1 else ""
+    if cl and (not value.isdigit() or not value.isascii() or len(value) > 18):  # as for requests (int64)
         raise HttpError(502, "the Docker daemon sent an invalid Content-Length")
     status = head.status
     if request_method == "HEAD" or 100 <= status < 200 or status in (204, 304):

@@ -928,12 +928,47 @@ class BuildContextReader(ArchiveRewriter):
             names.add(wanted)
         self.names = names
         self.dockerfiles: dict = {}  # key -> text (the last entry of a name wins, as on extraction)
+        self.links: set = set()  # keys of symlinks and hard links in the context
         self._capture: Optional[bytearray] = None
         self._capture_key = ""
         self._capture_size = 0
 
+    COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+    def feed(self, data: bytes) -> bytes:
+        if self._total_in == 0:
+            for magic, name in self.COMPRESSED.items():
+                if data.startswith(magic):
+                    self._refuse(
+                        _denied(
+                            f"the build context is {name}-compressed; the ds01 gateway reads the Dockerfile out of "
+                            "it, so send it as a plain tar (leave out --compress, or `tar c` instead of `tar cz`)."
+                        )
+                    )
+        return super().feed(data)
+
+    def end(self) -> bytes:
+        if self.verdict is None and (self._buf or not self._zero) and self._total_in:
+            # a partial block (a body shorter than a tar header) or no end-of-archive: not a tar the
+            # gateway could read, whatever the daemon would make of it
+            self._refuse(_denied("the build context is not a complete tar archive; send a plain tar."))
+        if self.verdict is None:
+            for key in self.names:
+                parts = key.split("/")
+                for i in range(1, len(parts) + 1):
+                    if "/".join(parts[:i]) in self.links:
+                        self._refuse(
+                            _denied(
+                                f"the Dockerfile path {key} goes through a link in the build context; name the "
+                                "Dockerfile itself."
+                            )
+                        )
+        return super().end()
+
     def _on_entry(self, key: str, kind: bytes, size: int) -> None:
         self._finish_capture()
+        if kind in (b"1", b"2"):
+            self.links.add(key)
         if key not in self.names:
             return
         if kind not in (b"0", b"\x00", b"7"):

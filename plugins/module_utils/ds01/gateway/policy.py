@@ -1256,6 +1256,9 @@ def volume_refusal_by_users(login: str, name: str, users: list) -> Optional[Refu
 def check_network_create(body: Any, ctx: CreateContext) -> tuple:
     if not isinstance(body, dict):
         return Refusal(POLICY_DENIED, "the network request body is not a JSON object", status=400), body
+    # dockerd 20.10 accepts a second network of a taken name unless CheckDuplicate is true, after
+    # which the name no longer resolves for its owner either
+    body["CheckDuplicate"] = True
     driver = str(body.get("Driver") or "bridge")
     if driver != "bridge":
         return denied(

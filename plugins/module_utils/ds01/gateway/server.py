@@ -521,6 +521,15 @@ class _Connection:
                 body = await self.read_model(framing, f"networks.{route.action}") or {}
                 info = await self.owned_container(str(body.get("Container") or ""), f"{route.action} a network")
                 body["Container"] = info["Id"]
+                endpoint = body.get("EndpointConfig") or {}
+                if endpoint.get("NetworkID") and endpoint["NetworkID"] != network["Id"]:
+                    # dockerd joins the network the endpoint names, not the one in the path
+                    raise Refused(
+                        policy.denied(
+                            "EndpointConfig.NetworkID names a different network than the one in the request; "
+                            "leave it out (the network is the one you connect to)."
+                        )
+                    )
             return await self.forward(head, framing, route=route, body=body)
         raise Refused(policy.unknown_route(route, head.method))
 
@@ -563,8 +572,18 @@ class _Connection:
                     await self.drain(framing)
                     raise Refused(policy.denied(exc.sentence)) from None
             if route.kind == "build":
-                with await self.spool_context(framing, dict(query)) as spooled:
-                    return await self.forward(head, framing, route=route, upload=spooled)
+                lock = self.gw.create_lock("build:" + caller.login)
+                if lock.locked():
+                    await self.drain(framing)
+                    raise Refused(
+                        policy.denied(
+                            "a build of yours is already running; builds run one at a time per user (each is a "
+                            "container in your slice). Wait for it to finish, then build again."
+                        )
+                    )
+                async with lock:
+                    with await self.spool_context(framing, dict(query)) as spooled:
+                        return await self.forward(head, framing, route=route, upload=spooled)
             return await self.forward(head, framing, route=route, body=body)
         finally:
             claims.release(self.gw, refs)
@@ -715,19 +734,28 @@ class _Connection:
                 raise Refused(refusal)
             framing = http.NO_BODY
             await self.check_devices_present(info)
-        if route.action == "archive" and policy.has_host_paths(info.get("HostConfig") or {}):
+        if route.action == "archive" and (
+            policy.has_host_paths(info.get("HostConfig") or {}) or (info.get("HostConfig") or {}).get("VolumesFrom")
+        ):
             await self.drain(framing)
             raise Refused(policy.archive_with_host_paths(str(info.get("Name") or route.ref or "")))
         if route.action in MOUNTING_ACTIONS:
             # the daemon mounts the container's host paths for these: pinned to what is checked now
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            plan = pins.plan_of(labels)
             ctx = self.context()
-            if plan is None:
-                refusal = policy.check_start(info, ctx)
-                if refusal:
-                    raise Refused(refusal)
-            with self.pinned(plan, ctx):
+            sources = [info]
+            for item in (info.get("HostConfig") or {}).get("VolumesFrom") or []:
+                # the daemon mounts the other container's host paths too: pinned like its own
+                other = await self.gw.upstream.inspect_container(str(item).split(":", 1)[0])
+                if other is not None:
+                    sources.append(other)
+            with contextlib.ExitStack() as stack:
+                for source in sources:
+                    plan = pins.plan_of((source.get("Config") or {}).get("Labels") or {})
+                    if plan is None:
+                        refusal = policy.check_start(source, ctx)
+                        if refusal:
+                            raise Refused(refusal)
+                    stack.enter_context(self.pinned(plan, ctx))
                 if route.action == "archive" and head.method == "PUT":
                     return await self.archive_put(head, framing, route, info["Id"])
                 return await self.forward(head, framing, route=route, body=body)
