@@ -374,6 +374,10 @@ class Harness:
         """A unique name that cleanup will find (containers, volumes, networks, image repos)."""
         return f"{self.prefix}{what}-{uuid.uuid4().hex[:6]}".lower()
 
+    def tag(self, user: str, what: str = "img", version: str = "1") -> str:
+        """An image tag ``user`` may make (users name images under ``<login>/``), cleanup finds it."""
+        return f"{user}/{self.name(what)}:{version}"
+
     @property
     def labels(self) -> dict[str, str]:
         return {self.label_key: self.label_value}
@@ -628,7 +632,7 @@ class Harness:
                     api.remove_network(net["Id"])
         for image in api.images():
             for tag in image.get("RepoTags") or []:
-                if tag.startswith(self.prefix):
+                if tag.startswith(self.prefix) or tag.partition("/")[2].startswith(self.prefix):
                     with contextlib.suppress(Exception):
                         api.remove_image(tag, force=True)
         for user in USERS:

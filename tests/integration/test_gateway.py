@@ -186,7 +186,7 @@ def gw(repo_root, docker_client):
     with contextlib.suppress(Exception):
         docker_client.images.remove(GPU_IMAGE, force=True)
     with contextlib.suppress(Exception):
-        docker_client.images.remove("gw-build:alice", force=True)
+        docker_client.images.remove("gwalice/gw-build:1", force=True)
     proc.terminate()
     proc.wait(10)
     log.close()
@@ -689,7 +689,7 @@ def test_build(gw, tmp_path):
         "--network",
         "none",
         "-t",
-        "gw-build:alice",
+        "gwalice/gw-build:1",
         str(context),
         env={"DOCKER_BUILDKIT": "0"},
         timeout=180,

@@ -154,7 +154,7 @@ def test_f6_the_classic_builder_takes_the_callers_limits(attack_gw):
     limit_files = "/sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
     (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN cat {limit_files}\n")
     os.chown(ctx / "Dockerfile", h.uid(ATTACKER), h.gid(ATTACKER))
-    tag = f"{h.name('f6')}:t"
+    tag = h.tag(ATTACKER, "f6")
     built = h.cli(
         ATTACKER,
         "build",
@@ -331,7 +331,7 @@ def test_r3_no_build_context_makes_the_daemon_fetch_from_loopback(
     attack_gw, canary, vid, files, links, compress, dockerfile
 ):
     h = attack_gw
-    tag = f"{h.name('r3b')}:1"
+    tag = h.tag(ATTACKER, "r3b")
     body = _context({k: v.format(image=IMAGE, port=canary.port) for k, v in files.items()}, links, compress)
     query = f"t={tag}&networkmode=none" + (f"&dockerfile={dockerfile}" if dockerfile else "")
     status, _h, answer = h.api(ATTACKER, "POST", f"/build?{query}", body, headers={"Content-Type": "application/x-tar"})
@@ -421,7 +421,7 @@ def test_r3_builds_run_one_at_a_time_per_user(attack_gw):
             )
         )
 
-    first = threading.Thread(target=build, args=(f"{h.name('r3s')}:1",))
+    first = threading.Thread(target=build, args=(h.tag(ATTACKER, "r3s"),))
     first.start()
     for _attempt in range(300):  # until the first build's RUN step is running (its lock is held then)
         if any("sleep 4" in str(c.attrs.get("Config", {}).get("Cmd")) for c in h.client.containers.list()):
@@ -430,7 +430,7 @@ def test_r3_builds_run_one_at_a_time_per_user(attack_gw):
     second = h.api(
         ATTACKER,
         "POST",
-        f"/build?t={h.name('r3s')}:2&networkmode=none",
+        f"/build?t={h.tag(ATTACKER, 'r3s', '2')}&networkmode=none",
         slow,
         headers={"Content-Type": "application/x-tar"},
     )

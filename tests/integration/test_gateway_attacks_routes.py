@@ -519,10 +519,10 @@ def world(attack_gw: Harness) -> World:
         "vnetc": h.name("vnetc"),
         "vvol": h.name("vvol"),
         "taken": h.name("taken"),
-        "vimg": h.name("vimg") + ":1",
+        "vimg": h.tag(VICTIM, "vimg"),
         "anet": h.name("anet"),
         "an": h.name("an"),
-        "aimg": h.name("aimg") + ":1",
+        "aimg": h.tag(ATTACKER, "aimg"),
         "pre": h.name("pre") + ":1",
     }
     w.make()
@@ -727,7 +727,7 @@ def _build_request(w: World, vid: str, query: str, how: str, port: int, tag: str
 @pytest.mark.parametrize(("vid", "query", "how", "must_not_build"), BUILD, ids=[r[0] for r in BUILD])
 def test_c4_build_parameters(fresh, canary, vid, query, how, must_not_build):
     w, h = fresh, fresh.h
-    tag = h.name("b") + ":1"
+    tag = h.tag(ATTACKER, "b")
     outputs_dir = f"/tmp/{h.prefix}out-{uuid.uuid4().hex[:6]}"
     hits_before = w.victim_hits()
     target, body, headers = _build_request(w, vid, query, how, canary.port, tag, outputs_dir)
@@ -751,7 +751,7 @@ def test_c4_build_parameters(fresh, canary, vid, query, how, must_not_build):
 
 def test_c4_classic_build_still_works(attack_gw):
     h = attack_gw
-    tag = h.name("classic") + ":1"
+    tag = h.tag(ATTACKER, "classic")
     ctx = h.scratch(ATTACKER)
     (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN echo {uuid.uuid4().hex} > /built\n")
     proc = h.cli(ATTACKER, "build", "--network", "none", "-t", tag, str(ctx), env={"DOCKER_BUILDKIT": "0"})
@@ -764,7 +764,7 @@ def test_c4_buildkit_is_refused_saying_how_to_build(attack_gw):
     where the gateway cannot check what it makes the daemon fetch (round-2 attack: ADD <url>), and its
     steps run outside the user's slice. Nothing is built, and the sentence names the classic builder."""
     h = attack_gw
-    tag = h.name("bk") + ":1"
+    tag = h.tag(ATTACKER, "bk")
     ctx = h.scratch(ATTACKER)
     (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY payload /payload\nRUN test -s /payload\n")
     (ctx / "payload").write_text(uuid.uuid4().hex)
@@ -794,7 +794,7 @@ DOCKERFILE_FETCHES = [
 @pytest.mark.parametrize(("vid", "text"), DOCKERFILE_FETCHES, ids=[r[0] for r in DOCKERFILE_FETCHES])
 def test_c4_a_dockerfile_never_makes_the_daemon_fetch_from_the_host(attack_gw, canary, vid, text):
     h = attack_gw
-    tag = h.name("df") + ":1"
+    tag = h.tag(ATTACKER, "df")
     body = context_tar(text.format(image=IMAGE, port=canary.port))
     status, _h, answer = h.raw(
         ATTACKER, "POST", f"{API}/build?t={tag}&networkmode=none", body, headers={"Content-Type": "application/x-tar"}
@@ -807,7 +807,7 @@ def test_c4_a_dockerfile_never_makes_the_daemon_fetch_from_the_host(attack_gw, c
 def test_c4_commit_changes_cannot_plant_an_onbuild_fetch(attack_gw, canary):
     h = attack_gw
     box = own_container(h)
-    tag = h.name("cm") + ":1"
+    tag = h.tag(ATTACKER, "cm")
     repo, _sep, ver = tag.partition(":")
     change = quote(f"ONBUILD ADD http://127.0.0.1:{canary.port}/t /t")
     status, _h, answer = h.api(ATTACKER, "POST", f"/commit?container={box}&repo={repo}&tag={ver}&changes={change}", b"")
@@ -835,7 +835,7 @@ IMAGES_CREATE = [
 @pytest.mark.parametrize(("vid", "query", "form"), IMAGES_CREATE, ids=[r[0] for r in IMAGES_CREATE])
 def test_c4_images_create_from_url(attack_gw, canary, vid, query, form):
     h = attack_gw
-    repo = h.name("imp")
+    repo = f"{ATTACKER}/{h.name('imp')}"
     target = f"{API}/images/create?repo={repo}&tag=1" + ("&" + query.format(port=canary.port) if query else "")
     if form is None:
         h.raw(ATTACKER, "POST", target, b"", headers={"Content-Type": None, "Content-Length": "0"}, timeout=40)
@@ -864,7 +864,7 @@ REGISTRY_REACH = [
 @pytest.mark.parametrize(("vid", "method", "target", "body"), REGISTRY_REACH, ids=[r[0] for r in REGISTRY_REACH])
 def test_c4_registry_calls_do_not_reach_loopback(attack_gw, world, canary, vid, method, target, body):
     h = attack_gw
-    repo = h.name("push")
+    repo = f"{ATTACKER}/{h.name('push')}"
     if method == "PUSH":  # the attacker's own image under a loopback registry's name: made by root
         h.client.api.tag(world.names["aimg"], f"127.0.0.1:{canary.port}/{repo}", "1")
         method = "POST"
@@ -884,7 +884,7 @@ def test_c4_registry_calls_do_not_reach_loopback(attack_gw, world, canary, vid, 
 
 def test_c4_import_from_upload_still_works(attack_gw):
     h = attack_gw
-    repo = h.name("upl")
+    repo = f"{ATTACKER}/{h.name('upl')}"
     tar = file_tar("hello", b"hello\n")
     h.raw(
         ATTACKER, "POST", f"{API}/images/create?fromSrc=-&repo={repo}&tag=1", tar, {"Content-Type": "application/tar"}
@@ -1149,7 +1149,7 @@ def test_c4_tags_of_others_are_read_only(fresh, vid, how, args):
 
 def test_c4_own_tags_work(attack_gw, world):
     h = attack_gw
-    second = h.name("aimg2") + ":2"
+    second = h.tag(ATTACKER, "aimg2", "2")
     proc = h.cli(ATTACKER, "tag", world.names["aimg"], second)
     assert proc.returncode == 0, proc.stderr
     assert image_id(h, second) == world.ids["aimg"], "the attacker could not tag their own image"

@@ -120,7 +120,7 @@ def _image_id(h, ref: str):
 
 def test_tags_belong_to_their_maker(attack_gw):
     h = attack_gw
-    victim_tag = f"{h.name('vtag')}:1"
+    victim_tag = h.tag(VICTIM, "vtag")
     made = h.cli(VICTIM, "tag", IMAGE, victim_tag)
     assert made.returncode == 0, made.stderr
     victims = _image_id(h, victim_tag)
@@ -146,16 +146,23 @@ def test_tags_belong_to_their_maker(attack_gw):
     assert h.cli(ATTACKER, "tag", EMPTY_IMAGE, IMAGE).returncode != 0
     assert _image_id(h, IMAGE) == victims
 
-    # the attacker's own tag: made, moved and removed by the attacker; then free for others
-    own = f"{h.name('atag')}:2"
+    # the attacker's own tag: made, moved and removed by the attacker; never made by anyone else
+    own = h.tag(ATTACKER, "atag", "2")
     assert h.cli(ATTACKER, "tag", IMAGE, own).returncode == 0
     assert h.cli(ATTACKER, "tag", EMPTY_IMAGE, own).returncode == 0
     assert _image_id(h, own) == _image_id(h, EMPTY_IMAGE)
     assert h.cli(VICTIM, "tag", IMAGE, own).returncode != 0
     assert h.cli(ATTACKER, "rmi", own).returncode == 0
     assert _image_id(h, own) is None
-    assert h.cli(VICTIM, "tag", IMAGE, own).returncode == 0
-    assert h.cli(VICTIM, "rmi", own, victim_tag).returncode == 0
+    squat = h.cli(VICTIM, "tag", IMAGE, own)  # the name stays in the attacker's namespace
+    assert squat.returncode != 0 and "under your own name" in squat.stderr
+    assert _image_id(h, own) is None
+    # names outside one's own namespace are never made, so nobody can plant an image for others
+    for shared in ("ubuntu:22.04", f"{VICTIM}/app:2", "local/debian-min:trixie"):
+        planted = h.cli(ATTACKER, "tag", IMAGE, shared)
+        assert planted.returncode != 0, shared
+        assert _image_id(h, shared) is None, shared
+    assert h.cli(VICTIM, "rmi", victim_tag).returncode == 0
     assert _image_id(h, victim_tag) is None
 
 
@@ -202,12 +209,12 @@ def test_classic_build_tags_are_claimed(attack_gw):
     h = attack_gw
     context = h.scratch(VICTIM)
     (context / "Dockerfile").write_text(f"FROM {EMPTY_IMAGE}\nLABEL who={uuid.uuid4().hex}\n")
-    tag = f"{h.name('built')}:1"
+    tag = h.tag(VICTIM, "built")
     built = h.cli(VICTIM, "build", "--network", "none", "-t", tag, str(context), env={"DOCKER_BUILDKIT": "0"})
     assert built.returncode == 0, built.stderr
     victims = _image_id(h, tag)
     attacker_ctx = h.scratch(ATTACKER)
     (attacker_ctx / "Dockerfile").write_text(f"FROM {EMPTY_IMAGE}\nLABEL evil=1\n")
     again = h.cli(ATTACKER, "build", "--network", "none", "-t", tag, str(attacker_ctx), env={"DOCKER_BUILDKIT": "0"})
-    assert again.returncode != 0 and "belongs to" in again.stderr
+    assert again.returncode != 0 and "under your own name" in again.stderr
     assert _image_id(h, tag) == victims

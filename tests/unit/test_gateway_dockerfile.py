@@ -38,6 +38,12 @@ REFUSED = [
     ("# escape=`\nFROM x\nAD`\nD http://127.0.0.1/x /x\n", "ADD"),
     ("FROM x\nADD \\  \n# comment inside\n\n  http://127.0.0.1/x /x\n", "ADD"),
     ("FROM\t127.0.0.1:5000/x/y\n", "127.0.0.1:5000"),
+    # round-4 attack: a byte-order mark, quotes and escapes the builder's lexer removes
+    ("\ufeff# escape=`\nFROM x\nAD`\nD http://127.0.0.1/t /t\n", "ADD"),
+    ("\ufeffFROM 127.0.0.1:5000/x/y\n", "127.0.0.1:5000"),
+    ('FROM "127.0.0.1:5000/fq/y"\n', "127.0.0.1:5000"),
+    ("FROM 127.0.0\\.1:5000/fe/y\n", "127.0.0.1:5000"),
+    ("FROM x\nCOPY --from='127.0.0.1:5000/cf/y' /a /b\n", "127.0.0.1:5000"),
 ]
 
 
@@ -52,6 +58,11 @@ def test_fetches_from_the_host_or_private_networks_are_refused(text, phrase):
         dockerfile.check(text)
     assert phrase in caught.value.sentence
     assert ";" in caught.value.sentence  # what was wrong; what to do
+
+
+def test_the_images_a_build_starts_from_are_listed_as_the_daemon_reads_them():
+    text = 'FROM "a/b:1" AS one\nFROM one\nCOPY --from=c/d:2 /x /y\nCOPY --from=one /x /z\nFROM scratch\n'
+    assert dockerfile.check(text) == ["a/b:1", "c/d:2"]
 
 
 def test_build_args_fill_variables():

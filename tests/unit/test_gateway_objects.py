@@ -396,22 +396,28 @@ def test_invalid_tag_targets(repo):
         objects.tag_target(repo, "")
 
 
-CLAIMS = {"docker.io/alice/app:1": "alice", "docker.io/library/gone:1": "bob"}
+CLAIMS = {"docker.io/alice/app:1": "alice", "docker.io/alice/gone:1": "bob"}
+LOGINS = ("alice", "bob")
 
 
 @pytest.mark.parametrize(
-    ("login", "ref", "present", "pending", "code"),
+    ("login", "ref", "present", "pending", "pull", "code"),
     [
-        ("alice", "docker.io/alice/app:1", True, {}, None),
-        ("bob", "docker.io/alice/app:1", True, {}, "NOT_OWNER"),
-        ("bob", "docker.io/library/debian:12", True, {}, "NOT_OWNER"),  # made before / by an admin
-        ("bob", "docker.io/bob/new:1", False, {}, None),
-        ("alice", "docker.io/bob/new:1", False, {"docker.io/bob/new:1": "bob"}, "NOT_OWNER"),  # being built
-        ("alice", "docker.io/library/gone:1", False, {}, None),  # a stale claim of a removed tag
+        ("alice", "docker.io/alice/app:1", True, {}, False, None),
+        ("bob", "docker.io/alice/app:1", True, {}, False, "POLICY_DENIED"),  # not in bob's namespace
+        ("bob", "docker.io/library/debian:12", True, {}, False, "POLICY_DENIED"),  # a shared name
+        ("bob", "docker.io/library/ubuntu:22.04", False, {}, False, "POLICY_DENIED"),  # squatting a shared name
+        ("bob", "docker.io/bob/new:1", False, {}, False, None),
+        ("alice", "docker.io/alice/new:1", False, {"docker.io/alice/new:1": "bob"}, False, "NOT_OWNER"),
+        ("alice", "docker.io/alice/gone:1", False, {}, False, None),  # a stale claim of a removed tag
+        ("bob", "docker.io/library/debian:12", True, {}, True, None),  # a pull refreshes a shared name
+        ("bob", "docker.io/alice/app:1", True, {}, True, "NOT_OWNER"),  # never someone's tag
+        ("bob", "docker.io/alice/other:1", False, {}, True, "NOT_OWNER"),  # nor their namespace
+        ("bob", "docker.io/bob/x:1", False, {}, True, None),
     ],
 )
-def test_tag_verdicts(login, ref, present, pending, code):
-    verdict = objects.tag_verdict(login, ref, present, CLAIMS, pending)
+def test_tag_verdicts(login, ref, present, pending, pull, code):
+    verdict = objects.tag_verdict(login, ref, present, CLAIMS, pending, pull, LOGINS.__contains__)
     assert (verdict[0] if verdict else None) == code
 
 

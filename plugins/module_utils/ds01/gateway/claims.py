@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import threading
 from typing import Any, Optional
 
@@ -60,14 +61,18 @@ class TagClaims:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def claim(self, login: str, present: dict) -> Optional[tuple]:
-        """Check every target (ref -> present now?) and claim them all for ``login``, or none: a verdict."""
+    def claim(self, login: str, present: dict, pull: bool = False) -> Optional[tuple]:
+        """Check every target (ref -> present now?) and claim them all for ``login``, or none: a verdict.
+
+        A pull claims nothing (what it writes is what the registry serves; anyone may refresh it)."""
 
         def change(claims: dict) -> tuple:
             for ref, is_present in present.items():
-                verdict = objects.tag_verdict(login, ref, is_present, claims, self.pending)
+                verdict = objects.tag_verdict(login, ref, is_present, claims, self.pending, pull, _is_login)
                 if verdict:
                     return verdict, False
+            if pull:
+                return None, False
             changed = False
             for ref in present:
                 self.pending[ref] = login
@@ -113,13 +118,21 @@ async def present_map(upstream: Any, refs: list) -> dict:
     return out
 
 
-async def claim(gw: Any, login: str, refs: list) -> Optional[tuple]:
+async def claim(gw: Any, login: str, refs: list, pull: bool = False) -> Optional[tuple]:
     """Claim ``refs`` for ``login`` (all or none), or the verdict that refuses the request."""
     if not refs:
         return None
     present = await present_map(gw.upstream, refs)
     claims = store(gw.state_dir())
-    return await asyncio.get_running_loop().run_in_executor(None, claims.claim, login, present)
+    return await asyncio.get_running_loop().run_in_executor(None, claims.claim, login, present, pull)
+
+
+def _is_login(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def release(gw: Any, refs: list) -> None:

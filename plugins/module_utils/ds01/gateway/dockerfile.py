@@ -122,20 +122,42 @@ def _expand(value: str, args: dict) -> Optional[str]:
     return None if unknown else out
 
 
-def check(text: str, build_args: Optional[dict] = None, where: str = "Dockerfile") -> None:
+def check(text: str, build_args: Optional[dict] = None, where: str = "Dockerfile") -> list:
     """Raise DockerfileRefused for the first instruction that would make the daemon fetch from the
-    host or a private network."""
+    host or a private network; else the images it builds from (FROM, COPY --from), as the daemon
+    will read their names, for the caller to check their ONBUILD triggers."""
+    if text.startswith("\ufeff"):
+        text = text[1:]  # the daemon drops a UTF-8 byte-order mark before it parses
     args = dict(build_args or {})
     stages: set = set()
+    images: list = []
     for number, word, rest in instructions(text):
-        _check_one(number, word, rest, args, stages, where)
+        _check_one(number, word, rest, args, stages, where, images)
+    return images
 
 
-def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where: str) -> None:
+def unquote(word: str) -> str:
+    """A word as the builder's shell lexer reads it: quotes removed, backslash escapes resolved."""
+    out, quote, i = [], "", 0
+    while i < len(word):
+        char = word[i]
+        if char == "\\" and quote != "'" and i + 1 < len(word):
+            out.append(word[i + 1])
+            i += 2
+            continue
+        if char in ("'", '"') and (not quote or quote == char):
+            quote = "" if quote else char
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where: str, images: list) -> None:
     at = f"{where} line {number}"
     if word == "ONBUILD":
         inner, _sep, inner_rest = rest.partition(" ")
-        _check_one(number, inner.upper(), inner_rest.strip(), args, stages, f"{where} (ONBUILD)")
+        _check_one(number, inner.upper(), inner_rest.strip(), args, stages, f"{where} (ONBUILD)", images)
         return
     if word == "ARG":
         for item in _words(rest):
@@ -145,8 +167,8 @@ def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where
         return
     if word == "FROM":
         words = _flags(_words(rest))[1]
-        if words:
-            _check_image(words[0], args, at, "FROM")
+        if words and unquote(words[0]).lower() not in stages and unquote(words[0]) != "scratch":
+            images.append(_check_image(words[0], args, at, "FROM"))
         if len(words) >= 3 and words[1].upper() == "AS":
             stages.add(words[2].lower())
         stages.add(str(len(stages)))
@@ -154,13 +176,13 @@ def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where
     if word in ("COPY", "RUN"):
         for flag in _flags(_words(rest))[0]:
             name, _sep, value = flag[2:].partition("=")
-            if word == "COPY" and name == "from" and value.lower() not in stages:
-                _check_image(value, args, at, "COPY --from")
+            if word == "COPY" and name == "from" and unquote(value).lower() not in stages:
+                images.append(_check_image(value, args, at, "COPY --from"))
             if word == "RUN" and name == "mount":
                 for part in value.split(","):
                     key, _sep2, ref = part.partition("=")
-                    if key == "from" and ref.lower() not in stages:
-                        _check_image(ref, args, at, "RUN --mount from")
+                    if key == "from" and unquote(ref).lower() not in stages:
+                        images.append(_check_image(ref, args, at, "RUN --mount from"))
         return
     if word == "ADD":
         words = _flags(_words(rest))[1]
@@ -173,8 +195,9 @@ def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where
                 )
 
 
-def _check_image(reference: str, args: dict, at: str, what: str) -> None:
+def _check_image(reference: str, args: dict, at: str, what: str) -> str:
     expanded = _expand(reference, args) if "$" in reference else reference
+    expanded = None if expanded is None else unquote(expanded)
     if expanded is None:
         raise DockerfileRefused(
             f"{at}: {what} {reference} uses a build argument without a default; give the ARG a default or pass "
@@ -186,8 +209,10 @@ def _check_image(reference: str, args: dict, at: str, what: str) -> None:
             f"{at}: {what} {expanded} would make the Docker daemon pull from {registry}, which is this host or a "
             "private address; use an image from a public registry or one already on this server."
         )
+    return expanded
 
 
 def check_changes(changes: list, what: str) -> None:
-    """``docker commit --change`` / ``docker import --change`` lines are Dockerfile instructions too."""
-    check("\n".join(changes), where=what)
+    """``docker commit --change`` / ``docker import --change`` lines, and ``OnBuild`` triggers in a
+    container's or an image's config, are Dockerfile instructions too."""
+    check("\n".join(str(c) for c in changes), where=what)

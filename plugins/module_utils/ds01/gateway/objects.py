@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
@@ -386,11 +386,45 @@ def check_retag(query: tuple, what: str) -> tuple:
         return _denied(f"{what} {repo}{':' + tag if tag else ''}: {exc}."), []
 
 
-def tag_verdict(login: str, ref: str, present: bool, claims: dict, pending: dict) -> Optional[Verdict]:
+def repository_path(ref: str) -> str:
+    """``docker.io/alice/app:1`` → ``alice/app``; ``registry.example.org/alice/app:1`` → the same."""
+    name = ref.rsplit("@", 1)[0]
+    slash, colon = name.rfind("/"), name.rfind(":")
+    if colon > slash:
+        name = name[:colon]
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def tag_verdict(
+    login: str,
+    ref: str,
+    present: bool,
+    claims: dict,
+    pending: dict,
+    pull: bool = False,
+    is_login: Callable[[str], bool] = lambda _name: False,
+) -> Optional[Verdict]:
     """May ``login`` write tag ``ref``? ``present``: it exists now; ``pending``: ref → login of
-    requests creating it right now (claims of absent tags that no request holds are stale)."""
+    requests creating it right now (claims of absent tags that no request holds are stale).
+
+    Names are namespaced: a user builds, tags, commits and imports only under ``<login>/`` (so no
+    one can plant ``victor/app`` or ``ubuntu:22.04`` for others to run). A pull writes what the
+    registry serves, so it may refresh a shared name (``ubuntu:22.04``), never another user's
+    namespace or a tag someone made."""
     owner = claims.get(ref)
     shown = familiar(ref)
+    path = repository_path(ref)
+    first = path.split("/", 1)[0]
+    if not pull and not path.startswith(f"{login}/"):
+        return (
+            POLICY_DENIED,
+            f"image names you make go under your own name: use {login}/{path.rsplit('/', 1)[-1]} instead of "
+            f"{shown} (other names are shared, or belong to other users, and could be run by them).",
+        )
+    if pull and first != login and "/" in path and is_login(first):
+        return (NOT_OWNER, f"the image name {shown} is in {first}'s namespace on this server; pull it as {first}.")
+    if pull and present and not owner:
+        return None  # a shared name refreshed from its registry
     if present:
         if owner == login:
             return None

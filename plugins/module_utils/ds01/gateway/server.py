@@ -553,8 +553,14 @@ class _Connection:
             query = (*((k, v) for k, v in query if k != "container"), ("container", info["Id"]))
             body = await self.read_model(framing, "commit")
             framing = http.NO_BODY
+            on_build = list((body or {}).get("OnBuild") or []) + list((info.get("Config") or {}).get("OnBuild") or [])
+            try:
+                dockerfile.check_changes(on_build, "the commit's OnBuild")
+            except dockerfile.DockerfileRefused as exc:
+                raise Refused(policy.denied(exc.sentence)) from None
         if verdict is None:
-            verdict = await claims.claim(self.gw, caller.login, refs)
+            pull = route.kind == "images.create" and bool(route.query_value("fromImage"))
+            verdict = await claims.claim(self.gw, caller.login, refs, pull=pull)
         if verdict:
             # read the (build context, import) body first: a client still sending cannot read the answer
             async for _piece in http.iter_body(self.reader, framing):
@@ -587,6 +593,23 @@ class _Connection:
             return await self.forward(head, framing, route=route, body=body)
         finally:
             claims.release(self.gw, refs)
+
+    async def check_base_images(self, images: list) -> None:
+        """The images a build starts from must be on this server already (a pull inside the build
+        would go unchecked), and their ONBUILD triggers, which run in this build, are checked too."""
+        for image in dict.fromkeys(images):
+            config = await self.gw.upstream.image_config(image)
+            if config is None:
+                raise Refused(
+                    policy.denied(
+                        f"the image {image} this build starts from is not on this server; pull it first "
+                        f"(`docker pull {image}`), so what it brings along can be checked, then build again."
+                    )
+                )
+            try:
+                dockerfile.check_changes(list(config.get("OnBuild") or []), f"ONBUILD of {image}")
+            except dockerfile.DockerfileRefused as exc:
+                raise Refused(policy.denied(exc.sentence)) from None
 
     async def spool_context(self, framing: http.Framing, query: dict) -> Any:
         """A classic build's context, read whole into a temp file (rewritten like a docker cp archive)
@@ -625,9 +648,10 @@ class _Connection:
                 pass
             for name, text in reader.dockerfiles.items():
                 try:
-                    dockerfile.check(text, build_args, name)
+                    images = dockerfile.check(text, build_args, name)
                 except dockerfile.DockerfileRefused as exc:
                     raise Refused(policy.denied(exc.sentence)) from None
+                await self.check_base_images(images)
             spooled.seek(0)
             return spooled
         except BaseException:
@@ -905,6 +929,10 @@ class _Connection:
         refusal = policy.check_create(body, ctx)
         if refusal:
             raise Refused(refusal)
+        try:
+            dockerfile.check_changes(list(body.get("OnBuild") or []), "OnBuild")
+        except dockerfile.DockerfileRefused as exc:
+            raise Refused(policy.denied(exc.sentence)) from None
         names = objects.network_names(body)
         networks = {
             name: await self.gw.upstream.inspect_network(name)
