@@ -437,3 +437,61 @@ def test_r3_builds_run_one_at_a_time_per_user(attack_gw):
     first.join(120)
     assert second[0] == 403 and b"already running" in second[2], second[:2]
     assert results and results[0][0] == 200, results
+
+
+# -- round 5 -------------------------------------------------------------------------------------
+
+
+def test_r5_no_user_build_reuses_a_layer_another_user_built(attack_gw):
+    h = attack_gw
+    text = f"FROM {IMAGE}\nRUN (getent hosts files.example.org | head -1 > /mirror); true\n"
+    planted = h.cli(
+        ATTACKER,
+        "build",
+        "--network",
+        "none",
+        "--add-host",
+        "files.example.org:203.0.113.66",
+        "-t",
+        h.tag(ATTACKER, "r5a"),
+        "-",
+        input=text,
+        env={"DOCKER_BUILDKIT": "0"},
+        timeout=180,
+    )
+    assert planted.returncode == 0, planted.stderr
+    tag = h.tag("atk2", "r5v")
+    built = h.cli(
+        "atk2", "build", "--network", "none", "-t", tag, "-", input=text, env={"DOCKER_BUILDKIT": "0"}, timeout=180
+    )
+    assert built.returncode == 0, built.stderr
+    assert "Using cache" not in built.stdout
+    image = h.client.images.get(tag)
+    assert image.labels.get("ds01.user") == "atk2"
+    out = h.client.containers.run(tag, ["cat", "/mirror"], remove=True, network_mode="none").decode()
+    assert "203.0.113.66" not in out
+
+
+def test_r5_another_users_untagged_image_cannot_be_removed(attack_gw):
+    h = attack_gw
+    built = h.cli(
+        "atk2",
+        "build",
+        "--network",
+        "none",
+        "-q",
+        "-",
+        input=f"FROM {IMAGE}\nLABEL r5=1\n",
+        env={"DOCKER_BUILDKIT": "0"},
+        timeout=180,
+    )
+    assert built.returncode == 0, built.stderr
+    image_id = built.stdout.strip().splitlines()[-1]
+    try:
+        removed = h.cli(ATTACKER, "rmi", image_id)
+        assert removed.returncode != 0
+        assert h.client.images.get(image_id).id.startswith(image_id.split(":")[-1][:12]) or h.client.images.get(
+            image_id
+        )
+    finally:
+        h.client.api.remove_image(image_id, force=True)

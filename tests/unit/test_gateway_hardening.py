@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -141,3 +142,17 @@ def test_tags_are_matched_whole(tag):
 )
 def test_start_bodies(raw, refused):
     assert (policy.check_start_body(raw) is not None) == refused
+
+
+def test_classic_builds_share_no_cache_and_carry_their_maker():
+    values = dict(policy.build_limits((("t", "alice/x:1"), ("labels", '{"a": "b"}')), safe_limits("alice"), "alice"))
+    assert values["nocache"] == "1"
+    assert json.loads(values["labels"]) == {"a": "b", "ds01.user": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("login", "maker", "refused"), [("bob", "alice", True), ("bob", "", True), ("alice", "alice", False)]
+)
+def test_an_untagged_image_is_removed_by_id_only_by_its_maker(login, maker, refused):
+    verdict, _tags = objects.delete_verdict(login, "sha256:" + "ab" * 32, "sha256:" + "ab" * 32, [], {}, maker)
+    assert (verdict is not None) == refused

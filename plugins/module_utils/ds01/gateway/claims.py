@@ -146,9 +146,9 @@ async def delete_check(gw: Any, login: str, name: str) -> tuple:
     found = await gw.upstream.image_tags(name)
     if found is None:
         return None, []  # the daemon answers "No such image"
-    image_id, repo_tags = found
+    image_id, repo_tags, labels = found
     claims = await asyncio.get_running_loop().run_in_executor(None, store(gw.state_dir()).load)
-    return objects.delete_verdict(login, name, image_id, repo_tags, claims)
+    return objects.delete_verdict(login, name, image_id, repo_tags, claims, str(labels.get("ds01.user") or ""))
 
 
 async def drop(gw: Any, refs: list) -> None:

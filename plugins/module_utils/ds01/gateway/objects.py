@@ -445,9 +445,19 @@ def tag_verdict(
     return None
 
 
-def delete_verdict(login: str, name: str, image_id: str, repo_tags: list, claims: dict) -> tuple:
-    """(verdict, tags whose claims go when the delete succeeds) for ``DELETE /images/{name}``."""
+def delete_verdict(login: str, name: str, image_id: str, repo_tags: list, claims: dict, maker: str = "") -> tuple:
+    """(verdict, tags whose claims go when the delete succeeds) for ``DELETE /images/{name}``.
+
+    ``maker``: the image's ``ds01.user`` label (the gateway stamps it on users' builds). An image
+    without tags is removable by id only by its maker."""
     tags = normal_tags(repo_tags)
+    if (is_id_prefix(image_id, name) or "@" in name) and not tags and maker != login:
+        return (
+            NOT_OWNER,
+            f"image {name} has no tags and was not built by you"
+            + (f" (it is {maker}'s)" if maker else "")
+            + "; only its maker or an admin can remove it.",
+        ), []
     if is_id_prefix(image_id, name) or "@" in name:
         foreign = [t for t in tags if claims.get(t) != login]
         if foreign:

@@ -1295,8 +1295,9 @@ def check_build(route: Route, ctx: CreateContext) -> tuple:
     return None, query
 
 
-def build_limits(query: tuple, limits: Any) -> tuple:
-    """The classic builder's per-step limits (memory, swap, shm, CPU) set to the caller's, as at create.
+def build_limits(query: tuple, limits: Any, login: str = "") -> tuple:
+    """The classic builder's per-step limits (memory, swap, shm, CPU) set to the caller's, as at create;
+    no shared build cache; the image labelled with its maker (``ds01.user``).
 
     BuildKit ignores them; its steps are bounded by the daemon's builder settings only."""
     forced = {}
@@ -1314,6 +1315,17 @@ def build_limits(query: tuple, limits: Any) -> tuple:
         value = asked.get(key, "")
         if key in forced and value.isdigit() and 0 < int(value) <= int(forced[key]):
             forced[key] = value
+    # the classic builder's cache is shared by every user and keyed without the options that shape a
+    # step (--add-host, ulimits, ...): a user's build never reuses, nor offers, a cached layer
+    forced["nocache"] = "1"
+    if login:
+        try:
+            labels = json.loads(dict(query).get("labels") or "{}")
+        except ValueError:
+            labels = {}
+        labels = {str(k): str(v) for k, v in (labels if isinstance(labels, dict) else {}).items()}
+        labels["ds01.user"] = login
+        forced["labels"] = json.dumps(labels, separators=(",", ":"))
     kept = tuple((k, v) for k, v in query if k not in forced)
     return (*kept, *forced.items())
 

@@ -542,7 +542,7 @@ class _Connection:
         query, body = route.query, None
         if route.kind == "build":
             verdict, query, refs = objects.check_build(route.query, self.limits().slice_name)
-            query = policy.build_limits(query, self.limits())
+            query = policy.build_limits(query, self.limits(), caller.login)
         elif route.kind == "images.create":
             verdict, refs = objects.check_images_create(route.query)
         else:

@@ -139,13 +139,17 @@ class Upstream:
         return data
 
     async def image_tags(self, name: str) -> Optional[tuple]:
-        """(image id, RepoTags) of the image ``name`` selects (tag, id, id prefix or digest); None if none."""
+        """(image id, RepoTags, labels) of the image ``name`` selects (tag, id, id prefix or digest); None if none."""
         status, data = await self.request("GET", f"/images/{quote(name, safe='/:@')}/json")
         if status in (400, 404):
             return None
         if status != 200 or not isinstance(data, dict):
             raise UpstreamError(f"inspecting image {name!r} failed with HTTP {status}")
-        return str(data.get("Id") or ""), list(data.get("RepoTags") or [])
+        return (
+            str(data.get("Id") or ""),
+            list(data.get("RepoTags") or []),
+            dict((data.get("Config") or {}).get("Labels") or {}),
+        )
 
     async def inspect_network(self, ref: str) -> Optional[dict]:
         """A network's inspect answer (Id, Name, Labels ...); None when there is no such network."""
