@@ -754,15 +754,7 @@ def test_compose_up_and_down(gw, docker_client):
 # GPUs (fake topology; created, never started: there is no NVIDIA runtime)
 
 
-def _allocator_present() -> bool:
-    from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import admission
-
-    return admission._core("allocator") is not None
-
-
 def test_gpus_1_is_rewritten_to_a_granted_uuid(gw, docker_client):
-    if not _allocator_present():
-        pytest.xfail("plugins/module_utils/ds01/allocator.py is not in this checkout yet")
     name = _name("gw-gpu")
     gw.ok("gwbob", "create", "--name", name, "--network", "none", "--gpus", "1", IMAGE)
     attrs = docker_client.api.inspect_container(name)
