@@ -10,8 +10,11 @@ JSON shapes (stable, schema "1"):
 
 ``ds01 config show USER --json``: ``{"schema_version": "1", "config": "<path>"}`` plus the
 fields of ``Limits.as_dict()``: ``user, group, sanitized, slice, override, listed,
-safe_defaults, limits{…}, aggregate{…}|null, policies{…}, container_types{…}, exemptions[…],
-sources{key: "builtin"|"defaults"|"group:<name>"|"override"|"policies"}``. Sizes are bytes,
+safe_defaults, limits{…}, aggregate{…}|null, policies{…}, container_types{…}, group_container_types{…},
+exemptions[…], sources{key: "builtin"|"defaults"|"group:<name>"|"override"|"policies"}``, plus
+``lifecycle_by_type{type: {idle_timeout_h, idle_timeout_h_from, max_runtime_h, max_runtime_h_from,
+sigterm_grace_s, sigterm_grace_s_from}}`` (what the lifecycle enforces) and ``rule`` (the sentence
+saying which value applies). Sizes are bytes,
 durations are in the unit their key names, null means unlimited.
 """
 
@@ -103,6 +106,8 @@ def cmd_show(ctx: cli.Context) -> int:
     config = ctx.config
     limits = config.resolve(login)
     data = {"schema_version": SCHEMA_VERSION, "config": config.path, **limits.as_dict()}
+    data["lifecycle_by_type"] = limits.lifecycle_table()
+    data["rule"] = config_mod.RULE
     ctx.emit(data, lambda _d: render_limits(limits))
     return cli.EXIT_OK
 
@@ -151,6 +156,12 @@ def render_limits(limits: config_mod.Limits) -> str:
     lines.append("  Lifecycle policies:")
     for key, value in limits.policies.as_dict().items():
         lines.append(f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('policies.' + key, 'builtin')}]")
+    lines.append("")
+    lines.append("  Lifecycle by container type (value [where it is written]):")
+    for name, row in limits.lifecycle_table().items():
+        cells = [f"{key} {_fmt(key, row[key])} [{row[key + '_from']}]" for key in config_mod.TYPE_KEYS]
+        lines.append(f"    {name:<13} " + ", ".join(cells))
+    lines.append("    " + config_mod.RULE)
     now = dt.datetime.now(dt.timezone.utc)
     if limits.exemptions:
         lines.append("")

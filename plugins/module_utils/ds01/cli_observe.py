@@ -22,7 +22,11 @@
                        "tasks": {"current": int|null, "max": int|str|null}, "oom_kills": int|null},
          "per_container": {"max_cpus", "memory_bytes", "shm_size_bytes", "pids_limit"},
          "lifecycle": {"idle_timeout_h", "max_runtime_h", "gpu_hold_after_stop_h",
-                       "container_hold_after_stop_h", "by_type": {type: {"idle_timeout_h", "max_runtime_h"}}},
+                       "container_hold_after_stop_h",
+                       "by_type": {type: {"idle_timeout_h", "idle_timeout_h_from", "max_runtime_h",
+                                          "max_runtime_h_from", "sigterm_grace_s", "sigterm_grace_s_from"}}},
+                       (by_type holds what the lifecycle enforces, by config.RULE; the top-level
+                       idle_timeout_h/max_runtime_h are the user's own row, which a type may override)
          "exemptions": [{"username", "container", "exempt_from": [str], "expires_on", "category",
                          "reason", "approved_by", "approved_on"}],
          "bare_metal": {"exempt": bool, "grant": {"type", "granted_by", "granted_at", "expires_at",

@@ -370,6 +370,15 @@ CONTAINER_TYPE_KEYS: dict[str, tuple[Kind, Any]] = {
     "sigterm_grace_s": (Kind(_duration("s", lo_open=False), nullable=False), None),
 }
 CONTAINER_TYPE_ALIASES = {"idle_timeout": "idle_timeout_h", "max_runtime": "max_runtime_h"}
+# The per-user limits a container type may also set; ``Limits.governing`` decides which value applies.
+TYPE_LIMIT_KEYS = ("idle_timeout_h", "max_runtime_h")
+TYPE_KEYS = (*TYPE_LIMIT_KEYS, "sigterm_grace_s")
+RULE = (
+    "The value that governs a container is the most specific one written down: an exemption (for that "
+    "container, then for the user) > the user's override > groups.<group>.container_types.<type> > "
+    "container_types.<type> > the group's value > defaults > ds01's built-in default. A null that is "
+    "written down counts: it switches the rule off at that level."
+)
 CONTAINER_TYPE_ALIASES["sigterm_grace_seconds"] = "sigterm_grace_s"
 CONTAINER_TYPE_IGNORED = dict.fromkeys(
     ("default_mig_count", "max_mig_per_container", "max_gpus"),
@@ -445,7 +454,7 @@ TOP_LEVEL = (
     *SECTIONS.keys(),
 )
 
-GROUP_EXTRA = ("members", "aggregate", "policies", "description")
+GROUP_EXTRA = ("members", "aggregate", "policies", "description", "container_types")
 OVERRIDE_EXTRA = ("aggregate", "policies", "slice_name", "note")
 EXEMPTION_KEYS = (
     "username",
@@ -585,6 +594,7 @@ class Limits:
     exemptions: tuple = ()
     sources: Mapping[str, str] = field(default_factory=dict)
     safe_defaults: bool = False
+    group_container_types: Mapping[str, ContainerTypePolicy] = field(default_factory=dict)
 
     @property
     def gpu_quota(self) -> Optional[float]:
@@ -592,8 +602,56 @@ class Limits:
         values = [v for v in (self.max_gpu_equivalents, self.aggregate.gpu_limit if self.aggregate else None) if v]
         return min(values) if values else None
 
+    def type_key(self, name: str) -> str:
+        """The container type whose rows apply: ``name`` where either table lists it, else ``unknown``."""
+        return name if name in self.container_types or name in self.group_container_types else "unknown"
+
     def container_type(self, name: str) -> ContainerTypePolicy:
-        return self.container_types.get(name) or self.container_types.get("unknown") or ContainerTypePolicy()
+        return self.container_types.get(self.type_key(name)) or ContainerTypePolicy()
+
+    def governing(self, container_type: str, key: str) -> tuple:
+        """``(value, source)`` of a lifecycle key for a container of ``container_type``: the most specific
+        value written down (``RULE``). ``None`` means the rule is off. An exemption sits above all of
+        these and is asked separately (``exemption_for``), since it is dated and may name one container.
+
+        ``key`` is one of ``idle_timeout_h``, ``max_runtime_h`` (limits) or ``sigterm_grace_s`` (a policy).
+        """
+        kind = self.type_key(container_type)
+        if key in TYPE_LIMIT_KEYS:
+            source = self.sources.get(key, "builtin")
+            if source == "override":
+                return getattr(self, key), source
+            for table, where in (
+                (self.group_container_types, f"group:{self.group}.container_types.{kind}"),
+                (self.container_types, f"container_types.{kind}"),
+            ):
+                row = table.get(kind)
+                if row is not None and key in row.explicit:
+                    return getattr(row, key), where
+            return getattr(self, key), source
+        if key == "sigterm_grace_s":
+            source = self.sources.get("policies.sigterm_grace_s", "builtin")
+            if source == "override":
+                return self.policies.sigterm_grace_s, source
+            for table, where in (
+                (self.group_container_types, f"group:{self.group}.container_types.{kind}"),
+                (self.container_types, f"container_types.{kind}"),
+            ):
+                row = table.get(kind)
+                if row is not None and key in row.explicit and row.sigterm_grace_s is not None:
+                    return row.sigterm_grace_s, where
+            return self.policies.sigterm_grace_s, source
+        raise KeyError(key)
+
+    def lifecycle_table(self) -> dict:
+        """type -> ``{key, key + "_from"}`` for every container type: what the lifecycle enforces."""
+        table: dict = {}
+        for name in CONTAINER_TYPES:
+            row: dict = {}
+            for key in TYPE_KEYS:
+                row[key], row[f"{key}_from"] = self.governing(name, key)
+            table[name] = row
+        return table
 
     def active_exemptions(self, now: dt.datetime, container: Optional[str] = None) -> list[Exemption]:
         return [
@@ -621,6 +679,7 @@ class Limits:
             "aggregate": self.aggregate.as_dict() if self.aggregate else None,
             "policies": self.policies.as_dict(),
             "container_types": {k: v.as_dict() for k, v in sorted(self.container_types.items())},
+            "group_container_types": {k: v.as_dict() for k, v in sorted(self.group_container_types.items())},
             "exemptions": [e.as_dict() for e in self.exemptions],
             "sources": dict(self.sources),
         }
@@ -853,6 +912,7 @@ class _Group:
     aggregate_set: bool
     policies: dict
     members: list
+    container_types: dict = field(default_factory=dict)  # type -> ContainerTypePolicy
 
 
 class Config:
@@ -976,6 +1036,7 @@ class Config:
             aggregate=aggregate,
             policies=policies,
             container_types=MappingProxyType(dict(self.container_types)),
+            group_container_types=MappingProxyType(dict(group.container_types)),
             exemptions=tuple(e for e in self.exemptions if e.username == login),
             sources=MappingProxyType(sources),
             **values,
@@ -1122,8 +1183,14 @@ def _read_aggregate(reader: _Reader, file: str, path: tuple, raw: Any) -> Option
 
 
 def _read_container_types(reader: _Reader, config: Config, file: str, raw: dict) -> None:
-    for name, body in raw.items():
-        path = ("container_types", name)
+    config.container_types.update(_read_type_table(reader, file, ("container_types",), raw))
+
+
+def _read_type_table(reader: _Reader, file: str, where: tuple, raw: Any) -> dict:
+    """``container_types`` (top level, or inside a group): type -> ContainerTypePolicy."""
+    table: dict = {}
+    for name, body in _as_section(reader, file, where, raw).items():
+        path = (*where, name)
         if name not in CONTAINER_TYPES:
             reader.problem(file, path, "unknown container type" + _did_you_mean(name, CONTAINER_TYPES))
             continue
@@ -1131,7 +1198,8 @@ def _read_container_types(reader: _Reader, config: Config, file: str, raw: dict)
         values = _check_keys(
             reader, file, path, body, CONTAINER_TYPE_KEYS, CONTAINER_TYPE_ALIASES, CONTAINER_TYPE_IGNORED
         )
-        config.container_types[name] = ContainerTypePolicy(explicit=frozenset(values), **values)
+        table[name] = ContainerTypePolicy(explicit=frozenset(values), **values)
+    return table
 
 
 def _read_groups(reader: _Reader, config: Config, file: str, raw: dict) -> None:
@@ -1166,7 +1234,8 @@ def _read_groups(reader: _Reader, config: Config, file: str, raw: dict) -> None:
                         reader.problem(file, (*path, "members", index), f"got {_show(login)}, expected a login name")
                     else:
                         inline.append(login)
-        config.groups[name] = _Group(name, limits, aggregate, aggregate_set, pol, inline)
+        types = _read_type_table(reader, file, (*path, "container_types"), body.get("container_types"))
+        config.groups[name] = _Group(name, limits, aggregate, aggregate_set, pol, inline, types)
 
 
 def _read_default_group(reader: _Reader, config: Config, file: str, top: dict) -> None:

@@ -22,9 +22,10 @@ Rules (every number is a config key; see ``docs/lifecycle.md`` in the report of 
   the idle clock and the warnings. Without a CPU delta (first sight, just restarted) a sweep with no
   active signal is inconclusive. After ``idle_detection_window`` consecutive idle sweeps, warnings go
   out at ``idle_warning_fractions`` of the timeout; at the timeout the container is stopped with its
-  type's ``sigterm_grace_s`` and removed (which frees its GPU). The timeout is the container type's
-  explicit value, else the owner's ``idle_timeout_h``, times ``high_demand_idle_reduction`` while
-  allocated gpueq / capacity is above ``high_demand_threshold``.
+  type's ``sigterm_grace_s`` and removed (which frees its GPU). The timeout is the value the one rule
+  picks (``config.RULE``, ``Limits.governing``: override > group's per-type > per-type > group >
+  defaults), times ``high_demand_idle_reduction`` while allocated gpueq / capacity is above
+  ``high_demand_threshold``.
 - **Max runtime** (running GPU holders): wall time since the container's *first* start (kept in
   state; a restart does not reset it); warnings at ``runtime_warning_fractions``; stop at 100 %.
   The stopped container then falls to the cleanup rules.
@@ -294,17 +295,13 @@ def _exemption(facts: ContainerFacts, limits: config_mod.Limits, key: str, now: 
 
 
 def effective_timeout(limits: config_mod.Limits, container_type: str, key: str) -> Optional[float]:
-    """Hours for ``idle_timeout_h`` / ``max_runtime_h``: the type's explicit value wins (explicit
-    null: the rule is off for that type), else the owner's own value (None: unlimited)."""
-    policy = limits.container_type(container_type)
-    if key in policy.explicit:
-        return getattr(policy, key)
-    return getattr(limits, key)
+    """Hours for ``idle_timeout_h`` / ``max_runtime_h`` (None: the rule is off), by the one rule
+    (``config.Limits.governing``); exemptions are asked separately (``_exemption``)."""
+    return limits.governing(container_type, key)[0]
 
 
 def sigterm_grace(limits: config_mod.Limits, container_type: str) -> float:
-    value = limits.container_type(container_type).sigterm_grace_s
-    return float(limits.policies.sigterm_grace_s if value is None else value)
+    return float(limits.governing(container_type, "sigterm_grace_s")[0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1067,12 +1067,7 @@ def limits_report(
     mem_max = memory_limit_bytes(agg.memory_max if agg else None, host_memory_bytes())
     if mem_max is None:
         mem_max = usage.get("memory_max")
-    types = {}
-    for name in sorted(limits.container_types):
-        types[name] = {
-            "idle_timeout_h": lc.effective_timeout(limits, name, "idle_timeout_h"),
-            "max_runtime_h": lc.effective_timeout(limits, name, "max_runtime_h"),
-        }
+    types = limits.lifecycle_table()
     note = None
     if limits.safe_defaults:
         note = "no valid configuration could be loaded: the safe default limits apply"
@@ -1231,17 +1226,16 @@ def limits_text(report: Mapping[str, Any]) -> str:
     )
     lcy = report["lifecycle"]
     out.append(
-        f"Lifecycle: idle GPU containers stopped after {_hours_text(lcy['idle_timeout_h'])}, max runtime "
-        f"{_hours_text(lcy['max_runtime_h'])}, GPU released {_hours_text(lcy['gpu_hold_after_stop_h'])} after a stop, "
-        f"stopped containers removed after {_hours_text(lcy['container_hold_after_stop_h'])}"
+        f"Lifecycle: GPU released {_hours_text(lcy['gpu_hold_after_stop_h'])} after a stop, stopped containers "
+        f"removed after {_hours_text(lcy['container_hold_after_stop_h'])}; GPU containers, by how they were started:"
     )
-    special = [
-        f"{name}: idle {_hours_text(v['idle_timeout_h'])}, runtime {_hours_text(v['max_runtime_h'])}"
-        for name, v in lcy["by_type"].items()
-        if (v["idle_timeout_h"], v["max_runtime_h"]) != (lcy["idle_timeout_h"], lcy["max_runtime_h"])
-    ]
-    if special:
-        out.append("  by container type: " + "; ".join(special))
+    for name, v in lcy["by_type"].items():
+        out.append(
+            f"  {name:<13} "
+            + ("never stopped for idleness" if v["idle_timeout_h"] is None else f"idle {v['idle_timeout_h']:g} h")
+            + f" ({v['idle_timeout_h_from']}), max runtime {_hours_text(v['max_runtime_h'])}"
+            + f" ({v['max_runtime_h_from']})"
+        )
     for e in report["exemptions"]:
         scope = f"container {e['container']}" if e["container"] else "all your containers"
         until = f"until {e['expires_on']}" if e["expires_on"] else "no end date"
