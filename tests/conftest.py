@@ -160,7 +160,14 @@ FORBID_SKIPS = os.environ.get("DS01_FORBID_SKIPS") == "1"
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+    if not FORBID_SKIPS:
+        return
+    if hasattr(report, "wasxfail"):
+        # An expected failure (or an unexpected pass) shows nothing either: under `make test` it fails.
+        report.outcome = "failed"
+        report.longrepr = f"xfail during `make test`, where every test must pass as written: {report.wasxfail}"
+        del report.wasxfail
+    elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped during `make test`, where every test must run: {reason}"
