@@ -109,7 +109,9 @@ class Env:
         self.events: list = []
         self.reports: list = []
         self.ops = lc.DockerOps(client, filters={"label": [f"ds01.test.run={self.run_id}"]})
-        self.notifier = notify.Notifier(client, utmp_path=str(tmp_path / "no-utmp"), home_roots=(str(tmp_path),))
+        self.notifier = notify.Notifier(
+            client, spool_dir=notify.spool_dir(str(tmp_path / "state")), utmp_path=str(tmp_path / "no-utmp")
+        )
         self.store = lc.StateStore(str(tmp_path / "state" / "lifecycle"))
 
     def labels(self, owner="alice", ctype="docker", gpu=True, **extra):

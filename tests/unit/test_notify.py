@@ -91,9 +91,7 @@ def test_writes_to_the_users_own_terminal(tmp_path, pty):
     line = os.path.relpath(path, "/dev")
     write_utmp(utmp, [("someone", line, 1)])
     entry = SimpleNamespace(pw_uid=owner, pw_gid=0, pw_dir=str(tmp_path / "nohome"))
-    notifier = notify.Notifier(
-        None, utmp_path=str(utmp), dev_root="/dev", home_roots=(str(tmp_path),), passwd=lambda u: entry
-    )
+    notifier = notify.Notifier(None, utmp_path=str(utmp), dev_root="/dev", passwd=lambda u: entry)
     result = notifier.deliver("someone", None, NOTICE, "GPUs: 1/2 gpueq | Containers: 1/3")
     assert result["terminals"] == [path]
     text = _read(master)
@@ -137,76 +135,93 @@ def test_other_users_sessions_are_ignored(tmp_path, pty):
     assert _read(master) == ""
 
 
-def _home(tmp_path, uid=None):
-    home = tmp_path / "home" / "alice"
-    home.mkdir(parents=True)
-    uid = os.getuid() if uid is None else uid
-    os.chown(home, uid, -1)
-    return home, SimpleNamespace(pw_uid=uid, pw_gid=os.getgid(), pw_dir=str(home))
+def _spool(tmp_path, uid=4321, gid=4321):
+    spool = tmp_path / "state" / "notices"
+    (tmp_path / "state").mkdir()
+    entry = SimpleNamespace(pw_uid=uid, pw_gid=gid, pw_dir="/nonexistent")
+    notifier = notify.Notifier(None, spool_dir=str(spool), utmp_path=str(tmp_path / "none"), passwd=lambda u: entry)
+    return spool, notifier
+
+
+def _acl_readers(path) -> set:
+    """The uids a file's ACL names (ACL_USER entries), read back from the kernel's xattr."""
+    raw = os.getxattr(path, "system.posix_acl_access")
+    entries = [notify._ACL_ENTRY.unpack_from(raw, off) for off in range(4, len(raw), notify._ACL_ENTRY.size)]
+    return {(ident, perm) for tag, perm, ident in entries if tag == 0x02}
 
 
 @pytest.mark.root
 @needs_root
-def test_home_file_is_appended_and_owned_by_the_user(tmp_path):
-    home, entry = _home(tmp_path, uid=4321)
-    notifier = notify.Notifier(
-        None, utmp_path=str(tmp_path / "none"), home_roots=(str(tmp_path / "home"),), passwd=lambda u: entry
-    )
+def test_every_notice_is_spooled_root_owned_and_readable_by_its_user_only(tmp_path):
+    spool, notifier = _spool(tmp_path)
     first = notifier.deliver("alice", None, NOTICE, "GPUs: 0/2 gpueq")
     notifier.deliver("alice", None, NOTICE)
-    path = home / ".ds01-alerts"
+    path = spool / "alice.jsonl"
     assert first["file"] == str(path)
-    st = os.stat(path)
-    assert st.st_uid == 4321 and stat.S_IMODE(st.st_mode) == 0o600
-    assert path.read_text().count("IDLE CONTAINER WARNING") == 2
-
-
-def test_home_file_symlink_is_not_followed(tmp_path):
-    home, entry = _home(tmp_path)
-    target = tmp_path / "victim"
-    target.write_text("precious\n")
-    os.symlink(target, home / ".ds01-alerts")
-    notifier = notify.Notifier(
-        None, utmp_path=str(tmp_path / "none"), home_roots=(str(tmp_path / "home"),), passwd=lambda u: entry
-    )
-    assert notifier.deliver("alice", None, NOTICE)["file"] is None
-    assert target.read_text() == "precious\n"
-
-
-def test_home_file_hard_link_is_refused(tmp_path):
-    home, entry = _home(tmp_path)
-    target = tmp_path / "home" / "victim"
-    target.write_text("precious\n")
-    os.link(target, home / ".ds01-alerts")
-    notifier = notify.Notifier(
-        None, utmp_path=str(tmp_path / "none"), home_roots=(str(tmp_path / "home"),), passwd=lambda u: entry
-    )
-    assert notifier.deliver("alice", None, NOTICE)["file"] is None
-    assert target.read_text() == "precious\n"
+    st, dst = os.stat(path), os.stat(spool)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o640)  # group bits: the ACL mask
+    assert (dst.st_uid, stat.S_IMODE(dst.st_mode)) == (0, 0o711)
+    assert _acl_readers(path) == {(4321, 4)}  # r-- for alice's uid, nobody else
+    records = notify.read_spool(str(path))
+    assert [r["title"] for r in records] == [NOTICE.title] * 2
+    assert records[0]["quota"] == "GPUs: 0/2 gpueq" and records[0]["lines"] == list(NOTICE.lines)
+    assert "IDLE CONTAINER WARNING" in notify.render_record(records[0])
 
 
 @pytest.mark.root
 @needs_root
-def test_home_outside_the_home_roots_or_not_theirs_gets_nothing(tmp_path):
-    home, entry = _home(tmp_path, uid=4321)
-    outside = notify.Notifier(
-        None, utmp_path=str(tmp_path / "none"), home_roots=("/srv/homes",), passwd=lambda u: entry
-    )
-    assert outside.deliver("alice", None, NOTICE)["file"] is None
-    not_theirs = SimpleNamespace(pw_uid=9999, pw_gid=0, pw_dir=str(home))
-    wrong = notify.Notifier(
-        None, utmp_path=str(tmp_path / "none"), home_roots=(str(tmp_path / "home"),), passwd=lambda u: not_theirs
-    )
-    assert wrong.deliver("alice", None, NOTICE)["file"] is None
-    assert not (home / ".ds01-alerts").exists()
+def test_a_planted_spool_file_or_directory_is_not_used(tmp_path):
+    spool, notifier = _spool(tmp_path)
+    spool.mkdir(mode=0o711)
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    os.symlink(target, spool / "alice.jsonl")
+    assert notifier.deliver("alice", None, NOTICE)["file"] is None
+    os.unlink(spool / "alice.jsonl")
+    os.link(target, spool / "alice.jsonl")  # a hard link to another file
+    assert notifier.deliver("alice", None, NOTICE)["file"] is None
+    assert target.read_text() == "precious\n"
+    os.unlink(spool / "alice.jsonl")
+    os.chmod(spool, 0o777)  # a directory others could write into is not trusted
+    assert notifier.deliver("alice", None, NOTICE)["file"] is None
+    assert not (spool / "alice.jsonl").exists()
 
 
-def test_unknown_user_gets_no_terminal_and_no_home_file(tmp_path):
+def test_a_login_that_is_not_a_name_gets_no_spool_file(tmp_path):
+    spool, notifier = _spool(tmp_path, uid=os.getuid(), gid=os.getgid())
+    assert notifier.deliver("../etc/passwd", None, NOTICE)["file"] is None
+    assert not spool.exists() or os.listdir(spool) == []
+
+
+def test_reading_skips_damaged_lines_and_older_notices(tmp_path):
+    path = tmp_path / "alice.jsonl"
+    path.write_text(
+        '{"at": "2026-11-01T10:00:00Z", "level": "NOTICE", "title": "old", "lines": []}\n'
+        "not json\n"
+        '["a list"]\n'
+        '{"at": "2026-11-02T10:00:00Z", "level": "ALERT", "title": "new", "lines": ["x"]}\n'
+    )
+    assert [r["title"] for r in notify.read_spool(str(path))] == ["old", "new"]
+    assert [r["title"] for r in notify.read_spool(str(path), since="2026-11-01T10:00:00Z")] == ["new"]
+    assert notify.read_spool(str(tmp_path / "missing.jsonl")) == []
+
+
+def test_spool_is_capped_keeping_the_newest_notices(tmp_path):
+    spool, notifier = _spool(tmp_path, uid=os.getuid(), gid=os.getgid())
+    for _i in range(400):
+        notifier.deliver("alice", None, NOTICE)
+    path = spool / "alice.jsonl"
+    assert os.path.getsize(path) <= notify.MAX_FILE_BYTES
+    records = notify.read_spool(str(path))
+    assert len(records) > 10 and all(r["title"] == NOTICE.title for r in records)
+
+
+def test_unknown_user_gets_no_terminal_and_no_spool_file(tmp_path):
     def no_user(name):
         raise KeyError(name)
 
     notifier = notify.Notifier(None, utmp_path=str(tmp_path / "none"), passwd=no_user)
-    assert notifier.deliver("ghost", None, NOTICE) == {"terminals": [], "file": None}
+    assert notifier.deliver("ghost", None, NOTICE) == {"terminals": [], "file": None, "workspace": None}
 
 
 def test_alerts_file_is_capped_keeping_the_newest_messages():

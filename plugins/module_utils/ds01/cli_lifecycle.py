@@ -27,7 +27,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from . import cli, notify
+from . import access_expiry, cli, notify
 from . import lifecycle as lc
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ class _Lock:
 def cmd_run(ctx: cli.Context) -> int:
     now = _parse_now(ctx.args.now)
     config = ctx.config
+    if not ctx.args.dry_run:  # bare-metal grants: warned an hour ahead, their end recorded; needs no Docker
+        for error in access_expiry.run(config, now, source="lifecycle")["errors"]:
+            log.warning("bare-metal grants: %s", error)
     client = docker_client()
     ops = lc.DockerOps(client)
     gpu = lc.gpu_probe_from_config(config)
@@ -127,7 +130,7 @@ def cmd_run(ctx: cli.Context) -> int:
     if dry:
         report = lc.run_sweep(config, ops, now, dry_run=True, gpu=gpu)
     else:
-        notifier = notify.Notifier(client, home_roots=config.paths.home_roots)
+        notifier = notify.Notifier(client, spool_dir=notify.spool_dir(config.paths.state_dir))
         with _Lock(config.paths.run_dir):
             report = lc.run_sweep(config, ops, now, gpu=gpu, notifier=notifier, emit=event_emitter(config))
     ctx.emit(report.as_dict(), _human)

@@ -31,6 +31,8 @@
                          "reason", "approved_by", "approved_on"}],
          "bare_metal": {"exempt": bool, "grant": {"type", "granted_by", "granted_at", "expires_at",
                         "active": bool}|null, "gpu_on_host": bool},
+         "notices": [{"at", "level", "title", "lines": [str], "quota", "container"}]  (the spool's
+                    notices of the last 7 days, at most 10; with --brief only those not shown before),
          "alerts": [{"measure": "gpu"|"containers"|"memory", "level": 80|100, "used", "limit",
                      "sent_at", "sentence"}],
          "errors": [str]}
@@ -221,7 +223,7 @@ def build_limits(ctx: cli.Context, login: str, brief: bool) -> dict:
     usage = _slice_usage(limits, brief, errors)
     alerts = quota_alerts.load_state(config.paths.state_dir, login)
     grant = ob.read_grant(config, login, now.timestamp())
-    return ob.limits_report(
+    report = ob.limits_report(
         limits,
         mine=mine,
         slice_usage=usage,
@@ -232,6 +234,45 @@ def build_limits(ctx: cli.Context, login: str, brief: bool) -> dict:
         source=source,
         errors=errors,
     )
+    report["notices"] = recent_notices(config, login, now, new_only=brief)
+    return report
+
+
+NOTICE_DAYS = 7
+NOTICE_MAX = 10
+
+
+def _seen_marker() -> Optional[str]:
+    home = os.environ.get("HOME")
+    return os.path.join(home, ".local", "state", "ds01", "notices-seen") if home else None
+
+
+def recent_notices(config: Any, login: str, now: dt.datetime, *, new_only: bool) -> list:
+    """The caller's spooled notices: those of the last NOTICE_DAYS days, or (``new_only``, the login greeting)
+    those not shown before, after which they count as shown."""
+    from . import notify
+
+    path = notify.spool_path(notify.spool_dir(config.paths.state_dir), login)
+    mine = login == identity.login_of_uid(os.getuid())
+    marker = _seen_marker() if new_only and mine else None
+    since = ob._iso(now - dt.timedelta(days=NOTICE_DAYS))
+    if marker:
+        try:
+            with open(marker, encoding="utf-8") as handle:
+                since = max(since, handle.read().strip())
+        except OSError:
+            pass
+    notices = notify.read_spool(path, since)[-NOTICE_MAX:]
+    if marker and notices:
+        try:
+            os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+            with open(marker, "w", encoding="utf-8") as handle:
+                handle.write(notices[-1]["at"] + "\n")
+        except OSError as exc:
+            log.info("cannot remember the notices shown: %s", exc)
+    elif new_only and not mine:
+        notices = []
+    return notices
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,7 +439,7 @@ def cmd_alerts_run(ctx: cli.Context) -> int:
 def alert_pass(config: Any, snap: dict, now: Any, dry_run: bool = False, client: Any = None) -> dict:
     from . import notify
 
-    notifier = notify.Notifier(client, home_roots=config.paths.home_roots)
+    notifier = notify.Notifier(client, spool_dir=notify.spool_dir(config.paths.state_dir))
     return ob.run_alerts(
         config,
         snap,

@@ -5,22 +5,31 @@
   ``O_WRONLY | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW`` and written only when ``fstat`` of the open
   descriptor shows a character device owned by that user; a full terminal (EAGAIN) is skipped, not
   waited for. No ``wall``, no ``write(1)``, no subprocess.
-- **A file**: when the container mounts ``/workspace``, the message is appended to
-  ``/workspace/.ds01-alerts`` through the Docker archive API (``put_archive``; the file lands in
-  the user's own workspace, owned by them, and survives the container's removal). Otherwise it is
-  appended to ``~/.ds01-alerts`` on the host, opened relative to the home directory (which must
-  lie under ``paths.home_roots`` and belong to the user) with ``O_NOFOLLOW``, and only written
-  when it is a regular file owned by the user (a new one is created 0600 and given to them).
-  Both files are capped (``MAX_FILE_BYTES``): the oldest messages go first.
+- **The spool** (every notice): one JSON line per notice in ``<state_dir>/notices/<login>.jsonl``.
+  The directory is root's (``0711``: users open their own file by name, cannot list or plant
+  anything); the file is root's, ``0640`` with a POSIX ACL that lets that one user read it
+  (``system.posix_acl_access``, written directly: no ``setfacl`` needed). Where the file system
+  has no ACLs, a user-private group (named after the login, no other members) is used instead;
+  otherwise the file stays root-only and a warning is logged. The services that write it run with
+  ``ProtectHome=read-only``: nothing is written in home directories. ``ds01 limits`` lists the
+  recent notices and the login greeting (``ds01 limits --brief``) shows the ones not seen yet.
+  Capped at ``MAX_FILE_BYTES``: the oldest notices go first.
+- **A file in the workspace**: when the container mounts ``/workspace``, the message is also
+  appended to ``/workspace/.ds01-alerts`` through the Docker archive API (``put_archive``; the file
+  lands in the user's own workspace, owned by them, and survives the container's removal).
 
-The utmp path, the /dev root, the home roots and the passwd lookup are constructor arguments so
+The utmp path, the /dev root, the spool directory and the passwd lookup are constructor arguments so
 tests run against a temporary tree.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
+import fcntl
+import grp
 import io
+import json
 import os
 import pwd
 import re
@@ -28,9 +37,11 @@ import stat
 import struct
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from . import identity
 
 UTMP_PATH = "/var/run/utmp"
 DEV_ROOT = "/dev"
@@ -166,28 +177,29 @@ def _append_capped(old: bytes, new: bytes, cap: int = MAX_FILE_BYTES) -> bytes:
 
 
 class Notifier:
-    """Delivers one notice to a user's terminals and to their alerts file (see module docstring)."""
+    """Delivers one notice to a user's terminals, their spool, and their workspace (module docstring)."""
 
     def __init__(
         self,
         docker_client: Any = None,
         *,
+        spool_dir: Optional[str] = None,
         utmp_path: str = UTMP_PATH,
         dev_root: str = DEV_ROOT,
-        home_roots: Iterable[str] = ("/home",),
         passwd: Callable[[str], Any] = pwd.getpwnam,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = docker_client
+        self.spool = Spool(spool_dir) if spool_dir else None
         self.utmp_path = utmp_path
         self.dev_root = dev_root
-        self.home_roots = tuple(os.path.realpath(r) for r in home_roots)
         self.passwd = passwd
         self.clock = clock
 
     def deliver(self, user: str, facts: Any, notice: Any, quota: Optional[str] = None) -> dict:
-        """Returns ``{"terminals": [paths written], "file": where the message was kept or None}``."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.clock()))
+        """``{"terminals": [paths written], "file": the spool file or None, "workspace": where or None}``."""
+        now = self.clock()
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now))
         name = getattr(facts, "name", None)
         title = f"{notice.title}: {name}" if name else notice.title
         text = render(notice.level, title, notice.lines, quota, when)
@@ -201,11 +213,20 @@ class Notifier:
                 if write_terminal(path, entry.pw_uid, text):
                     written.append(path)
         kept = None
+        if self.spool is not None:
+            record = {
+                "at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+                "level": notice.level,
+                "title": title,
+                "lines": list(notice.lines),
+                "quota": quota,
+                "container": name,
+            }
+            kept = self.spool.append(user, entry, record)
+        workspace = None
         if facts is not None and getattr(facts, "workspace_mounted", False) and self.client is not None:
-            kept = self._append_in_container(facts.id, text, entry)
-        if kept is None and entry is not None:
-            kept = self._append_home(entry, text)
-        return {"terminals": written, "file": kept}
+            workspace = self._append_in_container(facts.id, text, entry)
+        return {"terminals": written, "file": kept, "workspace": workspace}
 
     # -- in the container ----------------------------------------------------------------------
     def _append_in_container(self, cid: str, text: str, entry: Any) -> Optional[str]:
@@ -243,44 +264,157 @@ class Notifier:
             return None
         return f"{cid[:12]}:{WORKSPACE_ALERTS}" if ok else None
 
-    # -- in the home directory on the host ------------------------------------------------------
-    def _append_home(self, entry: Any, text: str) -> Optional[str]:
-        home = entry.pw_dir
-        real = os.path.realpath(home)
-        if not any(real == root or real.startswith(root + os.sep) for root in self.home_roots):
+
+# -- the spool ---------------------------------------------------------------------------------
+NOTICES_DIR = "notices"
+SPOOL_SUFFIX = ".jsonl"
+# system.posix_acl_access, version 2: (tag, perm, id) entries; ACL_UNDEFINED_ID for the owner/group/mask/other.
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_UNDEFINED = 0xFFFFFFFF
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+
+
+def reader_acl(uid: int) -> bytes:
+    """The ACL ``u::rw-,u:<uid>:r--,g::---,m::r--,o::---`` in the kernel's xattr format."""
+    entries = (
+        (_ACL_USER_OBJ, 6, _ACL_UNDEFINED),
+        (_ACL_USER, 4, uid),
+        (_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED),
+        (_ACL_MASK, 4, _ACL_UNDEFINED),
+        (_ACL_OTHER, 0, _ACL_UNDEFINED),
+    )
+    return struct.pack("<I", 2) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
+
+
+def spool_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, NOTICES_DIR)
+
+
+def spool_path(spool_dir: str, login: str) -> str:
+    return os.path.join(spool_dir, login + SPOOL_SUFFIX)
+
+
+class Spool:
+    """Root-owned per-user notice files that only their user (and root) can read (module docstring)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def append(self, login: str, entry: Any, record: dict) -> Optional[str]:
+        """Appends ``record`` to ``login``'s spool; returns the file's path, or None (logged) when it cannot."""
+        if not identity.valid_login(login) or login in (".", ".."):
             return None
         try:
-            dir_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
+            dir_fd = self._open_dir()
+        except OSError as exc:
+            _log().warning("notice spool %s cannot be used: %s", self.directory, exc)
             return None
         try:
-            if os.fstat(dir_fd).st_uid != entry.pw_uid:
-                return None
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-            try:
-                fd = os.open(ALERTS_NAME, flags, 0o600, dir_fd=dir_fd)
-            except OSError:
-                return None
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                    return None
-                if st.st_uid != entry.pw_uid:
-                    if st.st_uid == os.geteuid() and st.st_size == 0:
-                        os.fchown(fd, entry.pw_uid, entry.pw_gid)  # just created by us: give it to them
-                    else:
-                        return None
-                with os.fdopen(os.dup(fd), "r+b") as handle:
-                    old = handle.read()
-                    data = _append_capped(old, text.encode("utf-8"))
-                    handle.seek(0)
-                    handle.write(data)
-                    handle.truncate()
-            finally:
-                os.close(fd)
+            return self._append(dir_fd, login, entry, record)
+        except OSError as exc:
+            _log().warning("cannot keep a notice for %s in %s: %s", login, self.directory, exc)
+            return None
         finally:
             os.close(dir_fd)
-        return os.path.join(home, ALERTS_NAME)
+
+    def _open_dir(self) -> int:
+        try:
+            os.mkdir(self.directory, 0o711)
+        except FileExistsError:
+            pass
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise OSError(errno.EPERM, "the directory must be root's and writable by root only")
+        if stat.S_IMODE(st.st_mode) != 0o711:
+            os.fchmod(fd, 0o711)
+        return fd
+
+    def _append(self, dir_fd: int, login: str, entry: Any, record: dict) -> str:
+        name = login + SPOOL_SUFFIX
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+                raise OSError(errno.EPERM, f"{name} is not a plain file of root's")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "r+b") as handle:
+                old = handle.read()
+                line = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+                data = _keep_last_lines(old, line, MAX_FILE_BYTES)
+                handle.seek(0)
+                handle.write(data)
+                handle.truncate()
+            if entry is not None:
+                self._share(fd, login, entry)
+        finally:
+            os.close(fd)
+        return os.path.join(self.directory, name)
+
+    def _share(self, fd: int, login: str, entry: Any) -> None:
+        """Let ``entry``'s user, and no one else but root, read the file."""
+        try:
+            os.fchmod(fd, 0o640)
+            os.setxattr(fd, _ACL_XATTR, reader_acl(entry.pw_uid))
+            if os.fstat(fd).st_gid != 0:
+                os.fchown(fd, -1, 0)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENODATA):
+                raise
+        try:
+            group = grp.getgrgid(entry.pw_gid)
+        except KeyError:
+            group = None
+        if group is not None and group.gr_name == login and set(group.gr_mem) <= {login}:
+            os.fchown(fd, -1, entry.pw_gid)
+            os.fchmod(fd, 0o640)
+            return
+        os.fchmod(fd, 0o600)
+        _log().warning(
+            "the file system of %s has no POSIX ACLs and %s has no private group: their notices are kept "
+            "root-only (mount it with ACLs, or give each user their own group)",
+            self.directory,
+            login,
+        )
+
+
+def _keep_last_lines(old: bytes, new: bytes, cap: int) -> bytes:
+    data = old + new
+    while len(data) > cap and b"\n" in data[:-1]:
+        data = data[data.index(b"\n") + 1 :]
+    return data
+
+
+def read_spool(path: str, since: Optional[str] = None) -> list:
+    """The notices in a spool file (oldest first), those after ``since`` (an ISO time) when given.
+    A missing or unreadable file holds none; a damaged line is skipped."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return []
+    out = []
+    for line in raw.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("at"), str):
+            continue
+        if since is not None and record["at"] <= since:
+            continue
+        out.append(record)
+    return out
+
+
+def render_record(record: dict) -> str:
+    """A spooled notice as its box (``render``), with the time it was sent."""
+    lines = [str(x) for x in record.get("lines") or []]
+    return render(str(record.get("level", "")), str(record.get("title", "")), lines, record.get("quota"), record["at"])
 
 
 def _log() -> Any:

@@ -1180,7 +1180,14 @@ def brief_line(report: Mapping[str, Any]) -> str:
     if report["alerts"]:
         alerts = ", ".join(f"{a['measure']} {a['level']}%" for a in report["alerts"])
         parts.append(f"QUOTA ALERT: {alerts} (ds01 limits)")
-    return " | ".join(parts)
+    line = " | ".join(parts)
+    notices = report.get("notices") or []
+    if not notices:
+        return line
+    from .notify import render_record
+
+    head = f"{len(notices)} notice(s) for you since you last looked (all of the last week: ds01 limits):"
+    return "\n".join([line, head] + [render_record(n).rstrip("\n") for n in notices])
 
 
 def _hours_text(value: Optional[float]) -> str:
@@ -1252,6 +1259,10 @@ def limits_text(report: Mapping[str, Any]) -> str:
         out.append(f"Bare metal: grant {state} ({g['type']}, until {g['expires_at'] or 'revoked'})")
     for a in report["alerts"]:
         out.append(f"ALERT {a['measure']} {a['level']}%: {a['sentence']}")
+    notices = report.get("notices") or []
+    if notices:
+        out.append(f"Notices sent to you in the last week ({len(notices)}, newest last):")
+        out.extend(f"  {n['at']}  [{n.get('level', '')}] {n.get('title', '')}" for n in notices)
     for err in report["errors"]:
         out.append(f"(incomplete: {err})")
     return "\n".join(out)
