@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -164,3 +165,41 @@ def test_lab_units_pass_systemd_analyze_verify(lab, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert str(tmp_path) not in proc.stdout + proc.stderr
+
+
+def test_aggregate_limits_false_leaves_slices_uncapped_and_says_so(tmp_path):
+    """``enforcement.aggregate_limits: false`` does what its name says: the lab's slices keep accounting and
+    lose every cap, the config check warns, and ``ds01 limits`` reports the totals as not capped."""
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import observe
+
+    with open(LAB, encoding="utf-8") as handle:
+        text = handle.read()
+    assert "aggregate_limits: true" in text
+    shutil.copytree(os.path.dirname(LAB), tmp_path / "lab")
+    (tmp_path / "lab" / "resource-limits.yaml").write_text(
+        text.replace("aggregate_limits: true", "aggregate_limits: false")
+    )
+    off = config.load_config(str(tmp_path / "lab" / "resource-limits.yaml"))
+    on = config.load_config(LAB)
+    files_on, files_off = slices.desired_files(on, ["zoe"]), slices.desired_files(off, ["zoe"])
+    assert any(rel.endswith(slices.DROPIN_NAME) for rel in files_on)
+    assert not any(rel.endswith(slices.DROPIN_NAME) for rel in files_off)
+    assert set(files_off) == {rel for rel in files_on if not rel.endswith(slices.DROPIN_NAME)}
+    assert props(files_off["ds01-student-zoe.slice"])["MemoryAccounting"] == "true"
+    assert any("enforcement.aggregate_limits: is false" in w for w in off.warnings)
+    assert not any("aggregate_limits" in w for w in on.warnings)
+    now = dt.datetime.now(dt.timezone.utc)
+    report = observe.limits_report(
+        off.resolve("zoe"),
+        mine=[],
+        slice_usage={},
+        alerts={},
+        grant=None,
+        exempt_bare_metal=False,
+        now=now,
+        source="none",
+    )
+    assert report["aggregate"]["capped"] is False and report["aggregate"]["memory"]["max_bytes"] is None
+    assert (
+        report["gpu"]["quota_gpueq"] == 2.0
+    )  # aggregate.gpu_limit still counts: it is the allocator's, not a slice cap

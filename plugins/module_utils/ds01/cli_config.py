@@ -147,7 +147,10 @@ def render_limits(limits: config_mod.Limits) -> str:
     if limits.aggregate is None:
         lines.append("  Per-user totals (slice): none (no aggregate block: accounting only)")
     else:
-        lines.append("  Per-user totals (slice):")
+        lines.append(
+            "  Per-user totals (slice):"
+            + ("" if limits.slice_caps else " NOT ENFORCED (enforcement.aggregate_limits is false: accounting only)")
+        )
         for key, value in limits.aggregate.as_dict().items():
             lines.append(
                 f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('aggregate.' + key, 'unset')}]"

@@ -16,7 +16,7 @@
          "gpu": {"used_gpueq", "quota_gpueq": float|null, "slots": int, "max_slots_per_container",
                  "allow_full_gpu": bool, "holders": [{"container", "state", "slots": [str], "gpueq"}]},
          "containers": {"count", "max": int|null, "items": [{"name", "state", "type", "gpueq"}]},
-         "aggregate": {"slice", "slice_exists": bool,
+         "aggregate": {"slice", "slice_exists": bool, "capped": bool (false: enforcement.aggregate_limits is off),
                        "memory": {"used_bytes": int|null, "max_bytes": int|null, "high": str|null},
                        "cpu": {"quota": str|null, "usage_seconds": float|null},
                        "tasks": {"current": int|null, "max": int|str|null}, "oom_kills": int|null},

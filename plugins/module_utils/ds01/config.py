@@ -595,6 +595,8 @@ class Limits:
     sources: Mapping[str, str] = field(default_factory=dict)
     safe_defaults: bool = False
     group_container_types: Mapping[str, ContainerTypePolicy] = field(default_factory=dict)
+    # enforcement.aggregate_limits: False leaves the user's slice uncapped (aggregate shown, not enforced).
+    slice_caps: bool = True
 
     @property
     def gpu_quota(self) -> Optional[float]:
@@ -675,6 +677,7 @@ class Limits:
             "override": self.is_override,
             "listed": self.listed,
             "safe_defaults": self.safe_defaults,
+            "slice_caps": self.slice_caps,
             "limits": {k: getattr(self, k) for k in LIMIT_KEYS},
             "aggregate": self.aggregate.as_dict() if self.aggregate else None,
             "policies": self.policies.as_dict(),
@@ -1037,6 +1040,7 @@ class Config:
             policies=policies,
             container_types=MappingProxyType(dict(self.container_types)),
             group_container_types=MappingProxyType(dict(group.container_types)),
+            slice_caps=bool(self.sections["enforcement"]["aggregate_limits"]),
             exemptions=tuple(e for e in self.exemptions if e.username == login),
             sources=MappingProxyType(sources),
             **values,
@@ -1136,6 +1140,13 @@ def load_config(path: str) -> Config:
         reader.problems.append(Problem(os.path.join(config.directory, MEMBERS_DIR), "", sentence))
     if reader.problems:
         raise ConfigError(reader.problems)
+    if not config.sections["enforcement"]["aggregate_limits"]:
+        reader.warn(
+            file,
+            ("enforcement", "aggregate_limits"),
+            "is false: user slices keep accounting but get no caps (no CPUQuota, MemoryMax, MemoryHigh or TasksMax); "
+            "aggregate.gpu_limit still counts towards the GPU quota. Set it to true to cap each user's total",
+        )
     config.warnings = reader.warnings
     return config
 

@@ -1062,7 +1062,7 @@ def limits_report(
 ) -> dict:
     """The ``ds01 limits --json`` document (shape in ``cli_observe``'s docstring)."""
     held = round(sum(h.gpueq for h in mine), 6)
-    agg = limits.aggregate
+    agg = limits.aggregate if limits.slice_caps else None  # enforcement.aggregate_limits: false = no caps
     usage = slice_usage or {}
     mem_max = memory_limit_bytes(agg.memory_max if agg else None, host_memory_bytes())
     if mem_max is None:
@@ -1119,6 +1119,7 @@ def limits_report(
         "aggregate": {
             "slice": limits.slice_name,
             "slice_exists": bool(usage.get("exists")),
+            "capped": limits.slice_caps,
             "memory": {
                 "used_bytes": usage.get("memory_current"),
                 "max_bytes": mem_max,

@@ -6,6 +6,7 @@ Hierarchy (reference §6.2, names from ``identity``)::
     └─ ds01-<group>.slice              accounting on, no limits (a group cap would throttle everyone together)
        └─ ds01-<group>-<user>.slice    accounting on
           └─ .d/10-resource-limits.conf  CPUQuota / MemoryMax / MemoryHigh / TasksMax from the resolved aggregate
+                                         (none while ``enforcement.aggregate_limits`` is false)
 
 Every user's numbers come from the one resolver (``config.Config.resolve``); this module only turns them
 into unit text. Every file it renders carries ``MARKER`` on a line of its own, so pruning can tell the
@@ -125,7 +126,7 @@ def user_slices(config: object, extra_users: Iterable[str] = ()) -> list[UserSli
                 group=limits.group,
                 sanitized=limits.sanitized,
                 unit=limits.slice_name,
-                limits=aggregate_properties(limits.aggregate),
+                limits=aggregate_properties(limits.aggregate) if limits.slice_caps else (),
             )
         )
     return out
