@@ -8,6 +8,11 @@ own ``expires_epoch``: no background job has to remember to remove them.
 - ``ds01 access revoke USER`` (admins).
 - ``ds01 access status [USER] [--json]``: anyone, for themselves; admins for anyone.
 - ``ds01 access list [--json]`` (admins).
+- ``ds01 access sweep [--now ISO] [--dry-run] [--json]`` (admins): warn users whose grant ends within the
+  hour and record grants that ended (``access_expiry``); ``ds01 lifecycle run`` does the same on its timer.
+
+Grants live in a root-owned directory: an admin who is not root runs ``sudo ds01 access grant …``; without
+it the command says so instead of failing half-way.
 
 JSON shape of ``status``/``list``: ``{"schema_version": "1", "grants": [{"user", "type",
 "granted_by", "granted_at", "expires_at", "active": bool}], "exempt": bool}`` (``exempt`` in
@@ -24,7 +29,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from . import cli, events, fsutil, identity, profile
+from . import access_expiry, cli, events, fsutil, identity, profile
 from . import config as config_mod
 
 SCHEMA_VERSION = "1"
@@ -59,6 +64,12 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="every grant (admins)")
     cli.add_json_flag(listing)
     listing.set_defaults(func=cmd_list)
+
+    sweep = actions.add_parser("sweep", help="warn about grants ending within the hour, record ended ones (admins)")
+    sweep.add_argument("--now", metavar="ISO", help="decide as if it were this time (e.g. 2026-11-22T18:00:00Z)")
+    sweep.add_argument("--dry-run", action="store_true", help="list what would be said; write and send nothing")
+    cli.add_json_flag(sweep)
+    sweep.set_defaults(func=cmd_sweep)
     parser.set_defaults(func=lambda ctx: (parser.print_help(), cli.EXIT_USAGE)[1])
 
 
@@ -78,6 +89,15 @@ def _require_admin(config: config_mod.Config, what: str) -> str:
 
 def _grant_dir(config: config_mod.Config) -> str:
     return config.section("bare_metal_access")["state_dir"]
+
+
+def _not_writable(path: str, exc: OSError, what: str) -> cli.CommandError:
+    reason = exc.strerror or str(exc)
+    return cli.CommandError(
+        f"cannot {what} {path} ({reason}): grants live in a root-owned directory, "
+        f"so run the command as root (`sudo ds01 access ...`). Nothing was changed.",
+        cli.EXIT_FAULT,
+    )
 
 
 def _read_grant(path: str, now: float) -> Optional[dict]:
@@ -122,10 +142,14 @@ def cmd_grant(ctx: cli.Context) -> int:
                 ) from None
         expires = now + dt.timedelta(seconds=seconds)
     directory = _grant_dir(config)
-    os.makedirs(directory, mode=0o711, exist_ok=True)
-    os.chmod(directory, 0o711)  # noqa: S103 - users open their own grant by name, cannot list others
     text = profile.render_grant(user, admin, now, expires)
-    fsutil.atomic_write(os.path.join(directory, f"{user}.json"), text)
+    path = os.path.join(directory, f"{user}.json")
+    try:
+        os.makedirs(directory, mode=0o711, exist_ok=True)
+        os.chmod(directory, 0o711)  # noqa: S103 - users open their own grant by name, cannot list others
+        fsutil.atomic_write(path, text)
+    except PermissionError as exc:
+        raise _not_writable(path, exc, "write") from None
     _log(config, "access.grant", user, granted_by=admin, expires_at=json.loads(text)["expires_at"])
     data = {"schema_version": SCHEMA_VERSION, "grants": [{**json.loads(text), "active": True}]}
     until = "with no expiry" if expires is None else f"until {expires.strftime('%Y-%m-%d %H:%M UTC')}"
@@ -139,11 +163,14 @@ def cmd_revoke(ctx: cli.Context) -> int:
     user = ctx.args.user
     if not identity.valid_login(user):
         raise cli.CommandError(f"'{user}' is not a login name.", cli.EXIT_USAGE)
+    path = os.path.join(_grant_dir(config), f"{user}.json")
     try:
-        os.unlink(os.path.join(_grant_dir(config), f"{user}.json"))
+        os.unlink(path)
     except FileNotFoundError:
         sys.stdout.write(f"{user} had no grant; nothing to revoke.\n")
         return cli.EXIT_OK
+    except PermissionError as exc:
+        raise _not_writable(path, exc, "remove") from None
     _log(config, "access.revoke", user, revoked_by=admin, reason="manual")
     sys.stdout.write(f"{user}'s grant is revoked; their next login shell hides the GPUs again.\n")
     return cli.EXIT_OK
@@ -187,6 +214,8 @@ def cmd_list(ctx: cli.Context) -> int:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         names = []
+    except PermissionError as exc:
+        raise _not_writable(directory, exc, "list") from None
     for name in names:
         if name.endswith(".json"):
             grant = _read_grant(os.path.join(directory, name), now)
@@ -205,3 +234,31 @@ def cmd_list(ctx: cli.Context) -> int:
 
     ctx.emit(data, human)
     return cli.EXIT_OK
+
+
+def cmd_sweep(ctx: cli.Context) -> int:
+    config = ctx.config
+    _require_admin(config, "run the grant expiry sweep")
+    if ctx.args.now:
+        try:
+            now = events.parse_time(ctx.args.now)
+        except ValueError:
+            raise cli.CommandError(
+                f"--now {ctx.args.now!r} is not a time such as 2026-11-22T18:00:00Z; give an ISO time.", cli.EXIT_USAGE
+            ) from None
+    else:
+        now = dt.datetime.now(dt.timezone.utc)
+    report = access_expiry.run(config, now, dry_run=bool(ctx.args.dry_run))
+    data = {"schema_version": SCHEMA_VERSION, **report}
+
+    def human(_d: dict) -> str:
+        if report.get("busy"):
+            return "Another expiry sweep is running; it does the work."
+        head = "would tell" if report["dry_run"] else "told"
+        out = [f"{head} {a['user']}: {a['message']}" for a in report["actions"]]
+        out.extend(f"FAILED: {e}" for e in report["errors"])
+        out.append(f"{len(report['actions'])} grant notice(s).")
+        return "\n".join(out)
+
+    ctx.emit(data, human)
+    return cli.EXIT_FAULT if report["errors"] else cli.EXIT_OK
