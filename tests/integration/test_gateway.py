@@ -211,10 +211,20 @@ def pair(gw):
 # visibility and ownership
 
 
-def test_socket_is_group_docker_0660(gw):
+def test_socket_is_open_to_every_login_and_identifies_each_caller(gw, docker_client):
+    """Mode 0666 (the default): a login in no group at all reaches the gateway and is held to its own view;
+    a system account (uid < 1000) reaches the socket but is refused, and nothing is made for it."""
     st = os.stat(gw.socket)
-    assert oct(st.st_mode & 0o777) == "0o660"
+    assert oct(st.st_mode & 0o777) == "0o666"
     assert grp.getgrgid(st.st_gid).gr_name == "docker"
+    if subprocess.run(["id", "gwloner"], capture_output=True, check=False).returncode:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", "gwloner"], check=True)
+    assert "docker" not in subprocess.run(["id", "-nG", "gwloner"], capture_output=True, text=True, check=True).stdout
+    assert gw.ok("gwloner", "ps", "-a", "--format", "{{.Names}}").split() == []
+    name = _name("sysacct")
+    stderr = gw.refused("daemon", "run", "--name", name, "--network", "none", IMAGE, "true", phrase="system account")
+    assert "uid 1 (daemon)" in stderr
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
 
 
 def test_each_user_sees_only_their_containers_and_admins_see_all(gw, pair):

@@ -58,12 +58,14 @@ def test_role_moves_the_socket_keeps_other_keys_and_is_idempotent(repo_root, tmp
         "log-driver": "json-file",
         "cgroup-parent": "ds01.slice",
         "hosts": ["unix:///run/ds01/dockerd.sock"],
+        "group": "root",  # the daemon's own socket: root's alone, never the docker group's
     }
     units = root / "etc/systemd/system"
     service = (units / "ds01-gateway.service").read_text()
     assert service.startswith("#\n# Ansible managed")
     assert (
-        "gateway serve --listen /var/run/docker.sock --upstream /run/ds01/dockerd.sock --socket-group docker" in service
+        "gateway serve --listen /var/run/docker.sock --upstream /run/ds01/dockerd.sock --socket-group docker "
+        "--socket-mode 0666" in service
     )
     assert "Restart=always" in service and "Requires=docker.service" in service
     dropin = (units / "docker.service.d/ds01-gateway.conf").read_text()

@@ -2,7 +2,9 @@
 
 ``--listen PATH`` (default ``gateway.listen``, /var/run/docker.sock), ``--upstream PATH`` (default
 ``gateway.upstream``, /run/ds01/dockerd.sock), ``--socket-group NAME`` (default
-``gateway.socket_group``, docker). The config is read through the last-good-config store: a
+``gateway.socket_group``, docker), ``--socket-mode 0666|0660`` (default ``gateway.socket_mode``, 0666:
+every login may connect; the gateway identifies each caller by SO_PEERCRED and refuses system accounts).
+The config is read through the last-good-config store: a
 broken or missing file does not stop the gateway (limits fall back as ARCHITECTURE.md says).
 """
 
@@ -27,6 +29,12 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--socket-group", metavar="NAME", help="group allowed to connect (default: gateway.socket_group)"
     )
+    serve.add_argument(
+        "--socket-mode",
+        choices=("0666", "0660"),
+        help="0666: every login may connect (each is identified by the kernel); 0660: the group only "
+        "(default: gateway.socket_mode, 0666)",
+    )
     serve.set_defaults(func=cmd_serve)
     parser.set_defaults(func=lambda ctx: _usage(parser))
 
@@ -44,7 +52,7 @@ def cmd_serve(ctx: cli.Context) -> int:
     if ctx.args.verbose:
         logging.getLogger().setLevel(logging.INFO)
     try:
-        server.run(ctx.config_path, ctx.args.listen, ctx.args.upstream, ctx.args.socket_group)
+        server.run(ctx.config_path, ctx.args.listen, ctx.args.upstream, ctx.args.socket_group, ctx.args.socket_mode)
     except OSError as exc:
         raise cli.CommandError(f"the gateway could not start: {exc}", cli.EXIT_FAULT) from None
     return cli.EXIT_OK

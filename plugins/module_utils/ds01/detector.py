@@ -116,7 +116,6 @@ SYSTEM_COMMS = frozenset(
         "lightdm",
     }
 )
-UID_MIN = 1000  # below: system accounts (root is a person here: uid 0 is attributed like a login)
 
 _HEX64 = r"[0-9a-f]{64}"
 _CONTAINER_RES = (
@@ -436,11 +435,11 @@ def decide_attribution(
             scope = "user-slice"
         return Attribution("user", login=login_for_uid(uid), scope=scope, **base)
     if place.system_unit is not None:
-        if uid != 0 and uid < UID_MIN:
+        if identity.system_account(uid):
             return Attribution("system", scope="system-service", reason=f"system service {place.system_unit}", **base)
         # A person's job run by a system service (cron without pam_systemd, a unit with User=).
         return Attribution("user", login=login_for_uid(uid), scope="system-service", **base)
-    if uid != 0 and uid < UID_MIN:
+    if identity.system_account(uid):
         return Attribution("system", scope="host", reason=f"system account uid {uid}", **base)
     return Attribution("user", login=login_for_uid(uid), scope="host", **base)
 

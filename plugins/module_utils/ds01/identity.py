@@ -82,6 +82,17 @@ def is_admin(login: Optional[str], uid: int, admin_group: str, admin_users: Iter
         return False
 
 
+# Below UID_MIN (Debian's login.defs) and at the overflow ids (nobody): system accounts, not people.
+# Root is a person here (the admin).
+UID_MIN = 1000
+OVERFLOW_UIDS = (65534, 4294967294, 4294967295)
+
+
+def system_account(uid: int) -> bool:
+    """True for service accounts (uid 1-999, nobody): no person logs in as them."""
+    return uid != 0 and (uid < UID_MIN or uid in OVERFLOW_UIDS)
+
+
 def login_of_uid(uid: int) -> Optional[str]:
     """The login name of ``uid`` (None when the account database does not know it)."""
     try:

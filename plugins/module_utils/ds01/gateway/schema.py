@@ -7,7 +7,9 @@ The section must be registered before any config is loaded, so config.py imports
 gateway:
   listen: /var/run/docker.sock          # the socket users' tools talk to
   upstream: /run/ds01/dockerd.sock      # the daemon's own socket (daemon.json hosts)
-  socket_group: docker                  # group that may connect to `listen` (mode 0660)
+  socket_group: docker                  # group of `listen`
+  socket_mode: "0666"                   # "0666": every login may connect (each caller is identified by the
+                                        # kernel, SO_PEERCRED, and held to their own limits); "0660": the group only
   allowed_capabilities: [CHOWN, ...]    # --cap-add beyond this list is refused
   allowed_devices: []                   # host devices a user may pass with --device
   bind_prefixes: ["{home}"]             # bind-mount sources allowed read-write ({home} = caller's home)
@@ -58,10 +60,19 @@ def _prefix(value: object) -> None:
         raise ValueError("an absolute path, or one starting with {home}")
 
 
+def _socket_mode(value: object) -> str:
+    # YAML 1.1 reads an unquoted 0666 as the octal number 438: both spellings mean the same mode.
+    text = f"0{value:o}" if isinstance(value, int) and not isinstance(value, bool) else value
+    if text not in ("0666", "0660"):
+        raise ValueError('"0666" (every login; the gateway identifies each caller) or "0660" (socket_group only)')
+    return str(text)
+
+
 KEYS = {
     "listen": (config_mod.Kind(config_mod._abs_or_rel_path, nullable=False), "/var/run/docker.sock"),
     "upstream": (config_mod.Kind(config_mod._abs_or_rel_path, nullable=False), "/run/ds01/dockerd.sock"),
     "socket_group": (config_mod.Kind(config_mod._string(), nullable=False), "docker"),
+    "socket_mode": (config_mod.Kind(_socket_mode, nullable=False), "0666"),
     "allowed_capabilities": (
         config_mod.Kind(config_mod._string_list(_capability, "a list of capability names"), nullable=False),
         DEFAULT_CAPABILITIES,

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote, unquote
 
 from .. import config as config_mod
-from .. import refusals
+from .. import identity, refusals
 from . import admission as admission_mod
 from . import canonical, claims, dockerfile, http, listener, objects, peer, pins, policy, schema
 from . import stats as stats_mod
@@ -67,11 +67,13 @@ class Settings:
         listen: Optional[str] = None,
         upstream: Optional[str] = None,
         socket_group: Optional[str] = None,
+        socket_mode: Optional[str] = None,
     ) -> None:
         self.section = dict(section)
         self.listen = listen or section["listen"]
         self.upstream = upstream or section["upstream"]
         self.socket_group = socket_group or section["socket_group"]
+        self.socket_mode = int(socket_mode or section["socket_mode"], 8)
 
 
 class Gateway:
@@ -90,6 +92,7 @@ class Gateway:
         listen_backlog: int = listener.LISTEN_BACKLOG,
         accept_retry_s: float = listener.ACCEPT_RETRY_S,
         error_log_every_s: float = listener.ERROR_LOG_EVERY_S,
+        socket_mode: Optional[str] = None,
     ) -> None:
         self.head_timeout_s = head_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -98,7 +101,7 @@ class Gateway:
         self.error_log_every_s = error_log_every_s
         self.cap = listener.ConnectionCap(max_connections_per_uid)
         self.store = config_mod.ConfigStore(config_path)
-        self._cli = (listen, upstream, socket_group)
+        self._cli = (listen, upstream, socket_group, socket_mode)
         self.upstream = Upstream(self.settings().upstream)
         self.admission = admission or admission_mod.Admission(self.store, self.settings().upstream)
         self._event_log = event_log
@@ -160,8 +163,14 @@ class Gateway:
             log.error("group %s does not exist: only root can use %s", settings.socket_group, path)
         if gid >= 0 and os.geteuid() == 0:
             os.chown(path, 0, gid)
-        os.chmod(path, 0o660)
-        log.info("listening on %s (group %s), forwarding to %s", path, settings.socket_group, settings.upstream)
+        os.chmod(path, settings.socket_mode)
+        log.info(
+            "listening on %s (mode %04o, group %s), forwarding to %s",
+            path,
+            settings.socket_mode,
+            settings.socket_group,
+            settings.upstream,
+        )
         return self.server
 
     async def serve_forever(self) -> None:
@@ -228,6 +237,13 @@ class Gateway:
         account = peer.account_of_uid(cred.uid)
         if account is None:
             raise Refused(_identity_refusal(f"uid {cred.uid} has no account on this host"))
+        if identity.system_account(cred.uid):
+            raise Refused(
+                _identity_refusal(
+                    f"uid {cred.uid} ({account.login}) is a system account; the Docker socket serves people's logins "
+                    f"(uid {identity.UID_MIN} and up) and root. Run the job as a login user"
+                )
+            )
         admin = peer.is_admin(account, admin_group, admin_users, cred.gid)
         return peer.Caller(account.login, account.uid, account.home, admin, cred.pid)
 
@@ -1306,9 +1322,13 @@ class _Sent:
 
 
 def run(
-    config_path: str, listen: Optional[str] = None, upstream: Optional[str] = None, socket_group: Optional[str] = None
+    config_path: str,
+    listen: Optional[str] = None,
+    upstream: Optional[str] = None,
+    socket_group: Optional[str] = None,
+    socket_mode: Optional[str] = None,
 ) -> None:
-    gateway = Gateway(config_path, listen, upstream, socket_group)
+    gateway = Gateway(config_path, listen, upstream, socket_group, socket_mode=socket_mode)
     asyncio.run(gateway.serve_forever())
 
 
