@@ -154,6 +154,15 @@ def desired_files(config: object, extra_users: Iterable[str] = ()) -> dict:
     return files
 
 
+def files_for(config: object, login: str) -> dict:
+    """The files one login's slice needs (root, group and user slice, and its drop-in): what the gateway
+    makes sure of before that login's first container, in the same text the role would write."""
+    files = desired_files(config, [login])
+    user = next(u for u in user_slices(config, [login]) if u.login == login)
+    wanted = {identity.ROOT_SLICE, identity.group_slice_unit(user.group), user.unit, dropin_path(user.unit)}
+    return {rel: text for rel, text in files.items() if rel in wanted}
+
+
 def is_generated(text: str) -> bool:
     """True when ``text`` is a file this renderer wrote (it holds the marker on a line of its own)."""
     return MARKER in text.splitlines()

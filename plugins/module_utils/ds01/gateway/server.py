@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote, unquote
 
 from .. import config as config_mod
-from .. import identity, refusals
+from .. import identity, refusals, slice_keeper
 from . import admission as admission_mod
 from . import canonical, claims, dockerfile, http, listener, objects, peer, pins, policy, schema
 from . import stats as stats_mod
@@ -110,6 +110,7 @@ class Gateway:
         self.requests = 0
         self.refused = 0
         self.stats = stats_mod.RequestStats()
+        self.slices = slice_keeper.SliceKeeper()
         self._tasks: set = set()
 
     # -- settings -------------------------------------------------------------------------------
@@ -582,6 +583,12 @@ class _Connection:
             async for _piece in http.iter_body(self.reader, framing):
                 pass
             raise Refused(policy.Refusal(*verdict))
+        if route.kind == "build" and not caller.admin:
+            try:
+                await self.ensure_slice()  # the build's RUN steps run in the caller's slice
+            except Refused:
+                await self.drain(framing)
+                raise
         head.target = policy.rebuild_target(route, query=query)  # re-encoded: what was checked is what is sent
         if objects.form_content_type(head.get("Content-Type")):
             head.set("Content-Type", "application/octet-stream")  # dockerd would read a form body as query
@@ -962,6 +969,7 @@ class _Connection:
             await self.make_volume(volume, ctx)
         limits = self.limits()
         async with self.gw.create_lock(caller.login), self.gw.create_lock("name:" + name.lstrip("/") if name else ""):
+            await self.ensure_slice()
             await self.check_name_free(name)
             if limits.max_containers_per_user is not None:
                 mine = await self.gw.upstream.containers_of(caller.login)
@@ -1057,6 +1065,17 @@ class _Connection:
         body["Labels"] = labels
         details = {"container": name, "image": str(body.get("Image") or ""), "container_type": "admin"}
         return await self.gpu_create(head, framing, route, body, ask, limits, details, admin=True)
+
+    async def ensure_slice(self) -> None:
+        """The caller's capped slice is loaded before anything runs in it (``slice_keeper``)."""
+        caller = self.caller
+        if caller is None:  # identity is established before any request is handled
+            raise AssertionError("request handled before the caller was identified")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.gw.slices.ensure, self.gw.config(), caller.login)
+        except slice_keeper.SliceError as exc:
+            raise Refused(policy.Refusal(policy.POLICY_DENIED, exc.sentence, status=500)) from None
 
     async def make_volume(self, name: str, ctx: policy.CreateContext) -> None:
         """Create a named volume as the caller's: labelled ``ds01.user`` and its directory theirs."""
