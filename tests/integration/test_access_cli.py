@@ -183,6 +183,9 @@ def test_expiry_warns_an_hour_ahead_once_and_records_the_end_once(sandbox):
     assert message.startswith("Your bare-metal GPU access ends at ") and "(in 30 minutes)" in message
     assert "Ask an admin to run `ds01 access grant`" in message
     assert json.loads(record.read_text()) == {"expires_epoch": end, "warned": True, "expired": False}
+    # the user is told where they will look: their notice spool (shown by the next login greeting)
+    spooled = [json.loads(line) for line in (sandbox / "state" / "notices" / "acc1.jsonl").read_text().splitlines()]
+    assert [n["lines"] for n in spooled] == [[message]]
 
     later = ds01(sandbox, "access", "sweep", "--now", iso(end - 1500), "--json")
     assert json.loads(later.stdout)["actions"] == [] and len(expiry_events()) == 1

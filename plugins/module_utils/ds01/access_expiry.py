@@ -9,7 +9,7 @@ tells people about it, once per grant:
 
 A grant first seen after it ended gets only ``access.expire`` (no late warning). Both events carry
 ``expires_at``, ``granted_by`` and ``message``: the sentence the user is shown (``deliver``, at the
-edge: their terminals). What was already said is kept per user in
+edge: their terminals and their notice spool, which the next login greeting shows). What was already said is kept per user in
 ``<paths.state_dir>/access-notices/<login>.json`` (``{"expires_epoch", "warned", "expired"}``); a
 renewed grant has a new ``expires_epoch`` and starts afresh, a revoked one drops its record.
 
@@ -226,20 +226,20 @@ class Lock:
             self.fd = None
 
 
-def deliver_to_terminals(user: str, level: str, title: str, lines: list) -> list:
-    """Writes the notice box to every terminal ``user`` is logged in on; returns the terminals written."""
-    import pwd
+def notice_delivery(state_dir: str) -> Callable[[str, str, str, list], list]:
+    """``deliver(user, level, title, lines)``: the notice box to every terminal ``user`` is logged in on and into
+    their spool (``notify``), so the next login greeting shows it; returns where it went."""
 
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-    except KeyError:
-        return []
-    text = notify.render(level, title, lines)
-    return [path for path in notify.terminals_of(user) if notify.write_terminal(path, uid, text)]
+    def deliver(user: str, level: str, title: str, lines: list) -> list:
+        notifier = notify.Notifier(spool_dir=notify.spool_dir(state_dir))
+        where = notifier.deliver(user, None, notify.Message(level, title, tuple(lines)))
+        return list(where["terminals"]) + ([where["file"]] if where["file"] else [])
+
+    return deliver
 
 
 def run(config: Any, now: dt.datetime, *, dry_run: bool = False, source: str = "ds01 access") -> dict:
-    """The sweep over ``config``'s grant directory, with its events and terminal notices, under the lock.
+    """The sweep over ``config``'s grant directory, with its events and notices, under the lock.
 
     Never raises ``OSError`` into its caller (the lifecycle sweep goes on): a failure is in ``errors``.
     """
@@ -257,7 +257,7 @@ def run(config: Any, now: dt.datetime, *, dry_run: bool = False, source: str = "
         with Lock(config.paths.run_dir) as lock:
             if not lock.acquired:
                 return {"now": None, "dry_run": False, "actions": [], "errors": [], "busy": True}
-            return sweep(grant_dir, state_dir, now, emit=emit, deliver=deliver_to_terminals)
+            return sweep(grant_dir, state_dir, now, emit=emit, deliver=notice_delivery(state_dir))
     except OSError as exc:
         log.warning("the bare-metal grant expiry pass failed: %s", exc)
         return {"now": None, "dry_run": False, "actions": [], "errors": [f"the expiry pass failed: {exc}"]}

@@ -59,6 +59,15 @@ _LINE_RE = re.compile(r"^(pts/\d{1,6}|tty\d{1,3})$")
 
 
 @dataclass(frozen=True)
+class Message:
+    """A notice that does not come from the lifecycle (which has its own ``Notice``): same three fields."""
+
+    level: str
+    title: str
+    lines: tuple
+
+
+@dataclass(frozen=True)
 class Session:
     user: str
     line: str
