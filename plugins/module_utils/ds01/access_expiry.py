@@ -9,7 +9,8 @@ tells people about it, once per grant:
 
 A grant first seen after it ended gets only ``access.expire`` (no late warning). Both events carry
 ``expires_at``, ``granted_by`` and ``message``: the sentence the user is shown (``deliver``, at the
-edge: their terminals and their notice spool, which the next login greeting shows). What was already said is kept per user in
+edge: their terminals and their notice spool, which the next login greeting shows). What was
+already said is kept per user in
 ``<paths.state_dir>/access-notices/<login>.json`` (``{"expires_epoch", "warned", "expired"}``); a
 renewed grant has a new ``expires_epoch`` and starts afresh, a revoked one drops its record.
 
