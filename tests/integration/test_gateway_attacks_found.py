@@ -22,6 +22,8 @@ from typing import Optional
 import pytest
 from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS
 
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import identity
+
 
 @pytest.fixture(autouse=True)
 def _own_containers_removed(attack_gw):
@@ -467,7 +469,7 @@ def test_r5_no_user_build_reuses_a_layer_another_user_built(attack_gw):
     assert built.returncode == 0, built.stderr
     assert "Using cache" not in built.stdout
     image = h.client.images.get(tag)
-    assert image.labels.get("ds01.user") == "atk2"
+    assert image.labels.get("ds01.image.maker") == "atk2" and "ds01.user" not in image.labels
     out = h.client.containers.run(tag, ["cat", "/mirror"], remove=True, network_mode="none").decode()
     assert "203.0.113.66" not in out
 
@@ -495,3 +497,134 @@ def test_r5_another_users_untagged_image_cannot_be_removed(attack_gw):
         )
     finally:
         h.client.api.remove_image(image_id, force=True)
+
+
+# -- round 6: the daemon's own containers (a classic build's steps) inherit their image's labels --------------
+
+
+def _build(h, user: str, dockerfile: str, *extra: str, tag: Optional[str] = None):
+    args = ["build", "--network", "none", *extra] + (["-t", tag] if tag else ["-q"])
+    return h.cli(user, *args, "-", input=dockerfile, env={"DOCKER_BUILDKIT": "0"}, timeout=180)
+
+
+def _step_containers(h, image_id: str) -> list:
+    return [c for c in h.client.containers.list(all=True) if c.attrs.get("Image") == image_id]
+
+
+def test_r6_a_build_from_a_users_own_image_makes_step_containers_nobody_can_join(attack_gw):
+    """R6-1 (host root): the steps of a build FROM the attacker's image ran as root and were 'hers' through the
+    inherited ds01.user label, so her container could join one's PID namespace. Images carry only the maker."""
+    h = attack_gw
+    base = h.tag(ATTACKER, "r6base")
+    assert _build(h, ATTACKER, f"FROM {IMAGE}\nRUN true\n", tag=base).returncode == 0
+    labels = h.client.images.get(base).labels
+    assert labels.get("ds01.image.maker") == ATTACKER and not {k for k in labels if k in ("ds01.user",)}
+    done: list = []
+    slow = threading.Thread(
+        target=lambda: done.append(_build(h, ATTACKER, f"FROM {base}\nRUN sleep 6\n", tag=h.tag(ATTACKER, "r6b")))
+    )
+    slow.start()
+    step = None
+    for _attempt in range(300):
+        running = [c for c in _step_containers(h, h.client.images.get(base).id) if c.status == "running"]
+        if running:
+            step = running[0]
+            break
+        time.sleep(0.1)
+    assert step is not None, "the build's RUN step never ran"
+    step_labels = step.attrs["Config"]["Labels"] or {}
+    assert not step_labels.get("ds01.user"), step_labels
+    joined = h.cli(ATTACKER, "run", "-d", "--network", "none", "--pid", f"container:{step.id}", IMAGE, "sleep", "30")
+    listed = h.cli(ATTACKER, "ps", "-a", "--no-trunc", "--format", "{{.ID}}").stdout.split()
+    slow.join(180)
+    assert joined.returncode != 0 and "no owner" in joined.stderr, joined.stdout + joined.stderr
+    assert step.id not in listed
+    assert not [
+        c for c in h.containers_of(ATTACKER) if (c.get("HostConfig") or {}).get("PidMode", "").startswith("container:")
+    ]
+    assert done and done[0].returncode == 0, done
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "extra"),
+    [
+        ("LABEL ds01.user=atk2", ()),
+        (f"LABEL ds01.gpu.uuids={GPU_UUIDS[0]} ds01.gpu.slots=0", ()),
+        ('LABEL keep=1 "ds01.lifecycle.exempt"=true', ()),
+        ("ARG K=ds01.user\nLABEL $K=atk1", ()),
+        ("LABEL com.docker.compose.project.working_dir=/home/atk1", ()),
+        ("ONBUILD LABEL ds01.user=atk1", ()),
+        ("LABEL ok=1", ("--label", "ds01.user=atk2")),
+        ("LABEL ok=1", ("--label", "ds01.image.maker=atk2")),
+    ],
+)
+def test_r6_no_build_can_label_its_steps_with_an_owner_gpu_or_exemption(attack_gw, dockerfile, extra):
+    """R6-2 (GPU pool blocked, planted containers, over the container limit) and R6-3: a Dockerfile LABEL or a
+    build --label with a server label is refused before anything runs; no container or image carries it."""
+    h = attack_gw
+    tag = h.tag(ATTACKER, "r6l")
+    before = {c.id for c in h.client.containers.list(all=True)}
+    built = _build(h, ATTACKER, f"FROM {IMAGE}\n{dockerfile}\nRUN true\n", *extra, tag=tag)
+    said = built.stderr + built.stdout
+    assert built.returncode != 0 and ("only the server sets" in said or "from a variable" in said), said
+    assert not h.client.images.list(name=tag.split(":")[0])
+    made = [c for c in h.client.containers.list(all=True) if c.id not in before]
+    assert not [c for c in made if any(k.startswith(("ds01.", "com.docker.compose")) for k in c.labels)]
+
+
+def test_r6_failed_build_steps_are_removed(attack_gw):
+    h = attack_gw
+    image_id = h.client.images.get(IMAGE).id
+    before = {c.id for c in _step_containers(h, image_id)}
+    failed = _build(h, ATTACKER, f"FROM {IMAGE}\nRUN false\n", "--rm=false", "--force-rm=false")
+    assert failed.returncode != 0
+    assert {c.id for c in _step_containers(h, image_id)} == before
+
+
+def test_r6_a_commit_carries_the_maker_not_the_owner_and_a_build_from_it_works(attack_gw):
+    h = attack_gw
+    name = h.name("r6c")
+    assert (
+        h.cli(ATTACKER, "create", "--name", name, "--network", "none", "--label", "mine=1", IMAGE, "true").returncode
+        == 0
+    )
+    tag = h.tag(ATTACKER, "r6commit")
+    committed = h.cli(ATTACKER, "commit", name, tag)
+    assert committed.returncode == 0, committed.stderr
+    labels = h.client.images.get(tag).labels
+    assert labels["ds01.image.maker"] == ATTACKER and labels["mine"] == "1"
+    assert labels["ds01.user"] == "" and labels["ds01.managed"] == ""  # blanked: readers ignore empty values
+    assert not [k for k, v in labels.items() if identity.inherited_label_hazard(k, v)], labels
+    changed = h.cli(ATTACKER, "commit", "--change", "LABEL ds01.user=atk2", name, h.tag(ATTACKER, "r6commit", "2"))
+    assert changed.returncode != 0 and "only the server sets" in changed.stderr
+    assert _build(h, ATTACKER, f"FROM {tag}\nRUN true\n", tag=h.tag(ATTACKER, "r6fromcommit")).returncode == 0
+
+
+def test_r6_a_base_image_that_carries_an_owner_label_is_refused(attack_gw):
+    """An image pulled from a registry (here: made by root) may carry any label; a build from it is refused."""
+    h = attack_gw
+    tag = h.tag(ATTACKER, "r6evil")
+    h.client.images.build(fileobj=io.BytesIO(f"FROM {IMAGE}\nLABEL ds01.user=atk2\n".encode()), tag=tag, rm=True)
+    before = {c.id for c in h.client.containers.list(all=True)}
+    built = _build(h, ATTACKER, f"FROM {tag}\nRUN true\n", tag=h.tag(ATTACKER, "r6evil2"))
+    assert built.returncode != 0 and "carries the label ds01.user=atk2" in built.stderr, built.stderr
+    assert {c.id for c in h.client.containers.list(all=True)} == before
+
+
+def test_r6_health_checks_run_at_most_every_five_seconds(attack_gw):
+    """R6-4: each check is a runc exec paid for outside the user's slice."""
+    h = attack_gw
+    before = {c["Id"] for c in h.containers_of(ATTACKER)}
+    fast = h.cli(ATTACKER, "create", "--network", "none", "--health-cmd", "true", "--health-interval", "10ms", IMAGE)
+    assert fast.returncode != 0 and "--health-interval of 0.01s is too often" in fast.stderr, fast.stderr
+    tag = h.tag(ATTACKER, "r6hc")
+    h.client.images.build(
+        fileobj=io.BytesIO(f"FROM {IMAGE}\nHEALTHCHECK --interval=1s CMD true\n".encode()), tag=tag, rm=True
+    )
+    inherited = h.cli(ATTACKER, "create", "--network", "none", tag, "sleep", "1")
+    assert inherited.returncode != 0 and "the image's HEALTHCHECK --interval of 1s" in inherited.stderr
+    assert {c["Id"] for c in h.containers_of(ATTACKER)} == before
+    fine = h.cli(ATTACKER, "create", "--network", "none", "--health-interval", "30s", tag, "sleep", "1")
+    assert fine.returncode == 0, fine.stderr
+    stored = h.client.api.inspect_container(fine.stdout.strip())["Config"]["Healthcheck"]
+    assert stored["Interval"] == 30 * 10**9

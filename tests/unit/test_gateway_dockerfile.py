@@ -131,3 +131,38 @@ def test_contexts_the_gateway_cannot_read_are_refused(body, param, phrase):
     with pytest.raises(objects.BodyRefused) as caught:
         _read(body, param)
     assert phrase in caught.value.verdict[1]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "LABEL ds01.user=victor",
+        "LABEL ds01.user victor",  # the old `LABEL key value` form
+        'LABEL a=b "ds01.gpu.uuids"=GPU-1',
+        "LABEL ds01\\.lifecycle.exempt=true",
+        "LABEL ds01.image.maker=victor",
+        "LABEL com.docker.compose.project.working_dir=/home/victor",
+        "LABEL devcontainer.local_folder=/home/victor/x",
+        "LABEL aime.mlc.USER=victor",
+        "LABEL $NAME=victor",
+        "LABEL ${NAME}=victor",
+        "ONBUILD LABEL ds01.user=victor",
+    ],
+)
+def test_labels_only_the_server_sets_are_refused(line):
+    with pytest.raises(dockerfile.DockerfileRefused) as err:
+        dockerfile.check(f"FROM base\nARG NAME=ds01.user\n{line}\n")
+    assert "line 3" in err.value.sentence
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['LABEL maintainer="ds01.user=x"', 'LABEL a="b c" d=e', "LABEL ds01.recipe=abc", "LABEL version 1.0 beta"],
+)
+def test_other_labels_pass(line):
+    assert dockerfile.check(f"FROM base\n{line}\n") == ["base"]
+
+
+def test_commit_and_import_changes_cannot_set_server_labels():
+    with pytest.raises(dockerfile.DockerfileRefused):
+        dockerfile.check_changes(["LABEL ds01.user=victor"], "--change")

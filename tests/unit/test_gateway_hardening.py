@@ -147,7 +147,7 @@ def test_start_bodies(raw, refused):
 def test_classic_builds_share_no_cache_and_carry_their_maker():
     values = dict(policy.build_limits((("t", "alice/x:1"), ("labels", '{"a": "b"}')), safe_limits("alice"), "alice"))
     assert values["nocache"] == "1"
-    assert json.loads(values["labels"]) == {"a": "b", "ds01.user": "alice"}
+    assert json.loads(values["labels"]) == {"a": "b", "ds01.image.maker": "alice"}
 
 
 @pytest.mark.parametrize(
@@ -156,3 +156,44 @@ def test_classic_builds_share_no_cache_and_carry_their_maker():
 def test_an_untagged_image_is_removed_by_id_only_by_its_maker(login, maker, refused):
     verdict, _tags = objects.delete_verdict(login, "sha256:" + "ab" * 32, "sha256:" + "ab" * 32, [], {}, maker)
     assert (verdict is not None) == refused
+
+
+@pytest.mark.parametrize(
+    ("own", "image", "refused"),
+    [
+        ({"Test": ["CMD", "true"], "Interval": 10_000_000}, None, "--health-interval of 0.01s"),
+        (None, {"Test": ["CMD", "true"], "Interval": 1_000_000_000}, "the image's HEALTHCHECK --interval of 1s"),
+        # the daemon fills an unset interval from the image: a new test does not escape the image's interval
+        ({"Test": ["CMD", "false"]}, {"Test": ["CMD", "true"], "Interval": 2_000_000_000}, "HEALTHCHECK --interval"),
+        ({"Test": ["CMD", "true"], "StartInterval": 1_000_000}, None, "--health-start-interval"),
+        ({"Test": ["NONE"]}, {"Test": ["CMD", "true"], "Interval": 1_000_000}, None),  # --no-healthcheck
+        ({"Interval": 30_000_000_000}, {"Test": ["CMD", "true"], "Interval": 1_000_000}, None),
+        (None, {"Test": ["CMD", "true"]}, None),  # the default interval (30 s)
+        (None, None, None),
+    ],
+)
+def test_health_checks_more_often_than_every_five_seconds_are_refused(own, image, refused):
+    body = {} if own is None else {"Healthcheck": own}
+    verdict = policy.healthcheck_refusal(body, None if image is None else {"Healthcheck": image})
+    if refused is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and refused in verdict.message and "5s or more" in verdict.message
+
+
+def test_a_commit_blanks_every_server_and_owner_label_and_names_its_maker():
+    container = {
+        "ds01.user": "bob",
+        "ds01.gpu.uuids": "GPU-1",
+        "com.docker.compose.project.working_dir": "/home/bob/p",
+        "ds01.recipe": "abc",
+        "team": "x",
+    }
+    out = policy.commit_labels({"Labels": {"ds01.user": "alice", "mine": "1"}}, container, "alice")
+    assert out["Labels"] == {
+        "mine": "1",
+        "ds01.user": "",
+        "ds01.gpu.uuids": "",
+        "com.docker.compose.project.working_dir": "",
+        "ds01.image.maker": "alice",
+    }

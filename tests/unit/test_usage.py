@@ -106,3 +106,39 @@ def test_this_machine_root_cgroup_reads_real_numbers():
     assert got.cpu_usage_seconds is not None and got.cpu_usage_seconds > 0
     if got.layout != "v1":
         assert "cpu" in got.psi
+
+
+@pytest.mark.parametrize(
+    ("pid1", "root"),
+    [
+        ("12:memory:/\n1:name=systemd:/init.scope\n0::/init.scope\n", ""),  # a host, cgroup v1/hybrid
+        ("0::/init.scope\n", ""),  # a host, cgroup v2
+        ("5:memory:/docker/abc\n1:name=systemd:/docker/abc/init.scope\n", "/docker/abc"),  # systemd in a container
+        ("0::/docker/abc/init.scope\n", "/docker/abc"),
+    ],
+)
+def test_systemd_root_is_where_its_cgroup_tree_starts(tmp_path, pid1, root):
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "cgroup").write_text(pid1)
+    reader = usage.SliceReader(str(tmp_path / "sys"), control_group=lambda unit: None, proc_root=str(tmp_path / "proc"))
+    assert reader.systemd_root() == root
+
+
+@pytest.mark.parametrize("told", [None, "/docker/abc/" + CG])
+def test_a_slice_of_systemd_in_a_container_is_read_below_the_containers_cgroup(tmp_path, told):
+    """systemd in a container that shares the host's cgroup namespace (molecule) keeps its slices below its own
+    cgroup: ``systemctl show -p ControlGroup`` says the full path; the naming rule needs the root put in front."""
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "cgroup").write_text("1:name=systemd:/docker/abc/init.scope\n")
+    _tree(
+        tmp_path / "sys",
+        {
+            f"memory/docker/abc/{CG}/memory.usage_in_bytes": "4096\n",
+            f"memory/docker/abc/{CG}/memory.limit_in_bytes": "67108864\n",
+            f"memory/docker/abc/{CG}/memory.oom_control": "oom_kill 2\n",
+            f"pids/docker/abc/{CG}/pids.max": "24\n",
+        },
+    )
+    reader = usage.SliceReader(str(tmp_path / "sys"), control_group=lambda unit: told, proc_root=str(tmp_path / "proc"))
+    got = reader.read(UNIT)
+    assert got.exists and (got.memory_max, got.oom_kills, got.tasks_max) == (67108864, 2, 24)

@@ -112,6 +112,49 @@ COMPOSE_DIR_LABEL = "com.docker.compose.project.working_dir"
 AIME_NAME_RE = re.compile(r"^(?P<name>.+)\._\.(?P<uid>\d+)$")
 
 # How an owner was found (stable strings: they appear in JSON and in the event log).
+# Every label container_owner reads: whoever can put one on a container can make it somebody's.
+OWNER_LABELS = (OWNER_LABEL, LEGACY_OWNER_LABEL, DEVCONTAINER_FOLDER_LABEL, COMPOSE_DIR_LABEL)
+# Who made an image (the gateway stamps it on users' builds and commits). Not an owner label: the
+# containers a build makes from an image inherit it, and nothing reads it on a container.
+IMAGE_MAKER_LABEL = "ds01.image.maker"
+
+
+# Labels only the gateway (or an admin) sets: ownership, protection, GPU holdings, lifecycle marks. Every
+# label a reader trusts on a container must be listed here (or under a prefix below).
+SERVER_LABELS = (
+    "ds01.user",
+    "ds01.user.sanitized",
+    "ds01.managed",
+    "ds01.container_type",
+    "ds01.interface",
+    "ds01.created_at",
+    "ds01.protected",
+    "ds01.monitoring",
+    "ds01.slice",
+    "ds01.owner",
+    "ds01.binds",
+)
+SERVER_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "ds01.lifecycle.", "aime.mlc")
+
+
+def server_label(key: str) -> bool:
+    return key in SERVER_LABELS or key.startswith(SERVER_LABEL_PREFIXES)
+
+
+def reserved_label(key: str) -> bool:
+    """Labels a user may not set: the server's (``server_label``), the image maker's, and every label
+    ``container_owner`` reads. Containers the daemon makes by itself from an image (a classic build's
+    steps) inherit the image's labels without passing the gateway, so an image must not carry them
+    either, with a value: see ``inherited_label_hazard``."""
+    return server_label(key) or key in OWNER_LABELS or key == IMAGE_MAKER_LABEL
+
+
+def inherited_label_hazard(key: str, value: object) -> bool:
+    """True when an image label would give the containers made from it an owner, a GPU, protection or an
+    exemption: a reserved label with a value (an empty value is what readers ignore), but the maker's."""
+    return reserved_label(key) and key != IMAGE_MAKER_LABEL and value not in (None, "")
+
+
 OWNER_BY_LABEL = "ds01.user"
 OWNER_BY_LEGACY_LABEL = "aime.mlc.USER"
 OWNER_BY_NAME_UID = "name_uid"

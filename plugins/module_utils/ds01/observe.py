@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 from . import config as config_mod
 from . import events, fsutil, identity, quota_alerts
 from . import lifecycle as lc
-from .usage import SliceReader, systemd_control_group
+from .usage import SliceReader
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ def read_slices(limits_of: Mapping[str, config_mod.Limits], reader: Optional[Sli
     units = {login: limits.slice_name for login, limits in limits_of.items()}
     if reader is None:
         groups = systemctl_control_groups(sorted(set(units.values())))
-        reader = SliceReader(control_group=lambda unit: groups.get(unit) or systemd_control_group(unit))
+        reader = SliceReader(control_group=groups.get)  # not yet active: the reader applies systemd's naming rule
     out = {}
     for login, unit in sorted(units.items()):
         usage = reader.read(unit).as_dict()

@@ -107,9 +107,33 @@ class SliceReader:
         self,
         sysfs: str = "/sys/fs/cgroup",
         control_group: Optional[Callable[[str], Optional[str]]] = None,
+        proc_root: str = "/proc",
     ) -> None:
         self.sysfs = sysfs
         self._control_group = control_group or self._systemctl_control_group
+        self.proc_root = proc_root
+
+    def systemd_root(self) -> str:
+        """Where systemd's cgroup tree starts: "" on a host; the container's own cgroup (``/docker/<id>``)
+        when systemd runs in a container that shares the host's cgroup namespace. The naming rule
+        (``systemd_control_group``) is relative to it. Read from PID 1's systemd line, less ``/init.scope``."""
+        try:
+            with open(os.path.join(self.proc_root, "1", "cgroup"), encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            return ""
+        path = None
+        for line in lines:
+            parts = line.split(":", 2)
+            if len(parts) == 3 and (parts[1] == "name=systemd" or (parts[0] == "0" and parts[1] == "")):
+                path = parts[2]
+                if parts[1] == "name=systemd":
+                    break
+        if not path:
+            return ""
+        if path.endswith("/init.scope"):
+            path = path[: -len("/init.scope")]
+        return "" if path in ("", "/") else path.rstrip("/")
 
     @property
     def layout(self) -> str:
@@ -149,7 +173,8 @@ class SliceReader:
     def read(self, unit: str) -> SliceUsage:
         # systemd knows where an active slice lives; an inactive one has no cgroup yet, and
         # systemd's naming rule says where it will be.
-        cgroup = self._control_group(unit) or systemd_control_group(unit)
+        # (systemd's ControlGroup is already the full path; its naming rule is relative to its root)
+        cgroup = self._control_group(unit) or (self.systemd_root() + systemd_control_group(unit))
         layout = self.layout
         usage = SliceUsage(slice=unit, layout=layout, control_group=cgroup, exists=False)
         if layout == "v2":

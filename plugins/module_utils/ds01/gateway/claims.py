@@ -22,7 +22,7 @@ import pwd
 import threading
 from typing import Any, Optional
 
-from .. import fsutil
+from .. import fsutil, identity
 from . import objects
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ async def delete_check(gw: Any, login: str, name: str) -> tuple:
         return None, []  # the daemon answers "No such image"
     image_id, repo_tags, labels = found
     claims = await asyncio.get_running_loop().run_in_executor(None, store(gw.state_dir()).load)
-    return objects.delete_verdict(login, name, image_id, repo_tags, claims, str(labels.get("ds01.user") or ""))
+    # the maker: ds01.image.maker, or ds01.user on images built before the label moved (round-6 attack)
+    maker = str(labels.get(identity.IMAGE_MAKER_LABEL) or labels.get(identity.OWNER_LABEL) or "")
+    return objects.delete_verdict(login, name, image_id, repo_tags, claims, maker)
 
 
 async def drop(gw: Any, refs: list) -> None:

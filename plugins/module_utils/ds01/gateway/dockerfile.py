@@ -9,6 +9,9 @@ So for users the gateway reads the Dockerfile out of the context as it streams p
 - ``ADD`` with a URL, a git address or a variable in a source (a variable could hold a URL);
 - ``FROM`` / ``COPY --from`` / ``RUN --mount=from=`` images on a registry that is this host or
   a private address (an IP literal or ``localhost``; names are left to the daemon's resolver);
+- ``LABEL`` with a label only the server sets (``identity.reserved_label``: its stamps and the owner
+  labels) or a name made from a variable: a build's step containers inherit the image's labels
+  without passing the gateway, so such a label would make them somebody's (round-6 attack);
 - the same inside ``ONBUILD``, and in ``docker commit``/``docker import --change`` lines.
 
 BuildKit builds are refused for users altogether (objects.py): their Dockerfile travels inside the
@@ -21,6 +24,8 @@ import ipaddress
 import json
 import re
 from typing import Optional
+
+from .. import identity
 
 _DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S+)\s*")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:[:][-+?][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -85,6 +90,44 @@ def _words(rest: str) -> list:
         except ValueError:
             pass
     return text.split()  # any whitespace, as moby splits arguments
+
+
+def _shell_words(text: str) -> list:
+    """Words split at unquoted blanks, quotes and escapes kept (moby's parseWords, for LABEL/ENV)."""
+    words: list = []
+    word, quote, i = "", "", 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and quote != "'" and i + 1 < len(text):
+            word += text[i : i + 2]
+            i += 2
+            continue
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in ("'", '"'):
+            quote = char
+        elif char.isspace():
+            if word:
+                words.append(word)
+            word = ""
+            i += 1
+            continue
+        word += char
+        i += 1
+    if word:
+        words.append(word)
+    return words
+
+
+def _label_keys(rest: str) -> list:
+    """The (raw) label names of a LABEL instruction: ``k=v k2="v 2"``, or the old ``LABEL key value``."""
+    words = _shell_words(rest)
+    if not words:
+        return []
+    if "=" not in words[0]:
+        return [words[0]]
+    return [w.split("=", 1)[0] for w in words]
 
 
 def _flags(words: list) -> tuple:
@@ -183,6 +226,20 @@ def _check_one(number: int, word: str, rest: str, args: dict, stages: set, where
                     key, _sep2, ref = part.partition("=")
                     if key == "from" and unquote(ref).lower() not in stages:
                         images.append(_check_image(ref, args, at, "RUN --mount from"))
+        return
+    if word == "LABEL":
+        for key in _label_keys(rest):
+            if "$" in key:
+                raise DockerfileRefused(
+                    f"{at}: LABEL {key}=... makes a label's name from a variable; write the name out, so it can be "
+                    "checked (ds01.user, ds01.gpu.* and the other ownership labels are the server's)."
+                )
+            name = unquote(key)
+            if identity.reserved_label(name):
+                raise DockerfileRefused(
+                    f"{at}: LABEL {name} is a label only the server sets: it says who owns a container or what it "
+                    "holds, and the containers a build makes from this image would inherit it. Remove it."
+                )
         return
     if word == "ADD":
         words = _flags(_words(rest))[1]

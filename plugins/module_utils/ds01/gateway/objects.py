@@ -38,6 +38,8 @@ import json
 import re
 from typing import Callable, Optional
 
+from .. import identity
+
 POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
 NOT_FOUND = "NOT_FOUND"
@@ -176,11 +178,35 @@ def check_build(query: tuple, slice_name: str) -> tuple:
                 tags.append(tag_target(value, ""))
             except ValueError as exc:
                 return _denied(f"docker build -t {value}: {exc}."), query, []
-        if key in ("cgroupparent", "outputs", "pull") or (key == "remote" and not value):
+        if key == "labels":
+            verdict = _build_labels(value)
+            if verdict:
+                return verdict, query, []
+        if key in ("cgroupparent", "outputs", "pull", "rm", "forcerm") or (key == "remote" and not value):
             continue  # forced or dropped below
         out.append((key, value))
     out.append(("cgroupparent", slice_name))
+    # the step containers go, even when a step fails: nothing the daemon made on its own is left behind
+    out += [("rm", "1"), ("forcerm", "1")]
     return None, tuple(out), tags
+
+
+def _build_labels(value: str) -> Optional[Verdict]:
+    try:
+        labels = json.loads(value or "{}")
+    except ValueError:
+        labels = None
+    if labels is None and value.strip() == "null":
+        labels = {}
+    if not isinstance(labels, dict):
+        return _denied("docker build --label must be NAME=VALUE pairs (a JSON object in labels=).")
+    reserved = sorted(str(k) for k in labels if identity.reserved_label(str(k)))
+    if reserved:
+        return _denied(
+            f"docker build --label {reserved[0]} is a label only the server sets: it says who owns a container or "
+            "what it holds, and containers built from the image would inherit it. Use another name."
+        )
+    return None
 
 
 def _build_value(key: str, value: str) -> Optional[Verdict]:
@@ -448,7 +474,7 @@ def tag_verdict(
 def delete_verdict(login: str, name: str, image_id: str, repo_tags: list, claims: dict, maker: str = "") -> tuple:
     """(verdict, tags whose claims go when the delete succeeds) for ``DELETE /images/{name}``.
 
-    ``maker``: the image's ``ds01.user`` label (the gateway stamps it on users' builds). An image
+    ``maker``: the image's ``ds01.image.maker`` label (the gateway stamps it on users' builds). An image
     without tags is removable by id only by its maker."""
     tags = normal_tags(repo_tags)
     if (is_id_prefix(image_id, name) or "@" in name) and not tags and maker != login:

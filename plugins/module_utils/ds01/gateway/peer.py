@@ -69,9 +69,10 @@ def read_cgroup(pid: int, proc_root: str = "/proc") -> Optional[str]:
 
 
 def pid_namespace(pid: int, proc_root: str = "/proc") -> Optional[int]:
+    """The PID namespace of ``pid``; None when it is gone or cannot be read (no CAP_SYS_PTRACE)."""
     try:
         return os.stat(os.path.join(proc_root, str(pid), "ns", "pid")).st_ino
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
 
 

@@ -37,24 +37,12 @@ CONTAINER_LIMIT = "CONTAINER_LIMIT"
 _VERSION_PREFIX = re.compile(r"/v[0-9]+(?:\.[0-9]+)?")
 # Labels only the gateway (or an admin) sets: a caller-supplied value is dropped before the
 # gateway writes its own (ownership, protection, GPU holdings, and the legacy owner fallbacks).
-GATEWAY_LABELS = (
-    "ds01.user",
-    "ds01.user.sanitized",
-    "ds01.managed",
-    "ds01.container_type",
-    "ds01.interface",
-    "ds01.created_at",
-    "ds01.protected",
-    "ds01.monitoring",
-    "ds01.slice",
-    "ds01.owner",
-    "ds01.binds",
-)
-GATEWAY_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "ds01.lifecycle.", "aime.mlc")
+GATEWAY_LABELS = identity.SERVER_LABELS
+GATEWAY_LABEL_PREFIXES = identity.SERVER_LABEL_PREFIXES
 
 
 def gateway_label(key: str) -> bool:
-    return key in GATEWAY_LABELS or key.startswith(GATEWAY_LABEL_PREFIXES)
+    return identity.server_label(key)
 
 
 SAFE_RUNTIMES = ("", "runc", "io.containerd.runc.v2")
@@ -1076,6 +1064,59 @@ def apply_limits(host: dict, ctx: CreateContext) -> dict:
     return host
 
 
+def image_label_refusal(image: str, labels: Optional[dict]) -> Optional[Refusal]:
+    """A build may not start from an image whose labels would give its step containers an owner, a GPU,
+    protection or an exemption: the daemon makes those containers itself, and they inherit the labels."""
+    hazards = sorted(str(k) for k, v in (labels or {}).items() if identity.inherited_label_hazard(str(k), v))
+    if not hazards:
+        return None
+    return denied(
+        f"the image {image} carries the label {hazards[0]}={labels[hazards[0]]}, which only the server sets; the "
+        "containers this build would make from it would inherit it. Build from an image without it (rebuild "
+        "yours from its own base: images built through ds01 no longer carry it)."
+    )
+
+
+def commit_labels(body: dict, container_labels: Optional[dict], login: str) -> dict:
+    """``docker commit`` copies the container's labels into the image: every label only the server sets
+    is given an empty value in the commit (the daemon keeps the commit's value over the container's),
+    and the image is labelled with its maker."""
+    labels = body.get("Labels") if isinstance(body.get("Labels"), dict) else {}
+    labels = {str(k): str(v) for k, v in labels.items() if not identity.reserved_label(str(k))}
+    for key in container_labels or {}:
+        if identity.reserved_label(str(key)):
+            labels[str(key)] = ""
+    labels[identity.IMAGE_MAKER_LABEL] = login
+    body["Labels"] = labels
+    return body
+
+
+MIN_HEALTH_INTERVAL_S = 5.0
+
+
+def healthcheck_refusal(body: dict, image_config: Optional[dict]) -> Optional[Refusal]:
+    """Each health check is a ``runc exec`` that dockerd and containerd pay for outside the user's slice:
+    a check more often than every MIN_HEALTH_INTERVAL_S seconds is refused, whether the create asks
+    for it or the image brings it."""
+    own = body.get("Healthcheck") if isinstance(body.get("Healthcheck"), dict) else {}
+    inherited = (image_config or {}).get("Healthcheck") or {}
+    # the daemon fills each unset (zero, empty) field of the create's check from the image's
+    check = {**inherited, **{k: v for k, v in own.items() if v not in (None, 0, "", [])}}
+    test = check.get("Test") or []
+    if not test or test == ["NONE"]:
+        return None
+    for key, flag in (("Interval", "interval"), ("StartInterval", "start-interval")):
+        name = f"--health-{flag}" if own.get(key) else f"the image's HEALTHCHECK --{flag}"
+        value = check.get(key) or 0
+        if isinstance(value, (int, float)) and 0 < value < MIN_HEALTH_INTERVAL_S * 1e9:
+            return denied(
+                f"{name} of {value / 1e9:g}s is too often: every check is a process the Docker daemon starts "
+                f"outside your share of the machine. Use {MIN_HEALTH_INTERVAL_S:g}s or more "
+                f"(`--health-interval {MIN_HEALTH_INTERVAL_S:g}s`), or --no-healthcheck."
+            )
+    return None
+
+
 def neutralise_image_labels(body: dict, image_labels: Optional[dict]) -> dict:
     """Gateway labels an image carries (``LABEL ds01.gpu.uuids=…``) are inherited by its containers;
     each one the gateway did not stamp is overwritten with an empty value, which readers ignore."""
@@ -1297,7 +1338,7 @@ def check_build(route: Route, ctx: CreateContext) -> tuple:
 
 def build_limits(query: tuple, limits: Any, login: str = "") -> tuple:
     """The classic builder's per-step limits (memory, swap, shm, CPU) set to the caller's, as at create;
-    no shared build cache; the image labelled with its maker (``ds01.user``).
+    no shared build cache; the image labelled with its maker (``ds01.image.maker``).
 
     BuildKit ignores them; its steps are bounded by the daemon's builder settings only."""
     forced = {}
@@ -1324,7 +1365,9 @@ def build_limits(query: tuple, limits: Any, login: str = "") -> tuple:
         except ValueError:
             labels = {}
         labels = {str(k): str(v) for k, v in (labels if isinstance(labels, dict) else {}).items()}
-        labels["ds01.user"] = login
+        # who made it, for removing it untagged (objects.delete_verdict); never an owner label, which the
+        # step containers of later builds FROM it would inherit (round-6 attack)
+        labels[identity.IMAGE_MAKER_LABEL] = login
         forced["labels"] = json.dumps(labels, separators=(",", ":"))
     kept = tuple((k, v) for k, v in query if k not in forced)
     return (*kept, *forced.items())

@@ -224,6 +224,12 @@ class Gateway:
         return lock
 
     # -- identity -------------------------------------------------------------------------------
+    def own_container(self) -> Optional[str]:
+        """The container the gateway itself runs in (None on a plain host), read once."""
+        if "_own_container" not in self.__dict__:
+            self._own_container = peer.container_id_from_cgroup(peer.read_cgroup(os.getpid()) or "")
+        return self._own_container
+
     async def identify(self, cred: peer.PeerCred) -> peer.Caller:
         """The caller of a connection, or Refused when it cannot be established."""
         config = self.config()
@@ -233,6 +239,14 @@ class Gateway:
         if text is None:
             raise Refused(_identity_refusal(f"process {cred.pid} vanished before it could be identified"))
         container_id = peer.container_id_from_cgroup(text)
+        # The gateway itself may run in a container (a host that is one, as in molecule): a process in that
+        # container that shares our PID namespace is a process of this host like any other.
+        if (
+            container_id is not None
+            and container_id == self.own_container()
+            and peer.pid_namespace(cred.pid) == peer.pid_namespace(os.getpid())
+        ):
+            container_id = None
         if container_id is not None:
             return await self._identify_in_container(cred, container_id, admin_group, admin_users)
         account = peer.account_of_uid(cred.uid)
@@ -575,6 +589,7 @@ class _Connection:
                 dockerfile.check_changes(on_build, "the commit's OnBuild")
             except dockerfile.DockerfileRefused as exc:
                 raise Refused(policy.denied(exc.sentence)) from None
+            body = policy.commit_labels(body or {}, (info.get("Config") or {}).get("Labels"), caller.login)
         if verdict is None:
             pull = route.kind == "images.create" and bool(route.query_value("fromImage"))
             verdict = await claims.claim(self.gw, caller.login, refs, pull=pull)
@@ -633,6 +648,9 @@ class _Connection:
                 dockerfile.check_changes(list(config.get("OnBuild") or []), f"ONBUILD of {image}")
             except dockerfile.DockerfileRefused as exc:
                 raise Refused(policy.denied(exc.sentence)) from None
+            refusal = policy.image_label_refusal(image, config.get("Labels"))
+            if refusal:
+                raise Refused(refusal)
 
     async def spool_context(self, framing: http.Framing, query: dict) -> Any:
         """A classic build's context, read whole into a temp file (rewritten like a docker cp archive)
@@ -949,7 +967,7 @@ class _Connection:
         image = await self.gw.upstream.image_config(str(body.get("Image") or "")) if body.get("Image") else None
         image_env = None if image is None else list(image.get("Env") or [])
         ctx = self.context(container_owners=owners, volume_owners=volumes, image_env=image_env)
-        refusal = policy.check_create(body, ctx)
+        refusal = policy.check_create(body, ctx) or policy.healthcheck_refusal(body, image)
         if refusal:
             raise Refused(refusal)
         try:
