@@ -37,11 +37,36 @@ container with ``grant_labels(grant)`` and ``device_request(grant)`` inside the 
 A refusal — including a lock not taken in time, an unreadable inventory, Docker not answering —
 raises ``AllocationRefused`` before the block runs, so no caller can use a grant it did not get
 (reference §13 #10: upstream released the lock before ``docker create`` and went on without it).
+
+A grant outlives the process that made it. The lock dies with its holder, but a create already
+forwarded to the daemon does not: the daemon may finish it after the caller was killed. So inside
+the lock, before the grant is yielded, ``reserve()`` writes a **write-ahead intent**
+(``<run_dir>/gpu-intents/<token>.json``, ``intents.py``: user, container name, slots, UUIDs and
+labels granted, created_at, the writer's pid and start time), and the grant's labels carry the token
+(``ds01.gpu.intent``). Every decision counts pending intents as held (``intents.as_holding``: their
+slots occupied, their GPU-equivalents and one container against their user). The rule, applied
+inside the lock before each decision:
+
+- a container carrying the token label (or the intent's name with exactly its UUIDs) exists: it
+  holds the slots now; the intent is removed and ``gpu.intent_recovered`` (``recovered: true``)
+  records that a container whose creator vanished was found and keeps its GPUs;
+- no such container, the intent is at least ``intents.SETTLE_S`` (30 s) old and its writer is gone
+  (pid not running or reused, another boot, or the writer let go of it after no answer): the create
+  never completed; the intent is removed and ``gpu.release`` (``intent_expired: true``) recorded. A
+  writer that still runs loses its intent only after ``intents.STALE_S`` (600 s);
+- otherwise it is pending and counts as held.
+
+The block's end decides the intent's fate: a block that ends normally (the daemon answered, created
+or refused) removes it; an exception carrying the daemon's answer (``docker.errors.APIError``: an HTTP
+status came back) removes it; any other exception (no answer: a timeout, a lost connection, the
+gateway's ``CreateUnanswered``) leaves it abandoned, pending until the container appears or
+``SETTLE_S`` pass, since the daemon may still be making the container.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -52,7 +77,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from . import docker_state, fsutil, gpu
+from . import docker_state, fsutil, gpu, intents
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +105,7 @@ CODES = (
 EVENT_GRANT = "gpu.allocate"
 EVENT_REJECT = "gpu.reject"
 EVENT_RELEASE = "gpu.release"
+EVENT_RECOVERED = "gpu.intent_recovered"
 
 _NAMES_SHOWN = 4
 
@@ -128,11 +154,13 @@ class Grant:
     gpueq: float
     profiles: tuple = ()  # per slot: the MIG profile, or None for a whole GPU
     container: Optional[str] = None
+    intent: Optional[str] = None  # the write-ahead intent's token (``reserve`` sets it)
 
     def as_dict(self) -> dict:
         return {
             "user": self.user,
             "container": self.container,
+            "intent": self.intent,
             "slots": list(self.slots),
             "uuids": list(self.uuids),
             "profiles": list(self.profiles),
@@ -179,12 +207,16 @@ def format_gpueq(value: float) -> str:
 
 
 def grant_labels(grant: Grant) -> dict:
-    """``ds01.gpu.slots`` (``0,1.2``), ``ds01.gpu.uuids``, ``ds01.gpu.gpueq`` for the container."""
-    return {
+    """``ds01.gpu.slots`` (``0,1.2``), ``ds01.gpu.uuids``, ``ds01.gpu.gpueq`` for the container, and
+    ``ds01.gpu.intent`` (the intent's token) for a grant from ``reserve``."""
+    labels = {
         docker_state.SLOTS_LABEL: ",".join(grant.slots),
         docker_state.UUIDS_LABEL: ",".join(grant.uuids),
         docker_state.GPUEQ_LABEL: repr(round(grant.gpueq, 6)),
     }
+    if grant.intent:
+        labels[intents.LABEL] = grant.intent
+    return labels
 
 
 def device_request(grant: Grant) -> dict:
@@ -716,6 +748,76 @@ def _record_refusal(config: Any, refusal: Refusal) -> None:
         )
 
 
+def create_answered(exc: BaseException) -> bool:
+    """True when ``exc`` carries the daemon's answer to the create (an HTTP status came back, as in
+    ``docker.errors.APIError``): nothing is still being made. Anything else may have left a create
+    in flight."""
+    response = getattr(exc, "response", None)
+    return isinstance(getattr(response, "status_code", None), int)
+
+
+def settle_intents(
+    directory: str,
+    holdings: Sequence[Any],
+    inventory: Optional[gpu.Inventory],
+    events: Any = None,
+    settle_s: float = intents.SETTLE_S,
+    stale_s: float = intents.STALE_S,
+) -> list:
+    """Apply the intent rule to every intent in ``directory`` (call it holding the allocator lock).
+
+    Fulfilled intents are removed and recorded as ``gpu.intent_recovered``; dead ones are removed
+    and recorded as ``gpu.release`` (``intent_expired``). Returns the pending intents as holdings
+    (``intents.as_holding``) for ``decide``. ``events``: anything with ``write(type, user, **details)``.
+    """
+    boot, now = intents.boot_id(), intents.boot_clock()
+    pending = []
+    for intent in intents.read_all(directory):
+        alive = intents.writer_alive(intent, boot)
+        age = intents.age_s(intent, boot, now)
+        verdict, container = intents.state(intent, holdings, age, alive, settle_s, stale_s)
+        if verdict == intents.PENDING:
+            pending.append(intents.as_holding(intent, inventory))
+            continue
+        intents.remove(directory, intent.token)
+        shown_age = None if age == float("inf") else round(age, 3)
+        common = {
+            "intent": intent.token,
+            "slots": list(intent.slots),
+            "uuids": list(intent.uuids),
+            "intent_created_at": intent.created_at,
+            "intent_age_s": shown_age,
+            "writer_pid": intent.pid,
+            "writer_alive": alive,
+        }
+        if intent.abandoned:
+            common["abandoned"] = intent.abandoned
+        if verdict == intents.FULFILLED:
+            details = {
+                **common,
+                "recovered": True,
+                "container": container.name,
+                "container_id": container.id,
+                "gpueq": round(intent.gpueq, 6),
+                "message": f"container {container.name} was created for {intent.user} after its creator went away "
+                "without an answer; it keeps its GPUs",
+            }
+            event_type = EVENT_RECOVERED
+        else:
+            details = {
+                **common,
+                "container": intent.container,
+                "intent_expired": True,
+                "reason": f"no container appeared within {settle_s:g} s of the grant and its writer is gone: "
+                "the create never completed",
+            }
+            event_type = EVENT_RELEASE
+        log.warning("GPU intent %s of %s: %s", intent.token, intent.user, verdict)
+        if events is not None:
+            events.write(event_type, intent.user, **details)
+    return pending
+
+
 @contextlib.contextmanager
 def reserve(
     user: str,
@@ -731,6 +833,7 @@ def reserve(
     event_log: Any = None,
     mapping_dir: Optional[str] = None,
     source: str = "allocator",
+    intent_settle_s: float = intents.SETTLE_S,
 ) -> Iterator[Grant]:
     """``with reserve(user, request, config=cfg) as grant:`` create the container inside the block.
 
@@ -739,6 +842,10 @@ def reserve(
     a refusal, a lock not taken within ``lock_timeout_s``, or an inventory/Docker fault. After a
     block that ends normally the dcgm-exporter job mapping is rewritten (when a mapping directory
     is known); an exception in the block is logged as ``gpu.release`` and re-raised.
+
+    Before the grant is yielded, its write-ahead intent is on disk (``<lock dir>/gpu-intents``);
+    pending intents count as held in the decision (the module's docstring has the rule;
+    ``intent_settle_s`` is its bound, ``intents.SETTLE_S`` unless a test shortens it).
 
     Everything read can be injected (``limits``, ``inventory``, ``client``, ``lock_path``); the
     defaults come from ``config`` (``paths.run_dir``, ``gpu_allocation``, ``resolve(user)``).
@@ -794,9 +901,25 @@ def reserve(
             holdings = docker_state.list_containers(docker, inv, cache if cache is not None else _DEFAULT_CACHE)
         except docker_state.DockerStateError as exc:
             raise refuse(_unavailable(user, str(exc))) from None
-        outcome = decide(inv, holdings, limits, request)
+        intent_dir = intents.dir_of(lock_path)
+        try:
+            pending = settle_intents(intent_dir, holdings, inv, events, settle_s=intent_settle_s)
+        except OSError as exc:
+            raise refuse(
+                _unavailable(user, f"cannot read the GPU intents in {intent_dir}: {exc.strerror or exc}")
+            ) from None
+        outcome = decide(inv, [*holdings, *pending], limits, request)
         if isinstance(outcome, Refusal):
             raise refuse(outcome)
+        intent = intents.new(user, outcome, grant_labels(outcome), source)
+        outcome = dataclasses.replace(outcome, intent=intent.token)
+        intent = dataclasses.replace(intent, labels=grant_labels(outcome))
+        try:
+            intents.write(intent_dir, intent)
+        except OSError as exc:
+            raise refuse(
+                _unavailable(user, f"cannot record the grant in {intent_dir}: {exc.strerror or exc}")
+            ) from None
         events.write(
             EVENT_GRANT,
             user,
@@ -805,18 +928,14 @@ def reserve(
             uuids=list(outcome.uuids),
             gpueq=round(outcome.gpueq, 6),
             profiles=list(outcome.profiles),
+            intent=intent.token,
         )
         try:
             yield outcome
         except BaseException as exc:
-            events.write(
-                EVENT_RELEASE,
-                user,
-                container=request.container,
-                slots=list(outcome.slots),
-                reason=f"the container was not created ({type(exc).__name__})",
-            )
+            _end_intent(intent_dir, intent, exc, events, request, intent_settle_s)
             raise
+        _drop_intent(intent_dir, intent)
         if mapping_dir:
             try:
                 after = docker_state.list_containers(docker, inv, cache if cache is not None else _DEFAULT_CACHE)
@@ -827,6 +946,42 @@ def reserve(
         lock.release()
         if own_client is not None:
             own_client.close()
+
+
+def _drop_intent(directory: str, intent: intents.Intent) -> None:
+    """The daemon answered: the container holds the slots, or nothing was made."""
+    try:
+        intents.remove(directory, intent.token)
+    except OSError as exc:  # it stays until it is matched to the container, or goes stale
+        log.warning("GPU intent %s could not be removed: %s", intent.token, exc)
+
+
+def _end_intent(
+    directory: str, intent: intents.Intent, exc: BaseException, events: Any, request: Request, settle_s: float
+) -> None:
+    """The block raised: removed when the daemon answered, abandoned (still held) when it may still create."""
+    answered = create_answered(exc)
+    if answered:
+        _drop_intent(directory, intent)
+        reason = f"the container was not created ({type(exc).__name__})"
+    else:
+        reason = (
+            f"the create got no answer from the daemon ({type(exc).__name__}); the slots stay held until the "
+            f"container appears or {settle_s:g} s pass"
+        )
+        try:
+            intents.abandon(directory, intent, f"{type(exc).__name__}: {exc}"[:200])
+        except OSError as error:  # the file still names this (live) writer: it goes stale instead
+            log.warning("GPU intent %s could not be abandoned: %s", intent.token, error)
+    events.write(
+        EVENT_RELEASE,
+        intent.user,
+        container=request.container,
+        slots=list(intent.slots),
+        intent=intent.token,
+        pending=not answered,
+        reason=reason,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ until the daemon has answered the create, so two concurrent creates can never be
 same slot (reference §13 #10). The reservation's context manager is entered and left in a
 worker thread (flock waits block); the asyncio loop keeps serving other connections meanwhile.
 
+The grant outlives the gateway: the allocator records a write-ahead intent before the grant is
+handed over, and its labels (``ds01.gpu.intent``) tie the container to it. ``Reservation.exit``
+says whether the daemon answered the create: answered (created or refused), the intent goes;
+unanswered (the upstream connection failed, the answer could not be passed on), the allocator
+keeps the slots held until the container appears or the intent settles (``allocator.py``). A
+gateway killed mid-create leaves the intent with its dead pid, and the next decision finds it.
+
 Fail safe: a GPU request the allocator cannot decide (module missing, NVML down, lock timeout,
 an exception inside it) is refused with a sentence; it is never forwarded unchecked.
 """
@@ -19,6 +26,10 @@ from typing import Any, Optional
 log = logging.getLogger(__name__)
 
 NO_GPU_AVAILABLE = "NO_GPU_AVAILABLE"
+
+
+class CreateUnanswered(Exception):
+    """Raised into the allocator's reservation when the daemon's answer to the create never came back."""
 
 
 class AdmissionRefused(Exception):
@@ -74,11 +85,16 @@ class Reservation:
         self._entered = True
         return _as_grant(grant)
 
-    def exit(self) -> None:
+    def exit(self, answered: bool = True) -> None:
+        """Release the reservation; ``answered``: the daemon's answer to the create came back."""
         if self._entered:
             self._entered = False
             try:
-                self._manager.__exit__(None, None, None)
+                if answered:
+                    self._manager.__exit__(None, None, None)
+                else:
+                    unanswered = CreateUnanswered("the Docker daemon's answer to the create never came back")
+                    self._manager.__exit__(CreateUnanswered, unanswered, None)
             except Exception:  # releasing must not fail the create that already happened
                 log.exception("releasing the GPU reservation failed")
 

@@ -1042,13 +1042,15 @@ class _Connection:
             grant = await loop.run_in_executor(None, reservation.enter)
         except admission_mod.AdmissionRefused as exc:
             raise Refused(policy.Refusal(exc.code, exc.sentence)) from None
+        answered = False  # the daemon's answer came back: only then is the grant's intent settled
         try:
             body = policy.apply_gpu_grant(body, grant.uuids, grant.labels)
             if not admin:
                 body = policy.neutralise_image_labels(body, image_labels)
             keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            answered = True
         finally:
-            await loop.run_in_executor(None, reservation.exit)
+            await loop.run_in_executor(None, reservation.exit, answered)
         if 200 <= status < 300:
             await self.gw.record(
                 "container.create", caller, gpu=True, gpu_uuids=list(grant.uuids), id=created, admin=admin, **details
