@@ -14,8 +14,12 @@ JSON (schema "1")::
      "errors": [{"id", "container", "step", "error"}],
      "summary": {"containers", "actions", "stops", "removes", "notices", "errors", "wall_s", "cpu_s"}}
 
-Exit status: 0, or 3 when a container could not be handled (it is logged and in ``errors``; the
-sweep still handled every other container), or when Docker cannot be reached.
+``errors`` also lists each lifecycle event that could not be written to the event log (step ``event``: the
+action was done, its record is lost and counted in ``<run_dir>/events-dropped/lifecycle.json``) and each
+failure of the bare-metal grant pass (step ``bare-metal grants``).
+
+Exit status: 0, or 3 when a container could not be handled or an event could not be recorded (it is logged and
+in ``errors``; the sweep still handled every other container), or when Docker cannot be reached.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from . import access_expiry, cli, notify
+from . import access_expiry, cli, events, notify
 from . import lifecycle as lc
 
 log = logging.getLogger(__name__)
@@ -76,18 +80,27 @@ def docker_client() -> Any:
     return client
 
 
-def event_emitter(config: Any) -> Optional[Any]:
-    """``emit(event_type, user=…, **details)`` onto the event log, or None when events.py is absent."""
-    try:
-        from . import events
-    except ImportError:
-        log.warning("events.py is not available: lifecycle actions are logged but not recorded as events")
-        return None
+def event_emitter(config: Any, lost: Optional[list] = None) -> Any:
+    """``emit(event_type, user=…, **details)`` onto the event log.
+
+    Each event that could not be written is appended to ``lost`` as an ``errors`` entry of the report.
+    """
     event_log = events.EventLog(events.default_log_path(config))
 
     def emit(event_type: str, user: Optional[str] = None, **details: Any) -> None:
         if not event_log.write(event_type, user=user, source="lifecycle", **details):
             log.warning("event %s could not be recorded", event_type)
+            if lost is not None:
+                container = details.get("container") or details.get("container_name")
+                lost.append(
+                    {
+                        "id": details.get("container_id"),
+                        "container": container if isinstance(container, str) else None,
+                        "step": "event",
+                        "error": f"{event_log.last_error}; the action itself was done (see the journal), "
+                        "free space on or remount the log's file system",
+                    }
+                )
 
     return emit
 
@@ -120,9 +133,23 @@ class _Lock:
 def cmd_run(ctx: cli.Context) -> int:
     now = _parse_now(ctx.args.now)
     config = ctx.config
+    faults: list = []  # events that could not be written, grant notices that failed: reported in ``errors``
     if not ctx.args.dry_run:  # bare-metal grants: warned an hour ahead, their end recorded; needs no Docker
+        lost_before = events.dropped_in_process().get("lifecycle", 0)
         for error in access_expiry.run(config, now, source="lifecycle")["errors"]:
             log.warning("bare-metal grants: %s", error)
+            faults.append({"id": None, "container": None, "step": "bare-metal grants", "error": str(error)})
+        lost = events.dropped_in_process().get("lifecycle", 0) - lost_before
+        if lost:
+            faults.append(
+                {
+                    "id": None,
+                    "container": None,
+                    "step": "event",
+                    "error": f"{lost} bare-metal grant event(s) could not be written to "
+                    f"{events.default_log_path(config)}; free space on or remount the log's file system",
+                }
+            )
     client = docker_client()
     ops = lc.DockerOps(client)
     gpu = lc.gpu_probe_from_config(config)
@@ -132,7 +159,8 @@ def cmd_run(ctx: cli.Context) -> int:
     else:
         notifier = notify.Notifier(client, spool_dir=notify.spool_dir(config.paths.state_dir))
         with _Lock(config.paths.run_dir):
-            report = lc.run_sweep(config, ops, now, gpu=gpu, notifier=notifier, emit=event_emitter(config))
+            report = lc.run_sweep(config, ops, now, gpu=gpu, notifier=notifier, emit=event_emitter(config, faults))
+    report.errors.extend(faults)
     ctx.emit(report.as_dict(), _human)
     return cli.EXIT_FAULT if report.errors else cli.EXIT_OK
 

@@ -18,8 +18,24 @@ Envelope, schema "1" (compact JSON, keys in this order, ASCII only)::
 Writing: every line is one ``os.write()`` on a descriptor opened ``O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC``
 (mode 0640) for that line, so concurrent writers in many processes never interleave, logrotate's
 ``copytruncate`` is harmless, and a rotated-away file is never written to. ``EventLog.write`` never raises into
-its caller: any failure (no permission, disk full, a short write, an unusable type) is logged with ``logging``
-and answered with ``False``.
+its caller: any failure (no permission, disk full, a read-only file system, a short write, an unusable type) is
+logged with ``logging`` and answered with ``False``.
+
+A full file system can cut a line short (a short ``write()``). So that such a fragment never swallows the next
+event, a writer that finds the file not ending in a newline starts its line with one: the fragment becomes a line
+of its own, which readers skip and count. Before it does, one zero-length ``write()`` waits for a write that may
+be in progress (Linux file systems hold the inode lock across a write), so a line another process is still
+writing is not mistaken for a fragment; where that cannot be told apart, the cost is one blank line.
+
+Events that cannot be written are counted, never silently lost: per process (``dropped_in_process()``, and
+``EventLog.dropped``/``last_error`` per log) and per writer (the event's ``source``) in a small counter file,
+``<paths.run_dir>/events-dropped/<writer>.json`` (``{"writer", "dropped", "last_error", "last_dropped_at"}``,
+replaced atomically under a per-writer lock that is only tried, never waited for). ``run_dir`` is a different
+file system from the log's (tmpfs), so the count survives a full log disk; the exporter publishes it as
+``ds01_events_dropped_total{writer}``. A log learns its counter directory from ``default_log_path(config)``
+(every writer gets its path there) or from ``EventLog(counter_dir=…)``; without one, drops are counted in the
+process only. A count that could not be stored (lock busy, run_dir unwritable) is kept and added at the next
+attempt or at exit.
 
 Reading (``EventLog.read``) is tolerant: blank and unparseable lines are skipped and counted, the older
 upstream schema (``ts``/``event`` keys, extra fields at top level) is normalised to the envelope above, and
@@ -29,16 +45,22 @@ compressed ones are not read) are included when ``since`` reaches back before th
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import fcntl
 import json
 import logging
 import math
 import os
 import re
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional, Union
+
+from . import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +70,11 @@ DEFAULT_LOG_DIR = "/var/log/ds01"
 MAX_LINE_BYTES = 4000  # PIPE_BUF (4096) minus headroom, as upstream; the newline counts
 FILE_MODE = 0o640
 OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Read access as well, to see whether the file ends in a newline (root's services can; others fall back).
+OPEN_FLAGS_RW = (OPEN_FLAGS & ~os.O_WRONLY) | os.O_RDWR
+DROPPED_SUBDIR = "events-dropped"  # under paths.run_dir: one counter file per writer
+_DROP_LOCK_TRIES = 20  # x 1 ms: a busy counter lock is retried briefly, then the count waits for the next try
+_WRITER_RE = re.compile(r"[^a-z0-9_.-]+")
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 ENVELOPE_KEYS = ("timestamp", "event_type", "schema_version", "user", "source", "details")
@@ -71,9 +98,137 @@ def format_timestamp(moment: dt.datetime) -> str:
 
 
 def default_log_path(config: Any = None) -> str:
-    """``<config.paths.log_dir>/events.jsonl``; ``/var/log/ds01/events.jsonl`` without a config."""
-    log_dir = getattr(getattr(config, "paths", None), "log_dir", None) if config is not None else None
-    return os.path.join(log_dir or DEFAULT_LOG_DIR, LOG_NAME)
+    """``<config.paths.log_dir>/events.jsonl``; ``/var/log/ds01/events.jsonl`` without a config.
+
+    Also notes the config's counter directory for that log (``dropped_dir``), so that an ``EventLog`` made from
+    this path counts its lost events where the exporter reads them.
+    """
+    paths = getattr(config, "paths", None) if config is not None else None
+    path = os.path.join(getattr(paths, "log_dir", None) or DEFAULT_LOG_DIR, LOG_NAME)
+    counter_dir = dropped_dir(config)
+    if counter_dir:
+        _COUNTER_DIRS[os.path.abspath(path)] = counter_dir
+    return path
+
+
+def dropped_dir(config: Any) -> Optional[str]:
+    """``<config.paths.run_dir>/events-dropped``, or None without a config."""
+    run_dir = getattr(getattr(config, "paths", None), "run_dir", None) if config is not None else None
+    return os.path.join(run_dir, DROPPED_SUBDIR) if run_dir else None
+
+
+def writer_name(source: Optional[str]) -> str:
+    """The writer an event's ``source`` counts under: lower case, ``[a-z0-9_.-]``, ``unknown`` when empty."""
+    name = _WRITER_RE.sub("-", str(source or "").lower()).strip("-.")[:64]
+    return name or "unknown"
+
+
+# -- counting what could not be written --------------------------------------------------------------
+
+_COUNTER_DIRS: dict[str, str] = {}  # abspath of a log -> its counter directory (from default_log_path)
+_DROPS: dict[str, int] = {}  # writer -> events this process could not write
+_PENDING: dict[tuple[str, str], list] = {}  # (counter dir, writer) -> [count not yet stored, last error]
+_DROPS_LOCK = threading.Lock()
+
+
+def dropped_in_process() -> dict[str, int]:
+    """Events this process could not write, by writer."""
+    with _DROPS_LOCK:
+        return dict(_DROPS)
+
+
+def _count_drop(counter_dir: Optional[str], writer: str, why: str) -> None:
+    with _DROPS_LOCK:
+        _DROPS[writer] = _DROPS.get(writer, 0) + 1
+        if counter_dir is None:
+            return
+        entry = _PENDING.setdefault((counter_dir, writer), [0, why])
+        entry[0] += 1
+        entry[1] = why
+    _store_drops(counter_dir, writer)
+
+
+def _store_drops(counter_dir: str, writer: str) -> bool:
+    """Add this process's not yet stored drops to the writer's counter file; False when they stay pending."""
+    key = (counter_dir, writer)
+    with _DROPS_LOCK:
+        entry = _PENDING.get(key)
+        if not entry or entry[0] == 0:
+            return True
+        count, why = entry[0], entry[1]
+    lock_fd = -1
+    try:
+        os.makedirs(counter_dir, mode=0o755, exist_ok=True)
+        lock_fd = os.open(os.path.join(counter_dir, f".{writer}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        for _attempt in range(_DROP_LOCK_TRIES):
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+        else:
+            log.debug("counter lock of writer %s is busy: %d dropped events stay pending", writer, count)
+            return False
+        path = os.path.join(counter_dir, f"{writer}.json")
+        stored = read_drop_file(path)
+        fsutil.atomic_write_json(
+            path,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "writer": writer,
+                "dropped": stored + count,
+                "last_error": why,
+                "last_dropped_at": format_timestamp(_utc_now()),
+            },
+        )
+    except OSError as exc:
+        log.debug("cannot store the dropped-event count of writer %s in %s: %s", writer, counter_dir, exc)
+        return False
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+    with _DROPS_LOCK:
+        entry = _PENDING.get(key)
+        if entry:
+            entry[0] -= count
+    return True
+
+
+def _store_all_pending() -> None:
+    for counter_dir, writer in list(_PENDING):
+        _store_drops(counter_dir, writer)
+
+
+atexit.register(_store_all_pending)
+
+
+def read_drop_file(path: str) -> int:
+    """The count in one counter file (0 when it is missing; a damaged one is logged and read as 0)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return 0
+    except ValueError as exc:
+        log.warning("dropped-event counter %s is damaged (%s); counting again from 0", path, exc)
+        return 0
+    value = data.get("dropped") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def read_drop_counts(counter_dir: Optional[str]) -> dict[str, int]:
+    """``{writer: events it could not write}`` from the counter files in ``counter_dir`` (empty when none)."""
+    counts: dict[str, int] = {}
+    if not counter_dir:
+        return counts
+    try:
+        names = sorted(os.listdir(counter_dir))
+    except FileNotFoundError:
+        return counts
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            counts[name[: -len(".json")]] = read_drop_file(os.path.join(counter_dir, name))
+    return counts
 
 
 # -- writing -----------------------------------------------------------------------------------------
@@ -151,35 +306,58 @@ def render_line(
 
 
 class EventLog:
-    """The JSONL event log at ``path``: ``write`` appends one event, ``read`` queries it."""
+    """The JSONL event log at ``path``: ``write`` appends one event, ``read`` queries it.
 
-    def __init__(self, path: str, clock: Optional[Clock] = None) -> None:
+    ``dropped`` counts the events this log object could not write and ``last_error`` says why the last one was
+    lost; ``counter_dir`` is where drops are counted per writer (default: the one ``default_log_path`` noted).
+    """
+
+    def __init__(self, path: str, clock: Optional[Clock] = None, counter_dir: Optional[str] = None) -> None:
         self.path = os.fspath(path)
         self._clock = clock or _utc_now
+        self._counter_dir = counter_dir
         self._failing = False  # after a failure, repeats of it are logged at debug level until a success
+        self.dropped = 0
+        self.last_error: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"EventLog({self.path!r})"
+
+    @property
+    def counter_dir(self) -> Optional[str]:
+        return self._counter_dir or _COUNTER_DIRS.get(os.path.abspath(self.path))
 
     # -- write ---------------------------------------------------------------------------------------
     def write(
         self, event_type: str, /, user: Optional[str] = None, source: Optional[str] = None, **details: Any
     ) -> bool:
         """Append one event; True when the whole line reached the file. Never raises."""
+        writer = writer_name(source)
         try:
             line = render_line(event_type, user, source, details, timestamp=self._clock())
         except (TypeError, ValueError, RecursionError) as exc:
             log.warning("event %r dropped: %s", event_type, exc)
+            self._dropped(writer, f"event {event_type!r} cannot be written: {exc}")
             return False
+        readable = True
         try:
-            fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            fd = os.open(self.path, OPEN_FLAGS_RW, FILE_MODE)
+        except PermissionError:
+            readable = False  # may write but not read: append without looking at the end
+            try:
+                fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            except OSError as exc:
+                self._failed(event_type, writer, f"cannot open {self.path}: {exc.strerror or exc}")
+                return False
         except OSError as exc:
-            self._failed(event_type, f"cannot open {self.path}: {exc.strerror or exc}")
+            self._failed(event_type, writer, f"cannot open {self.path}: {exc.strerror or exc}")
             return False
         try:
+            if readable and _ends_inside_a_line(fd):
+                line = b"\n" + line  # end the fragment a short write left, so it cannot swallow this event
             written = os.write(fd, line)
         except OSError as exc:
-            self._failed(event_type, f"cannot write {self.path}: {exc.strerror or exc}")
+            self._failed(event_type, writer, f"cannot write {self.path}: {exc.strerror or exc}")
             return False
         finally:
             try:
@@ -188,15 +366,27 @@ class EventLog:
                 log.warning("closing %s after event %s: %s", self.path, event_type, exc)
         if written != len(line):
             # Never complete it with a second write: another writer's line could land in between.
-            self._failed(event_type, f"short write to {self.path} ({written} of {len(line)} bytes)")
+            self._failed(event_type, writer, f"short write to {self.path} ({written} of {len(line)} bytes)")
             return False
         self._failing = False
+        counter_dir = self.counter_dir
+        if counter_dir is not None and (counter_dir, writer) in _PENDING:
+            _store_drops(counter_dir, writer)  # a count that could not be stored before
         return True
 
-    def _failed(self, event_type: str, why: str) -> None:
+    def _failed(self, event_type: str, writer: str, why: str) -> None:
         level = logging.DEBUG if self._failing else logging.WARNING
         log.log(level, "event %s not recorded: %s", event_type, why)
         self._failing = True
+        self._dropped(writer, f"event {event_type} not recorded: {why}")
+
+    def _dropped(self, writer: str, why: str) -> None:
+        self.dropped += 1
+        self.last_error = why
+        try:
+            _count_drop(self.counter_dir, writer, why)
+        except Exception:  # the never-raise edge: counting must not turn a lost event into a crash of the caller
+            log.exception("could not count a dropped event of writer %s", writer)
 
     # -- read ----------------------------------------------------------------------------------------
     def read(self, filters: Union[EventFilter, Mapping[str, Any], None] = None) -> EventStream:
@@ -222,6 +412,22 @@ class EventLog:
                     files.append(name)
         files.append(self.path)
         return files
+
+
+def _ends_inside_a_line(fd: int, rounds: int = 3) -> bool:
+    """True when the file ends in a fragment (no final newline) that no write in progress is still extending.
+
+    A zero-length ``write()`` takes the inode lock, so it returns only after a write in progress has finished;
+    if the size is then unchanged, the fragment is what a short write left behind.
+    """
+    for _round in range(rounds):
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return False
+        os.write(fd, b"")
+        if os.fstat(fd).st_size == size:
+            return True
+    return False
 
 
 _ROTATED_RE = re.compile(r"^(?:\.(?P<n>\d+)|-(?P<date>\d{8,14}))$")

@@ -9,14 +9,17 @@ Families (all labels low-cardinality except ``container``/``user``, which are bo
 number of containers and users on one host):
 
 - ``ds01_gpu_slot_info{gpu,slot,uuid,kind,profile}`` 1 — one per allocatable slot (joins with
-  dcgm-exporter on ``uuid``); ``ds01_gpu_slot_gpueq{slot}``; ``ds01_gpu_slot_allocated{slot,container,user}`` 1.
+  dcgm-exporter on ``uuid``); ``ds01_gpu_slot_gpueq{slot}``; ``ds01_gpu_slot_allocated{slot,container,user}`` 1;
+  ``ds01_gpu_slot_holders{slot}`` (containers holding it: more than 1 is a double booking).
 - ``ds01_gpu_capacity_gpueq``, ``ds01_gpu_allocated_gpueq``.
 - ``ds01_user_gpu_equivalents{user,group}``, ``ds01_user_gpus_allocated{user,group}`` (slots),
   ``ds01_user_containers{user,group}``, ``ds01_user_gpu_quota_gpueq{user,group}`` and
   ``ds01_user_container_quota{user,group}`` (only finite quotas: usage/limit is one expression).
 - ``ds01_containers{state,type}``, ``ds01_unmanaged_gpu_containers``,
   ``ds01_unmanaged_gpu_container{container,user}`` 1.
-- ``ds01_events_24h{event_type}``, ``ds01_refusals_24h{code}``.
+- ``ds01_events_24h{event_type}``, ``ds01_refusals_24h{code}``; ``ds01_events_dropped_total{writer}``: events a
+  writer (the event's source) could not write to the log (full or read-only file system, …), from the counter
+  files in ``<run_dir>/events-dropped/``.
 - ``ds01_gateway_requests_total{outcome}``, ``ds01_gateway_request_seconds`` (histogram) when the
   gateway publishes its counters file; ``ds01_{detector,lifecycle}_last_run_timestamp_seconds``.
 - Per-user slice: ``ds01_user_memory_bytes``, ``ds01_user_memory_max_bytes``, ``ds01_user_cpu_seconds_total``,
@@ -55,6 +58,7 @@ def empty_snapshot() -> dict:
         "users": {},  # login -> {group, gpueq, slots, containers, gpu_quota, container_quota}
         "events_24h": {},
         "refusals_24h": {},
+        "events_dropped": {},  # writer -> events it could not write (counter files under run_dir)
         "components": {},  # name -> {last_run: epoch|None}
         "gateway": None,  # {"requests": {outcome: n}, "latency": {"buckets": [[le, count]...], "sum": s, "count": n}}
         "slices": {},  # login -> {group, memory_current, memory_max, cpu_usage_seconds, tasks_current, oom_kills, psi}
@@ -116,11 +120,13 @@ def _slot_families(snap: dict) -> Iterable[Any]:
     )
     weight = _g("ds01_gpu_slot_gpueq", "GPU-equivalents of a slot (whole GPU 1.0, MIG slices/7)", ["slot"])
     held = _g("ds01_gpu_slot_allocated", "A slot held by a container (value 1)", ["slot", "container", "user"])
+    holders = _g("ds01_gpu_slot_holders", "Containers holding a slot (more than 1: double-booked)", ["slot"])
     capacity = allocated = 0.0
     for slot in snap["slots"]:
         info.add_metric([str(slot["gpu"]), slot["slot"], slot["uuid"], slot["kind"], slot.get("profile") or ""], 1)
         weight.add_metric([slot["slot"]], slot["gpueq"])
         capacity += slot["gpueq"]
+        holders.add_metric([slot["slot"]], slot.get("holders", 1 if slot.get("container") else 0))
         if slot.get("container"):
             held.add_metric([slot["slot"], slot["container"], slot.get("user") or "unknown"], 1)
             allocated += slot["gpueq"]
@@ -128,7 +134,7 @@ def _slot_families(snap: dict) -> Iterable[Any]:
     cap.add_metric([], capacity)
     alloc = _g("ds01_gpu_allocated_gpueq", "GPU-equivalents held by containers")
     alloc.add_metric([], allocated)
-    return [info, weight, held, cap, alloc]
+    return [info, weight, held, holders, cap, alloc]
 
 
 def _user_families(snap: dict) -> Iterable[Any]:
@@ -177,7 +183,12 @@ def _event_families(snap: dict) -> Iterable[Any]:
     refusals = _g("ds01_refusals_24h", "Refusals in the last 24 hours by code", ["code"])
     for code, count in sorted(snap["refusals_24h"].items()):
         refusals.add_metric([code], count)
-    out = [events, refusals]
+    dropped = CounterMetricFamily(
+        "ds01_events_dropped", "Events a writer could not write to the event log", labels=["writer"]
+    )
+    for writer, count in sorted((snap.get("events_dropped") or {}).items()):
+        dropped.add_metric([writer], count)
+    out = [events, refusals, dropped]
     gateway = snap.get("gateway")
     if gateway:
         requests = CounterMetricFamily("ds01_gateway_requests", "Requests through the gateway", labels=["outcome"])

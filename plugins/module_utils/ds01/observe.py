@@ -9,7 +9,8 @@ One place gathers the facts (pure functions over plain data, adapters at the edg
 - **Per-user usage vs quota** for every known user (``config.known_users()``) and every owner.
 - **Events** of the last 24 h from the JSONL log, read incrementally (``EventWindow`` keeps the file
   position between refreshes, so a scrape never re-reads the whole log), counted by type and
-  refusals by code (``gpu.reject`` / ``auth.denied`` / ``gateway.refused`` details).
+  refusals by code (``gpu.reject`` / ``auth.denied`` / ``gateway.refused`` details); and the events each
+  writer could not write (``events.read_drop_counts`` of ``<run_dir>/events-dropped/``).
 - **Component runs**: the detector inventory's own timestamp, the lifecycle's ``last-run.json``.
 - **Slices** (``usage.SliceReader``): memory, CPU, tasks, OOM kills, PSI. A rise in a user's OOM
   count is recorded once as a ``resource.oom_kill`` event; the counts are carried in the snapshot
@@ -248,20 +249,23 @@ def load_gpu_inventory(config: config_mod.Config) -> Any:
 
 
 def assign_holders(slots: Sequence[Mapping[str, Any]], holdings: Iterable[Holding]) -> list:
-    """Each slot row with ``container``/``user`` of the container holding it (by UUID, else slot id)."""
+    """Each slot row with ``container``/``user`` of the container holding it (by UUID, else slot id), and
+    ``holders``: how many containers hold it (more than one is a double booking, alerted on)."""
     by_uuid: dict = {}
     by_slot: dict = {}
     for h in holdings:
         for uuid in h.uuids:
-            by_uuid.setdefault(uuid, h)
+            by_uuid.setdefault(uuid, []).append(h)
         for slot in h.slots:
-            by_slot.setdefault(slot, h)
+            by_slot.setdefault(slot, []).append(h)
     out = []
     for slot in slots:
         row = dict(slot)
-        holder = by_uuid.get(row.get("uuid")) or by_slot.get(row["slot"])
-        if holder is not None:
-            row["container"], row["user"] = holder.name, holder.user
+        found = {id(h): h for h in by_uuid.get(row.get("uuid"), []) + by_slot.get(row["slot"], [])}
+        holders = list(found.values())
+        if holders:
+            row["container"], row["user"] = holders[0].name, holders[0].user
+        row["holders"] = len(holders)
         out.append(row)
     return out
 
@@ -820,6 +824,9 @@ def build_snapshot(
 
     by_type, by_code = guarded("events", count_events, default=({}, {}))
     snap["events_24h"], snap["refusals_24h"] = by_type, by_code
+    dropped_dir = events.dropped_dir(config)
+    dropped = guarded("events", lambda: events.read_drop_counts(dropped_dir), default=previous.get("events_dropped"))
+    snap["events_dropped"] = dropped or {}
 
     # Component runs
     snap["components"]["detector"] = {"last_run": float(detector_stamp) if detector_stamp is not None else None}
