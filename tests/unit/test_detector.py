@@ -732,3 +732,27 @@ def test_workloads_json_from_the_file_only(tmp_path, capsys, monkeypatch):
     assert time.monotonic() - t0 < 1.0
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["schema_version"] == "1" and out["counts"]["workloads"] == 3
+
+
+def test_two_containers_holding_one_gpu_are_reported_once(det):
+    """The allocator never grants one device twice; when it happens anyway (a grant lost with a killed
+    gateway), the detector says so, naming both holders, and does not repeat itself."""
+    first = attrs(name="job", labels=GATEWAY_LABELS, device_requests=GPU_REQ, status="running", pid=10)
+    det.upsert(first)
+    det.rec.clear()
+    bob = {**GATEWAY_LABELS, "ds01.user": "bob"}
+    second = attrs(name="job2", cid="b" * 64, labels=bob, device_requests=GPU_REQ)
+    det.upsert(second)
+    assert "detection.gpu_double_booked" in det.rec.types()
+    event = next(e for e in det.rec.events if e[0] == "detection.gpu_double_booked")
+    assert event[1] == "bob" and event[2]["shared_with"][0]["container_name"] == "job"
+    assert det.containers["b" * 64]["gpu_shared_with"] == [CID]
+    det.rec.clear()
+    det.upsert(second)
+    assert "detection.gpu_double_booked" not in det.rec.types()
+    det.upsert(attrs(name="job", labels=GATEWAY_LABELS, device_requests=GPU_REQ, status="exited"))
+    det.rec.clear()
+    det.upsert(
+        attrs(name="job3", cid="c" * 64, labels=bob, device_requests=[{**GPU_REQ[0], "DeviceIDs": ["GPU-2222"]}])
+    )
+    assert "detection.gpu_double_booked" not in det.rec.types()

@@ -25,6 +25,7 @@ def _snapshot(_previous):
             "gpueq": 1.0,
             "container": "train",
             "user": "alice",
+            "holders": 2,  # a double booking (observe.assign_holders counts every holder)
         },
         {"gpu": 2, "slot": "2.0", "uuid": "MIG-a", "kind": "mig", "profile": "3g.20gb", "gpueq": 3 / 7},
         {
@@ -101,6 +102,8 @@ def test_values_parse_back(text):
     assert s[("ds01_gpu_capacity_gpueq", ())] == pytest.approx(1 + 4 / 7)
     assert s[("ds01_gpu_allocated_gpueq", ())] == pytest.approx(1 + 1 / 7)
     assert s[("ds01_gpu_slot_allocated", (("container", "nb"), ("slot", "2.1"), ("user", "bob")))] == 1
+    assert s[("ds01_gpu_slot_holders", (("slot", "0"),))] == 2 and s[("ds01_gpu_slot_holders", (("slot", "2.0"),))] == 0
+    assert s[("ds01_gpu_slot_holders", (("slot", "2.1"),))] == 1
     assert s[("ds01_user_gpu_quota_gpueq", (("group", "student"), ("user", "alice")))] == 2.0
     # unlimited quota: no sample, so usage/quota is simply absent for bob
     assert ("ds01_user_gpu_quota_gpueq", (("group", "admin"), ("user", "bob"))) not in s

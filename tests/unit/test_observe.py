@@ -169,3 +169,44 @@ def test_brief_line_is_one_line_with_alerts(tmp_path):
     assert "\n" not in line
     assert line.startswith("alice (student) | GPU 1/1 gpueq [##########] 100% | containers 1/2")
     assert "QUOTA ALERT: gpu 100%" in line
+
+
+def test_every_holder_of_a_slot_is_counted():
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import observe as ob
+
+    slots = [{"slot": "0", "uuid": "GPU-0"}, {"slot": "1", "uuid": "GPU-1"}, {"slot": "2", "uuid": "GPU-2"}]
+    holdings = [
+        ob.Holding(
+            id="a1", name="a", user="alice", state="running", type="docker", slots=("0",), uuids=("GPU-0",), gpueq=1.0
+        ),
+        ob.Holding(
+            id="b1", name="b", user="bob", state="created", type="docker", slots=(), uuids=("GPU-0",), gpueq=1.0
+        ),
+        ob.Holding(id="c1", name="c", user="carol", state="running", type="docker", slots=("1",), uuids=(), gpueq=1.0),
+    ]
+    rows = {r["slot"]: r for r in ob.assign_holders(slots, holdings)}
+    assert (rows["0"]["holders"], rows["0"]["container"]) == (2, "a")
+    assert (rows["1"]["holders"], rows["1"]["user"]) == (1, "carol")
+    assert rows["2"]["holders"] == 0 and "container" not in rows["2"]
+
+
+def test_gpu_status_text_marks_a_double_booked_slot():
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_gpu
+
+    holder = {"container": "a", "id": "1", "user": "alice", "owner_method": "label", "state": "running"}
+    other = {**holder, "container": "b", "id": "2", "user": "bob"}
+    slot = {"slot": "0", "gpu": 0, "uuid": "GPU-0", "kind": "gpu", "profile": None, "gpueq": 1.0, "free": False}
+    doc = {
+        "source": "fake",
+        "capacity_gpueq": 1.0,
+        "allocated_gpueq": 1.0,
+        "total_slots": 1,
+        "free_slots": 0,
+        "slots": [{**slot, "container": "a", "user": "alice", "holders": [holder, other]}],
+        "unusable_gpus": [],
+        "foreign_devices": [],
+    }
+    text = cli_gpu._status_text(doc)
+    assert "DOUBLE-BOOKED: also held by b (bob)" in text
+    doc["slots"][0]["holders"] = [holder]
+    assert "DOUBLE-BOOKED" not in cli_gpu._status_text(doc)

@@ -169,6 +169,9 @@ def _status_text(doc: dict) -> str:
             f"{s['slot']:<6} {s['kind']:<4} {s['profile'] or '-':<10} {_fmt(s['gpueq']):>5}  "
             f"{who:<16} {s['container'] or 'free'}"
         )
+        if len(s.get("holders") or []) > 1:
+            others = ", ".join(f"{h['container']} ({h['user'] or 'unknown'})" for h in s["holders"][1:])
+            lines.append(f"{'':<6} DOUBLE-BOOKED: also held by {others}; a slot is for one container: stop all but one")
     for g in doc["unusable_gpus"]:
         lines.append(f"GPU {g['index']} ({g['uuid']}): {g['reason']}; nothing on it can be allocated")
     for f in doc["foreign_devices"]:

@@ -674,6 +674,25 @@ class Detector:
             )
             if record["status"] in ("exited", "dead"):
                 self.emit("detection.container_exited", owner, **base, exit_code=record["exit_code"])
+        shared = self._sharing(cid, record)
+        if shared and set(shared) != set((previous or {}).get("gpu_shared_with") or ()):
+            # one GPU device held by two containers at once: the allocator never grants that, so a grant
+            # was lost (a gateway killed mid-create) or a container took a device around it
+            self.emit(
+                "detection.gpu_double_booked",
+                owner,
+                **base,
+                gpu_devices=record["gpu_devices"],
+                shared_with=[
+                    {
+                        "container_id": self.containers[other]["short_id"],
+                        "container_name": self.containers[other]["name"],
+                        "user": self.containers[other].get("user"),
+                    }
+                    for other in shared
+                ],
+            )
+        record["gpu_shared_with"] = shared
         if record["unmanaged_gpu"] and not (previous or {}).get("unmanaged_gpu"):
             self.emit(
                 "detection.unmanaged_gpu",
@@ -686,6 +705,19 @@ class Detector:
                 reason="GPU access without a ds01 allocation (no ds01.gpu.slots label)",
             )
         return _holding(previous) != _holding(record)
+
+    def _sharing(self, cid: str, record: Mapping[str, Any]) -> list:
+        """Ids of the other running or created containers that name one of ``record``'s GPU devices."""
+        devices = set(record.get("gpu_devices") or ())
+        if not devices or record.get("status") not in (*RUNNING_STATES, "created"):
+            return []
+        return sorted(
+            other
+            for other, rec in self.containers.items()
+            if other != cid
+            and rec.get("status") in (*RUNNING_STATES, "created")
+            and devices & set(rec.get("gpu_devices") or ())
+        )
 
     def remove(self, cid: str) -> bool:
         """A container is gone; returns True when it held GPUs."""
