@@ -1,4 +1,4 @@
-"""``ds01 lifecycle run [--dry-run] [--json] [--now ISO]``: one lifecycle sweep.
+"""``ds01 lifecycle run [--dry-run] [--json] [--now ISO] [--only-label KEY=VALUE]``: one lifecycle sweep.
 
 Run by ``ds01-lifecycle.timer`` every 5 minutes (role ds01_runtime_units). ``--dry-run`` lists
 the decisions and changes nothing (no state, no notice, no signal, no event). ``--now`` replaces
@@ -47,6 +47,13 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--dry-run", action="store_true", help="list the decisions; change, send and record nothing")
     run.add_argument("--now", metavar="ISO", help="decide as if it were this time (e.g. 2026-11-22T18:00:00Z)")
+    run.add_argument(
+        "--only-label",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="look only at containers carrying this label (repeatable; e.g. one project, or a test's own containers)",
+    )
     cli.add_json_flag(run)
     run.set_defaults(func=cmd_run)
     parser.set_defaults(func=lambda ctx: _usage(parser))
@@ -151,7 +158,7 @@ def cmd_run(ctx: cli.Context) -> int:
                 }
             )
     client = docker_client()
-    ops = lc.DockerOps(client)
+    ops = lc.DockerOps(client, filters={"label": list(ctx.args.only_label)} if ctx.args.only_label else None)
     gpu = lc.gpu_probe_from_config(config)
     dry = bool(ctx.args.dry_run)
     if dry:

@@ -427,6 +427,11 @@ def event_log_path(config: config_mod.Config) -> str:
     return events.default_log_path(config)
 
 
+def read_dropped_events(config: config_mod.Config) -> dict:
+    """``{writer: events it could not write}`` from ``<run_dir>/events-dropped/`` (``events.py``)."""
+    return events.read_drop_counts(events.dropped_dir(config))
+
+
 def event_writer(config: config_mod.Config, source: str) -> Callable[..., bool]:
     """``emit(event_type, user=…, **details) -> bool`` onto the event log (never raises)."""
     event_log = events.EventLog(events.default_log_path(config))
@@ -824,8 +829,7 @@ def build_snapshot(
 
     by_type, by_code = guarded("events", count_events, default=({}, {}))
     snap["events_24h"], snap["refusals_24h"] = by_type, by_code
-    dropped_dir = events.dropped_dir(config)
-    dropped = guarded("events", lambda: events.read_drop_counts(dropped_dir), default=previous.get("events_dropped"))
+    dropped = guarded("events", lambda: read_dropped_events(config), default=previous.get("events_dropped"))
     snap["events_dropped"] = dropped or {}
 
     # Component runs
