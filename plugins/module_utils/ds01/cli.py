@@ -6,6 +6,8 @@ and the edge that turns any failure into a sentence and an exit code instead of 
 
 Exit codes: 0 success, 1 "the answer is no" (a check failed, a request would be refused),
 2 usage or configuration error, 3 an infrastructure fault (Docker, NVML, a file) was logged.
+While the config files are invalid, commands run on the last good config saved on disk (``config.load_last_good``)
+with a one-line warning, and exit as they would otherwise; ``ds01 config check`` still reports the broken files.
 """
 
 from __future__ import annotations
@@ -68,9 +70,23 @@ class Context:
 
     @property
     def config(self) -> config_mod.Config:
-        """The validated config; a ``ConfigError`` is turned into exit 2 by ``main``."""
+        """The validated config, saved as the last good one (where this process may write).
+
+        While the files are invalid, the last good config saved on disk is used instead, with a one-line warning
+        naming the broken file and its problem; without one, the ``ConfigError`` is turned into exit 2 by ``main``.
+        """
         if self._config is None:
-            self._config = config_mod.load_config(self.config_path)
+            path = self.config_path
+            try:
+                self._config = config_mod.load_config(path)
+            except config_mod.ConfigError as exc:
+                fallback = config_mod.load_last_good(path)
+                if fallback is None:
+                    raise
+                log.warning("%s", config_mod.fallback_warning(path, exc, fallback))
+                self._config = fallback
+            else:
+                config_mod.save_last_good(self._config)
             for warning in self._config.warnings:
                 log.warning("%s", warning)
         return self._config
