@@ -40,6 +40,9 @@ main() {
     "$DS01_ROOT/scripts/wheelhouse.sh" "$DS01_ROOT/.cache/wheels"
   fi
   pick_docker_client || die "the Docker engine does not answer: run 'make docker' first"
+  # molecule/default mounts the engine's socket and a docker CLI into its systemd host.
+  export DS01_MOLECULE_DOCKER_CLI="${DS01_MOLECULE_DOCKER_CLI:-$(readlink -f "$DOCKER_BIN")}"
+  export DS01_MOLECULE_DOCKER_SOCKET="${DS01_MOLECULE_DOCKER_SOCKET:-/var/run/docker.sock}"
   image_exists "$DS01_IMAGE_SYSTEMD" || die "$DS01_IMAGE_SYSTEMD missing: run 'make images' first"
   # One molecule run at a time on this engine: scenarios name their containers (platform names).
   mkdir -p "$(dirname "$LOCK")"

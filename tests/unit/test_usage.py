@@ -142,3 +142,19 @@ def test_a_slice_of_systemd_in_a_container_is_read_below_the_containers_cgroup(t
     reader = usage.SliceReader(str(tmp_path / "sys"), control_group=lambda unit: told, proc_root=str(tmp_path / "proc"))
     got = reader.read(UNIT)
     assert got.exists and (got.memory_max, got.oom_kills, got.tasks_max) == (67108864, 2, 24)
+
+
+def test_v1_oom_kills_are_summed_over_the_slices_children(tmp_path):
+    """On cgroup v1 the kernel counts an OOM kill in the killed task's own cgroup (a container scope or a
+    service below the slice), not in the slice whose MemoryMax was hit."""
+    _tree(
+        tmp_path,
+        {
+            f"memory/{CG}/memory.oom_control": "oom_kill 1\n",
+            f"memory/{CG}/docker-abc.scope/memory.oom_control": "oom_kill 2\n",
+            f"memory/{CG}/run-u7.service/memory.oom_control": "oom_kill 3\n",
+            f"memory/{CG}/run-u7.service/inner/memory.oom_control": "oom_kill 4\n",
+        },
+    )
+    got = usage.SliceReader(str(tmp_path), control_group=lambda unit: "/" + CG, proc_root=str(tmp_path)).read(UNIT)
+    assert got.oom_kills == 10

@@ -135,15 +135,16 @@ def test_lifecycle_timer_is_enabled_and_scheduled(host):
     assert "ds01-lifecycle.timer" in host.check_output("systemctl list-timers --all --no-legend")
 
 
-def test_detector_unit_is_installed_but_off_where_its_flag_is_off(host):
-    assert host.file("/etc/systemd/system/ds01-detector.service").exists
-    assert not host.service("ds01-detector.service").is_enabled
-
-
 def test_units_pass_systemd_analyze(host):
     units = " ".join(
         "/etc/systemd/system/" + u
-        for u in ("ds01-detector.service", "ds01-lifecycle.service", "ds01-lifecycle.timer", "ds01-exporter.service")
+        for u in (
+            "ds01-detector.service",
+            "ds01-lifecycle.service",
+            "ds01-lifecycle.timer",
+            "ds01-exporter.service",
+            "ds01-gateway.service",
+        )
     )
     result = host.run("systemd-analyze verify " + units)
     assert result.rc == 0, result.stderr

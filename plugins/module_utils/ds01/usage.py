@@ -42,6 +42,19 @@ class SliceUsage:
         return asdict(self)
 
 
+def _v1_oom_kills(memory: str) -> Optional[int]:
+    """OOM kills in a v1 memory cgroup and everything below it. v1 counts a kill only in the killed task's own
+    cgroup (v2's memory.events is hierarchical), and work runs in a slice's children (container scopes,
+    services). A kill in a child that is gone before the next reading is not seen: v1 keeps no record."""
+    total = _keyed(_read(os.path.join(memory, "memory.oom_control"))).get("oom_kill")
+    if total is None:
+        return None
+    for root, dirs, _files in os.walk(memory):
+        for name in dirs:
+            total += _keyed(_read(os.path.join(root, name, "memory.oom_control"))).get("oom_kill") or 0
+    return total
+
+
 def systemd_control_group(unit: str) -> str:
     """The cgroup path systemd gives a slice, by systemd's own naming rule.
 
@@ -195,7 +208,7 @@ class SliceReader:
             usage.memory_current = _int(_read(os.path.join(memory, "memory.usage_in_bytes")))
             limit = _int(_read(os.path.join(memory, "memory.limit_in_bytes")))
             usage.memory_max = None if limit is None or limit >= UNLIMITED_V1 else limit
-            usage.oom_kills = _keyed(_read(os.path.join(memory, "memory.oom_control"))).get("oom_kill")
+            usage.oom_kills = _v1_oom_kills(memory)
             cpuacct = _int(_read(os.path.join(self._v1("cpuacct", cgroup), "cpuacct.usage")))
             usage.cpu_usage_seconds = cpuacct / 1e9 if cpuacct is not None else None
             pids = self._v1("pids", cgroup)
