@@ -25,6 +25,7 @@ import time
 import uuid
 
 import pytest
+from private_dockerd import PrivateDockerd
 
 docker = pytest.importorskip("docker")
 yaml = pytest.importorskip("yaml")
@@ -323,63 +324,6 @@ def test_gpu_processes_are_attributed_through_proc(client, runnable_image, test_
 # --------------------------------------------------------------------------------------------
 # The watcher against a private dockerd that is stopped and restarted
 # --------------------------------------------------------------------------------------------
-
-
-class PrivateDockerd:
-    """A second dockerd with its own data root, exec root, pidfile and socket (never the shared one)."""
-
-    def __init__(self, root):
-        self.root = root
-        self.host = f"unix://{os.path.join(root, 'docker.sock')}"  # the one the watcher uses
-        self.side = f"unix://{os.path.join(root, 'side.sock')}"  # for the test alone
-        self.listen = self.host
-        self.proc = None
-        self.driver = "overlay2"
-
-    def start(self, listen=None):
-        self.listen = listen or self.host
-        log = open(os.path.join(self.root, "dockerd.log"), "ab")  # noqa: SIM115 - kept for the daemon's life
-        self.proc = subprocess.Popen(
-            [
-                "dockerd",
-                "--data-root",
-                os.path.join(self.root, "data"),
-                "--exec-root",
-                os.path.join(self.root, "exec"),
-                "--pidfile",
-                os.path.join(self.root, "dockerd.pid"),
-                "-H",
-                self.listen,
-                "--bridge",
-                "none",
-                "--iptables=false",
-                "--ip-forward=false",
-                "--storage-driver",
-                self.driver,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited with {self.proc.returncode}")
-            if subprocess.run(["docker", "-H", self.listen, "info"], capture_output=True, check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("dockerd did not become ready")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def docker(self, *args):
-        return subprocess.run(["docker", "-H", self.listen, *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture
