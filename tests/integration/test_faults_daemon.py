@@ -251,7 +251,7 @@ class Gateway:
         return ["runuser", "-u", USER, "--", "env", *[f"{k}={v}" for k, v in env.items()], DOCKER_BIN, *args]
 
     def docker(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
 
     def log(self) -> str:
         return (self.root / "gateway.log").read_text(errors="replace")
