@@ -9,18 +9,20 @@ corpus files.) Users atk1 (attacker) and atk2 (victim) through the real gateway 
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import secrets
 import socket
+import subprocess
 import tarfile
 import threading
 import time
 from typing import Optional
 
 import pytest
-from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS
+from gwharness import ATTACKER, GPU_UUIDS, IMAGE, MIG_UUIDS, HarnessError
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import identity
 
@@ -628,3 +630,115 @@ def test_r6_health_checks_run_at_most_every_five_seconds(attack_gw):
     assert fine.returncode == 0, fine.stderr
     stored = h.client.api.inspect_container(fine.stdout.strip())["Config"]["Healthcheck"]
     assert stored["Interval"] == 30 * 10**9
+
+
+# -- round 7 --------------------------------------------------------------------------------------
+
+
+def test_r7_docker_top_cannot_read_another_processs_environment(attack_gw):
+    """R7-1: dockerd runs ps on the host as root with the caller's ps_args (-p PID and e read any environment)."""
+    h = attack_gw
+    secret = f"r7-{secrets.token_hex(6)}"
+    holder = subprocess.Popen(["env", f"R7SECRET={secret}", "sleep", "60"])  # root's process on the host
+    name = h.name("r7top")
+    try:
+        assert h.cli(ATTACKER, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "60").returncode == 0
+        for args in ([f"-p{holder.pid}", "eww"], ["-e", "-o", "pid,args"], ["axeww"], ["-ef", "-p", str(holder.pid)]):
+            out = h.cli(ATTACKER, "top", name, *args)
+            assert out.returncode != 0 and secret not in out.stdout + out.stderr, (args, out.stdout, out.stderr)
+            assert "not available" in out.stderr, out.stderr
+        listed = h.cli(ATTACKER, "top", name, "aux")
+        assert listed.returncode == 0 and "sleep 60" in listed.stdout and secret not in listed.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_r7_volumes_without_an_owner_cannot_be_removed_or_taken(attack_gw):
+    """R7-2: an admin's (or a removed container's anonymous) volume was deletable and could be re-made as the
+    attacker's, with the admin's data in it."""
+    h = attack_gw
+    name = h.name("r7admin")
+    h.client.volumes.create(name)
+    h.client.containers.run(
+        IMAGE,
+        ["sh", "-c", "echo admin-creds > /v/creds"],
+        volumes={name: {"bind": "/v"}},
+        network_mode="none",
+        remove=True,
+    )
+    try:
+        removed = h.cli(ATTACKER, "volume", "rm", name)
+        assert removed.returncode != 0 and "has no owner" in removed.stderr, removed.stderr
+        taken = h.cli(ATTACKER, "volume", "create", name)
+        assert taken.returncode != 0 and "already exists and is not yours" in taken.stderr, taken.stderr
+        stored = h.client.api.inspect_volume(name)
+        assert not (stored.get("Labels") or {}).get("ds01.user")
+        out = h.client.containers.run(
+            IMAGE, ["cat", "/v/creds"], volumes={name: {"bind": "/v"}}, network_mode="none", remove=True
+        )
+        assert out.decode().strip() == "admin-creds"
+    finally:
+        h.client.api.remove_volume(name, force=True)
+    # the attacker's own volumes stay theirs to remove
+    own = h.name("r7own")
+    assert h.cli(ATTACKER, "volume", "create", own).returncode == 0
+    assert h.cli(ATTACKER, "volume", "rm", own).returncode == 0
+    assert own not in [v.name for v in h.client.volumes.list()]
+
+
+def test_r7_unstarted_exec_instances_and_large_settings_are_capped(attack_gw):
+    """R7-3: exec instances created and never started stay in dockerd's memory until the container stops."""
+    h = attack_gw
+    name = h.name("r7exec")
+    assert h.cli(ATTACKER, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "120").returncode == 0
+    cid = h.client.api.inspect_container(name)["Id"]
+    body = {"Cmd": ["true"], "AttachStdout": False}
+    statuses = [h.api(ATTACKER, "POST", f"/containers/{name}/exec", json.dumps(body).encode())[0] for _ in range(34)]
+    assert statuses[:32] == [201] * 32 and statuses[32:] == [403, 403], statuses
+    assert len(h.client.api.inspect_container(cid)["ExecIDs"] or []) == 32
+    big = {"Cmd": ["echo", "x" * (2 * 1024 * 1024)]}
+    try:  # refused (413) as soon as the head says how large it is; the client may still be sending
+        assert h.api(ATTACKER, "POST", f"/containers/{name}/exec", json.dumps(big).encode())[0] in (400, 403, 413)
+    except HarnessError as exc:
+        assert "Broken pipe" in str(exc) or "reset" in str(exc), exc
+    assert len(h.client.api.inspect_container(cid)["ExecIDs"] or []) == 32
+    # a started exec no longer counts: `docker exec` keeps working
+    h.client.api.stop(cid, timeout=1)
+    h.client.api.start(cid)
+    ran = h.cli(ATTACKER, "exec", name, "echo", "still-works")
+    assert ran.returncode == 0 and "still-works" in ran.stdout, ran.stderr
+
+
+def test_r7_a_compressed_import_is_refused_before_the_daemon_unpacks_it(attack_gw):
+    """R7-4: 2 MB of gzip became 2.15 GB on the shared disk."""
+    h = attack_gw
+    plain = _tar({"hello.txt": "hi\n"})
+    packed = gzip.compress(plain)
+    tag = h.tag(ATTACKER, "r7imp")
+    refused = h.api(ATTACKER, "POST", f"/images/create?fromSrc=-&repo={tag.split(':')[0]}&tag=1", packed)
+    assert refused[0] == 403 and b"gzip-compressed" in refused[2], refused[:2]
+    assert not h.client.images.list(name=tag.split(":")[0])
+    imported = h.api(ATTACKER, "POST", f"/images/create?fromSrc=-&repo={tag.split(':')[0]}&tag=1", plain)
+    assert imported[0] == 200, imported
+    assert h.client.images.get(tag).attrs["Size"] < 10_000
+
+
+def test_r7_a_user_cannot_take_every_network_subnet(attack_gw):
+    """R7-5: 29 networks used up the daemon's address pool for everyone."""
+    h = attack_gw
+    made = []
+    try:
+        for index in range(5):
+            name = h.name(f"r7net{index}")
+            out = h.cli(ATTACKER, "network", "create", name)
+            if out.returncode == 0:
+                made.append(name)
+            else:
+                assert "the most one user may have" in out.stderr, out.stderr
+        assert len(made) == 4
+        owned = h.client.networks.list(filters={"label": f"ds01.user={ATTACKER}"})
+        assert len(owned) == 4
+    finally:
+        for name in made:
+            h.client.api.remove_network(name)

@@ -984,6 +984,18 @@ class ArchiveRewriter:
         header[265:329] = bytes(64)
 
 
+# The formats dockerd's archive.DecompressStream recognises by their first bytes.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def compression_of(data: bytes) -> Optional[str]:
+    """The compression a tar stream starting with ``data`` uses, as the daemon would detect it, or None."""
+    for magic, name in COMPRESSED.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
 class BuildContextReader(ArchiveRewriter):
     """A build context (tar) as it is spooled: rewritten like a ``docker cp`` archive, and the
     Dockerfile the classic builder will read kept aside for ``dockerfile.check``."""
@@ -1003,18 +1015,18 @@ class BuildContextReader(ArchiveRewriter):
         self._capture_key = ""
         self._capture_size = 0
 
-    COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+    COMPRESSED = COMPRESSED
 
     def feed(self, data: bytes) -> bytes:
         if self._total_in == 0:
-            for magic, name in self.COMPRESSED.items():
-                if data.startswith(magic):
-                    self._refuse(
-                        _denied(
-                            f"the build context is {name}-compressed; the ds01 gateway reads the Dockerfile out of "
-                            "it, so send it as a plain tar (leave out --compress, or `tar c` instead of `tar cz`)."
-                        )
+            name = compression_of(data)
+            if name:
+                self._refuse(
+                    _denied(
+                        f"the build context is {name}-compressed; the ds01 gateway reads the Dockerfile out of "
+                        "it, so send it as a plain tar (leave out --compress, or `tar c` instead of `tar cz`)."
                     )
+                )
         return super().feed(data)
 
     def end(self) -> bytes:

@@ -357,6 +357,25 @@ def object_ownership(login: str, kind: str, name: str, labels: Optional[dict], v
     return None
 
 
+def volume_write_refusal(login: str, name: str, labels: Optional[dict], verb: str) -> Optional[Refusal]:
+    """Removing or changing a volume: only its owner's (``ds01.user``). A volume with no owner was made by an
+    admin, or is the anonymous volume of a container, kept after it; either way it may hold someone's data
+    (round-7 attack: a user deleted both, and re-created an admin's under their own name)."""
+    if labels is None:
+        return None  # no such volume: the daemon says so
+    owner = labels.get("ds01.user")
+    if owner == login:
+        return None
+    if owner:
+        return object_ownership(login, "volume", name, labels, verb)
+    return Refusal(
+        NOT_OWNER,
+        f"volume '{name}' has no owner (an admin made it, or a removed container left it behind); only admins can "
+        f"{verb} it. Your containers' anonymous volumes go with them when you remove them with `docker rm -v NAME`.",
+        event_type="auth.denied",
+    )
+
+
 def admin_only(route: Route, method: str) -> Refusal:
     return denied(
         f"{method} {route.path} acts on the whole Docker daemon and is for admins only; "
@@ -1212,6 +1231,38 @@ def strip_gpu(body: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # Other bodies
 # --------------------------------------------------------------------------------------------
+
+
+MAX_NETWORKS_PER_USER = 4  # each takes a subnet from the daemon's shared address pools
+
+# A container's settings (create, exec, commit, update bodies) fit in far less: dockerd keeps them in memory
+# and in image configs that every `docker images` reads (round-7 attack: 8 MiB configs, 16 MiB exec commands).
+MAX_SETTINGS_BYTES = 1024 * 1024
+
+# `docker top NAME [ps OPTIONS]`: dockerd runs ps on the host, as root, with these options, and filters its
+# output to the container's processes afterwards. `-p PID` and `e` (environment) read any process's
+# environment (round-7 attack), so only these ordinary listings are passed.
+TOP_PS_ARGS = ("", "-ef", "-eF", "-efl", "-efww", "-ely", "aux", "auxw", "auxww", "-aux")
+
+
+def check_top(query: tuple) -> tuple:
+    """(refusal or None, query to forward) for ``GET /containers/{id}/top``."""
+    values = [v for k, v in query if k == "ps_args"]
+    others = [k for k, _v in query if k != "ps_args"]
+    if others:
+        return denied(f"docker top does not take '{others[0]}'; remove it."), query
+    if len(values) > 1 or (values and values[0].strip() not in TOP_PS_ARGS):
+        shown = " ".join(values)
+        return (
+            denied(
+                f"docker top with ps options '{shown}' is not available: the daemon runs ps on the host as root, "
+                "where options such as -p and e read other users' processes. Use one of "
+                + ", ".join(a for a in TOP_PS_ARGS if a)
+                + ", or `docker exec NAME ps ...` inside the container."
+            ),
+            query,
+        )
+    return None, tuple(("ps_args", v.strip()) for v in values if v.strip())
 
 
 def check_exec_create(body: Any, ctx: Optional[CreateContext] = None) -> Optional[Refusal]:

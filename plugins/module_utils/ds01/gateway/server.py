@@ -37,6 +37,7 @@ from .. import config as config_mod
 from .. import identity, refusals, slice_keeper
 from . import admission as admission_mod
 from . import canonical, claims, dockerfile, http, listener, objects, peer, pins, policy, schema
+from . import execs as execs_mod
 from . import stats as stats_mod
 from .upstream import Upstream, UpstreamError, gather_more
 
@@ -111,6 +112,7 @@ class Gateway:
         self.refused = 0
         self.stats = stats_mod.RequestStats()
         self.slices = slice_keeper.SliceKeeper()
+        self.execs = execs_mod.ExecLedger()
         self._tasks: set = set()
 
     # -- settings -------------------------------------------------------------------------------
@@ -526,13 +528,35 @@ class _Connection:
                 raise Refused(refusal)
             if kind == "volumes.create":
                 body["Name"] = body.get("Name") or f"{caller.login}-{uuid.uuid4().hex[:16]}"
+                existing = await self.gw.upstream.labels_of("volume", body["Name"])
+                if existing is not None and existing.get("ds01.user") != caller.login:
+                    # the daemon would hand back the existing volume, with its data, as if just made
+                    raise Refused(
+                        policy.Refusal(
+                            policy.NOT_OWNER,
+                            f"volume '{body['Name']}' already exists and is not yours; choose another name.",
+                            status=409,
+                        )
+                    )
+            else:
+                status, mine = await self.gw.upstream.request(
+                    "GET", "/networks?filters=" + quote(json.dumps({"label": [f"ds01.user={caller.login}"]}))
+                )
+                if status == 200 and isinstance(mine, list) and len(mine) >= policy.MAX_NETWORKS_PER_USER:
+                    raise Refused(
+                        policy.denied(
+                            f"you have {len(mine)} networks, the most one user may have (each takes a subnet from "
+                            "the address pool all users share); remove one (`docker network ls`, `docker network rm "
+                            "NAME`) and try again."
+                        )
+                    )
             keep, status, _unused = await self.forward(head, framing, route=route, body=body, capture=True)
             if kind == "volumes.create" and 200 <= status < 300:
                 await self.give_volume(body["Name"], ctx)
             return keep
         if kind == "volume":
             labels = await self.gw.upstream.labels_of(kind, route.ref or "")
-            refusal = policy.object_ownership(caller.login, kind, route.ref or "", labels, route.action)
+            refusal = policy.volume_write_refusal(caller.login, route.ref or "", labels, route.action)
             if refusal:
                 raise Refused(refusal)
             return await self.forward(head, framing, route=route)
@@ -628,6 +652,9 @@ class _Connection:
                 async with lock:
                     with await self.spool_context(framing, dict(query)) as spooled:
                         return await self.forward(head, framing, route=route, upload=spooled)
+            if route.kind == "images.create" and route.query_value("fromSrc") == "-":
+                with await self.spool_import(framing) as spooled:
+                    return await self.forward(head, framing, route=route, upload=spooled)
             return await self.forward(head, framing, route=route, body=body)
         finally:
             claims.release(self.gw, refs)
@@ -651,6 +678,45 @@ class _Connection:
             refusal = policy.image_label_refusal(image, config.get("Labels"))
             if refusal:
                 raise Refused(refusal)
+
+    async def spool_import(self, framing: http.Framing) -> Any:
+        """A ``docker import`` body, read into a temp file before the daemon sees it: it must be a plain tar.
+        The daemon would decompress a gzip, bzip2, xz or zstd one, and a few MB of those unpack to GBs of
+        disk that every user shares (round-7 attack: 2 MB became 2.15 GB in 8 s)."""
+        spool_dir = os.path.join(self.gw.state_dir(), "gateway", "spool")
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+        spooled = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - the caller's `with` closes it
+        size, head = 0, b""
+        refusal: Optional[policy.Refusal] = None
+        try:
+            # a refused body is still read to its end (dropped), so the client reads the answer
+            async for piece in http.iter_body(self.reader, framing):
+                size += len(piece)
+                if refusal is not None:
+                    continue
+                if len(head) < 8:
+                    head += piece[: 8 - len(head)]
+                    kind = objects.compression_of(head)
+                    if kind:
+                        refusal = policy.denied(
+                            f"the import is {kind}-compressed; the daemon would unpack it onto the disk all users "
+                            "share. Decompress it first and import the plain tar (`gunzip -c x.tar.gz | docker "
+                            "import - NAME`)."
+                        )
+                        continue
+                if size > MAX_BUILD_CONTEXT:
+                    refusal = policy.denied(
+                        f"the import is larger than {MAX_BUILD_CONTEXT >> 30} GiB; split the image into smaller ones."
+                    )
+                    continue
+                spooled.write(piece)
+            if refusal is not None:
+                raise Refused(refusal)
+            spooled.seek(0)
+            return spooled
+        except BaseException:
+            spooled.close()
+            raise
 
     async def spool_context(self, framing: http.Framing, query: dict) -> Any:
         """A classic build's context, read whole into a temp file (rewritten like a docker cp archive)
@@ -749,8 +815,11 @@ class _Connection:
             raise http.HttpError(400, "the request body is not valid JSON") from None
 
     async def read_model(self, framing: http.Framing, shape: str) -> Optional[dict]:
-        """The body as the daemon's Go decoder will read it (canonical.decode), or a refusal naming the key."""
-        limit = int(self.gw.section()["max_body_bytes"])
+        """The body as the daemon's Go decoder will read it (canonical.decode), or a refusal naming the key.
+
+        Settings bodies (create, exec, commit, update ...) are kept by dockerd in memory and in image configs
+        that every listing reads: at most ``policy.MAX_SETTINGS_BYTES`` (round-7 attack)."""
+        limit = min(int(self.gw.section()["max_body_bytes"]), policy.MAX_SETTINGS_BYTES)
         raw = await http.read_body(self.reader, framing, limit)
         try:
             return canonical.decode(raw, shape)
@@ -776,12 +845,25 @@ class _Connection:
         info = await self.owned_container(route.ref or "", verb)
         head.target = policy.rebuild_target(route, path=policy.container_path(route, info["Id"]))
         body = None
+        if route.action == "top":
+            refusal, query = policy.check_top(route.query)
+            if refusal:
+                raise Refused(refusal)
+            head.target = policy.rebuild_target(route, path=policy.container_path(route, info["Id"]), query=query)
         if route.action == "exec" and head.method == "POST":
             body = await self.read_model(framing, "exec.create")
             refusal = policy.check_exec_create(body, self.context())
             if refusal:
                 raise Refused(refusal)
-        elif route.action == "update":
+            login = self.caller.login if self.caller else ""
+            waiting = await self.gw.execs.full(login, self.gw.upstream.inspect_exec)
+            if waiting is not None:
+                raise Refused(policy.denied(execs_mod.sentence(waiting)))
+            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            if 200 <= status < 300 and created:
+                self.gw.execs.add(login, created, info["Id"])
+            return keep
+        if route.action == "update":
             body = await self.read_model(framing, "containers.update")
             host_paths = policy.has_host_paths(info.get("HostConfig") or {})
             refusal, body = policy.check_update(body, self.context(), host_paths)
@@ -909,6 +991,8 @@ class _Connection:
             raise Refused(policy.Refusal("NOT_FOUND", f"No such exec instance: {route.ref}", status=404))
         await self.owned_container(str(info.get("ContainerID") or ""), policy.EXEC_ACTIONS[route.action])
         body = await self.read_model(framing, "exec.start") if route.action == "start" else None
+        if route.action == "start":
+            self.gw.execs.started(str(info.get("ID") or route.ref or ""))
         return await self.forward(head, framing, route=route, body=body)
 
     async def check_devices_present(self, info: dict) -> None:
