@@ -1295,7 +1295,7 @@ class Watcher:
         self.hook = hook
         self.max_backoff_s = max_backoff_s
         self.stop_event = threading.Event()
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from a signal handler (stop)
         self._stream: Any = None
         self._stream_client: Any = None
         self.connected = False
