@@ -15,8 +15,12 @@ description:
     not listed in O(exempt_users_file) and hold no unexpired grant in O(grant_dir).
     It is a deterrent that makes GPU use on the host a deliberate act, not a security boundary.
     It fails closed, so a malformed or expired grant hides the GPUs.
-  - C(ds01-greeting.sh) (when O(greeting=true)) prints C(ds01 limits --brief) (group, quota, usage) in
-    interactive shells only, under C(timeout 1); it stays silent when the command is missing, fails or is slow.
+    With O(banner=true), interactive shells of those users also print two lines (to stderr) saying that GPUs are for
+    containers and how to get one.
+  - C(ds01-greeting.sh) (when O(greeting=true)) prints, in interactive shells only, the line the ds01 exporter
+    pre-renders for each user every minute in C(<greeting_dir>/<login>) (group, quota, usage, and how many new
+    notices wait in C(ds01 limits)), with C(find) and C(awk) only, so no Python runs at login.
+    It stays silent when that file is missing or older than 15 minutes (the exporter is down).
   - Each script is validated with C(bash -n) and C(sh -n) (dash where installed) before it replaces the
     installed one.
   - "Grant file format, written by the C(ds01) command: C(<grant_dir>/<login>.json), a JSON object with
@@ -56,9 +60,21 @@ options:
     description: Install the login greeting. V(false) removes a greeting ds01 installed earlier.
     type: bool
     default: true
+  greeting_dir:
+    description:
+      - Directory of the pre-rendered greetings C(<login>) that the greeting prints (the exporter writes them in
+        C(<state_dir>/greetings)).
+    type: path
+    default: /var/lib/ds01/greetings
+  banner:
+    description:
+      - Print the two-line "GPUs are for containers" banner in interactive shells of users whose GPUs are hidden
+        (not exempt, no unexpired grant).
+    type: bool
+    default: true
   ds01_bin:
     description:
-      - The C(ds01) command the greeting runs; its directory is the one C(ds01-path.sh) puts on C(PATH).
+      - The C(ds01) command; its directory is the one C(ds01-path.sh) puts on C(PATH).
     type: path
     default: /usr/local/bin/ds01
   state:
@@ -170,6 +186,8 @@ def main():
             "exempt_users_file": {"type": "path", "default": "/etc/ds01/gpu-exempt-users"},
             "grant_dir": {"type": "path", "default": "/var/lib/ds01/bare-metal-grants"},
             "greeting": {"type": "bool", "default": True},
+            "greeting_dir": {"type": "path", "default": "/var/lib/ds01/greetings"},
+            "banner": {"type": "bool", "default": True},
             "ds01_bin": {"type": "path", "default": "/usr/local/bin/ds01"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         },
@@ -180,7 +198,9 @@ def main():
 
     desired = {}
     if p["state"] == "present":
-        desired = profile.render_scripts(p["exempt_users_file"], p["grant_dir"], p["ds01_bin"], p["greeting"])
+        desired = profile.render_scripts(
+            p["exempt_users_file"], p["grant_dir"], p["ds01_bin"], p["greeting"], p["greeting_dir"], p["banner"]
+        )
 
     create, update, remove = [], [], []
     before = {}

@@ -190,7 +190,8 @@ def test_profile_d(tmp_path):
     diffs = diff_texts(check)
     deterrent = diffs[f"{sandbox}/etc/profile.d/ds01-gpu-deterrent.sh"]["after"]
     assert 'CUDA_VISIBLE_DEVICES=""' in deterrent and f"{sandbox}/etc/ds01/gpu-exempt-users" in deterrent
-    assert "limits --brief" in diffs[f"{sandbox}/etc/profile.d/ds01-greeting.sh"]["after"]
+    assert f"{sandbox}/var/lib/ds01/greetings/" in diffs[f"{sandbox}/etc/profile.d/ds01-greeting.sh"]["after"]
+    assert "GPUs on this server are for containers" in deterrent  # the banner, on by default
     for name in ("ds01-path.sh", "ds01-gpu-deterrent.sh", "ds01-greeting.sh"):
         assert (sandbox / "etc/profile.d" / name).stat().st_mode & 0o777 == 0o644
 

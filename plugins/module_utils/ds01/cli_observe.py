@@ -4,12 +4,13 @@
     The Prometheus exporter (``/metrics``, ``/health``; defaults from the config's ``monitoring``
     section). A background refresh rebuilds the snapshot every ``--cache-s`` seconds (scrapes only
     read it); after each refresh the quota-alert pass runs and, when GPU holdings changed (or
-    every 5 minutes), ``allocator.sync_job_mapping`` rewrites dcgm-exporter's job mapping.
+    every 5 minutes), ``allocator.sync_job_mapping`` rewrites dcgm-exporter's job mapping; at most every
+    minute, ``greetings.GreetingPass`` pre-renders each user's login greeting (``<state_dir>/greetings/<login>``).
 
 ``ds01 limits [USER] [--brief] [--json]``
     Quota and current usage side by side. Non-admins may ask about themselves only. ``--brief`` is
-    the login greeting's one line (it reads no Docker and no NVML while the detector's inventory is
-    fresh). JSON (schema "1")::
+    the greeting's one line (logins print the exporter's pre-rendered copy, see ``greetings``); it reads
+    no Docker and no NVML while the detector's inventory is fresh. JSON (schema "1")::
 
         {"schema_version": "1", "user", "group", "listed": bool, "note": str|null, "now": ISO,
          "source": "detector"|"docker"|"none",
@@ -75,7 +76,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from . import cli, identity, quota_alerts, refusals
+from . import cli, greetings, identity, quota_alerts, refusals
 from . import observe as ob
 
 log = logging.getLogger(__name__)
@@ -238,25 +239,26 @@ def build_limits(ctx: cli.Context, login: str, brief: bool) -> dict:
     return report
 
 
-NOTICE_DAYS = 7
-NOTICE_MAX = 10
+NOTICE_DAYS = greetings.NOTICE_DAYS
+NOTICE_MAX = greetings.NOTICE_MAX
 
 
 def _seen_marker() -> Optional[str]:
     home = os.environ.get("HOME")
-    return os.path.join(home, ".local", "state", "ds01", "notices-seen") if home else None
+    return os.path.join(home, greetings.SEEN_MARKER) if home else None
 
 
 def recent_notices(config: Any, login: str, now: dt.datetime, *, new_only: bool) -> list:
-    """The caller's spooled notices: those of the last NOTICE_DAYS days, or (``new_only``, the login greeting)
-    those not shown before, after which they count as shown."""
+    """The caller's spooled notices: those of the last NOTICE_DAYS days, or (``new_only``, ``--brief``)
+    those not shown before. Either way the caller's own notices count as shown afterwards (the seen marker
+    the login greeting compares with)."""
     from . import notify
 
     path = notify.spool_path(notify.spool_dir(config.paths.state_dir), login)
     mine = login == identity.login_of_uid(os.getuid())
-    marker = _seen_marker() if new_only and mine else None
+    marker = _seen_marker() if mine else None
     since = ob._iso(now - dt.timedelta(days=NOTICE_DAYS))
-    if marker:
+    if marker and new_only:
         try:
             with open(marker, encoding="utf-8") as handle:
                 since = max(since, handle.read().strip())
@@ -496,7 +498,7 @@ def make_observer(config: Any, docker_client: Any = None, inventory: Any = None)
         docker_client=docker_client,
         inventory=inventory,
         emit=ob.event_writer(config, "exporter"),
-        after=[quota_alerts_pass, _MappingSync(config)],
+        after=[quota_alerts_pass, _MappingSync(config), greetings.GreetingPass(config)],
     )
     return observer
 

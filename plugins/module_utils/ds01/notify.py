@@ -328,18 +328,7 @@ class Spool:
             os.close(dir_fd)
 
     def _open_dir(self) -> int:
-        try:
-            os.mkdir(self.directory, 0o711)
-        except FileExistsError:
-            pass
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            os.close(fd)
-            raise OSError(errno.EPERM, "the directory must be root's and writable by root only")
-        if stat.S_IMODE(st.st_mode) != 0o711:
-            os.fchmod(fd, 0o711)
-        return fd
+        return open_root_dir(self.directory)
 
     def _append(self, dir_fd: int, login: str, entry: Any, record: dict) -> str:
         name = login + SPOOL_SUFFIX
@@ -364,31 +353,53 @@ class Spool:
         return os.path.join(self.directory, name)
 
     def _share(self, fd: int, login: str, entry: Any) -> None:
-        """Let ``entry``'s user, and no one else but root, read the file."""
-        try:
-            os.fchmod(fd, 0o640)
-            os.setxattr(fd, _ACL_XATTR, reader_acl(entry.pw_uid))
-            if os.fstat(fd).st_gid != 0:
-                os.fchown(fd, -1, 0)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENODATA):
-                raise
-        try:
-            group = grp.getgrgid(entry.pw_gid)
-        except KeyError:
-            group = None
-        if group is not None and group.gr_name == login and set(group.gr_mem) <= {login}:
-            os.fchown(fd, -1, entry.pw_gid)
-            os.fchmod(fd, 0o640)
-            return
-        os.fchmod(fd, 0o600)
-        _log().warning(
-            "the file system of %s has no POSIX ACLs and %s has no private group: their notices are kept "
-            "root-only (mount it with ACLs, or give each user their own group)",
-            self.directory,
-            login,
-        )
+        share_with(fd, login, entry, self.directory)
+
+
+def open_root_dir(directory: str) -> int:
+    """An ``O_DIRECTORY`` descriptor of ``directory`` (made ``0711`` when missing): it must be this process's
+    (root's) and writable by it alone, so users can open their own file in it by name but not list or plant."""
+    try:
+        os.mkdir(directory, 0o711)
+    except FileExistsError:
+        pass
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise OSError(errno.EPERM, "the directory must be root's and writable by root only")
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        os.fchmod(fd, 0o711)
+    return fd
+
+
+def share_with(fd: int, login: str, entry: Any, where: str) -> None:
+    """Let ``entry``'s user (``login``), and no one else but root, read the open file ``fd``: a POSIX ACL
+    (``u:<uid>:r``), else the user's private group, else root-only with a warning naming ``where``."""
+    try:
+        os.fchmod(fd, 0o640)
+        os.setxattr(fd, _ACL_XATTR, reader_acl(entry.pw_uid))
+        if os.fstat(fd).st_gid != 0:
+            os.fchown(fd, -1, 0)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENODATA):
+            raise
+    try:
+        group = grp.getgrgid(entry.pw_gid)
+    except KeyError:
+        group = None
+    if group is not None and group.gr_name == login and set(group.gr_mem) <= {login}:
+        os.fchown(fd, -1, entry.pw_gid)
+        os.fchmod(fd, 0o640)
+        return
+    os.fchmod(fd, 0o600)
+    _log().warning(
+        "the file system of %s has no POSIX ACLs and %s has no private group: their files there are kept "
+        "root-only (mount it with ACLs, or give each user their own group)",
+        where,
+        login,
+    )
 
 
 def _keep_last_lines(old: bytes, new: bytes, cap: int) -> bytes:

@@ -6,10 +6,14 @@ Three POSIX sh scripts, sourced by every login shell (bash, dash, ...) the way `
     puts the directory of the ``ds01`` command (``/usr/local/bin``) on ``PATH`` when it is missing.
 ``ds01-gpu-deterrent.sh``
     exports ``CUDA_VISIBLE_DEVICES=""`` unless the login is exempt or holds an unexpired grant
-    (reference §7.1 layer 1). A deterrent, not a boundary: the boundary is the container.
+    (reference §7.1 layer 1). A deterrent, not a boundary: the boundary is the container. With the banner on,
+    interactive shells of the same (hidden) logins also get two lines saying GPUs are for containers and how
+    to get one (``BANNER``).
 ``ds01-greeting.sh``
-    interactive shells only: prints ``ds01 limits --brief`` (group, quota, usage) under ``timeout 1``;
-    silent when the command is missing, slow or failing.
+    interactive shells only: prints the user's greeting that the exporter pre-rendered
+    (``<greeting_dir>/<login>``, see ``greetings``) with ``find`` and ``awk``: no Python at login. Silent when
+    the file is missing, not root's, or older than ``GREETING_STALE_MIN`` minutes; its ``@<time>`` lines are the
+    user's recent notices, counted against ``~/.local/state/ds01/notices-seen`` ("N new notices").
 
 Inputs the scripts read at login, never YAML (reference §13 #16):
 
@@ -48,7 +52,13 @@ DETERRENT_SCRIPT = "ds01-gpu-deterrent.sh"
 GREETING_SCRIPT = "ds01-greeting.sh"
 ALL_SCRIPTS = (PATH_SCRIPT, DETERRENT_SCRIPT, GREETING_SCRIPT)
 
-GREETING_TIMEOUT_S = 1
+GREETING_DIR = "/var/lib/ds01/greetings"
+GREETING_STALE_MIN = 15  # the exporter renews the files every minute: 15 minutes old means it is down
+SEEN_MARKER = ".local/state/ds01/notices-seen"  # under $HOME, written by `ds01 limits` (greetings.SEEN_MARKER)
+BANNER = (
+    "GPUs on this server are for containers, not for this login shell.",
+    "Get one with `docker run --gpus 1 IMAGE ...` or `ds01 container deploy NAME --gpus 1`; `ds01 limits`: your quota.",
+)
 _EPOCH_RE = re.compile(r'"expires_epoch"\s*:\s*([0-9]+)')
 _PERMANENT_RE = re.compile(r'"type"\s*:\s*"permanent"')
 
@@ -68,11 +78,19 @@ esac
 """
 
 
-def render_deterrent_script(exempt_users_file: str, grant_dir: str) -> str:
+def render_deterrent_script(exempt_users_file: str, grant_dir: str, banner: bool = True) -> str:
     """CUDA_VISIBLE_DEVICES="" for every login shell of a login that is neither root, nor listed in
     ``exempt_users_file``, nor holder of an unexpired grant in ``grant_dir``. Fails closed: when the
-    login cannot be told, the GPUs stay hidden."""
+    login cannot be told, the GPUs stay hidden. ``banner``: interactive shells of those logins also print
+    ``BANNER`` (to stderr, so that ``ssh host -t cmd`` output stays clean)."""
     exempt = _q(exempt_users_file)
+    show = ""
+    if banner:
+        lines = " ".join(_q(line) for line in BANNER)
+        show = f"""
+  case $- in
+    *i*) printf '%s\\n' {lines} >&2 ;;
+  esac"""
     grants = _q(grant_dir.rstrip("/") or "/")
     return f"""{MARKER}
 # GPU deterrent: GPUs are for containers. Login shells of users who are not exempt and hold no
@@ -109,37 +127,65 @@ elif [ -n "$__ds01_user" ]; then
 fi
 if [ "$__ds01_hide" = 1 ]; then
   CUDA_VISIBLE_DEVICES=""
-  export CUDA_VISIBLE_DEVICES
+  export CUDA_VISIBLE_DEVICES{show}
 fi
 unset __ds01_uid __ds01_user __ds01_hide __ds01_grant __ds01_sed __ds01_exp __ds01_now
 """
 
 
-def render_greeting_script(ds01_bin: str, timeout_s: int = GREETING_TIMEOUT_S) -> str:
-    """Interactive login shells only; never blocks login longer than ``timeout_s`` (+1 s to kill)."""
-    b = _q(ds01_bin)
+# Prints the greeting file's lines, then "N new notices" for its @<time> lines newer than the seen marker.
+_GREETING_AWK = (
+    "/^@/ { if (substr($0, 2) > seen) n++; next } { print } "
+    'END { if (n == 1) print "1 new notice for you: run `ds01 limits` to read it."; '
+    'else if (n > 1) print n " new notices for you: run `ds01 limits` to read them." }'
+)
+
+
+def render_greeting_script(greeting_dir: str = GREETING_DIR, stale_min: int = GREETING_STALE_MIN) -> str:
+    """Interactive login shells only: the user's pre-rendered greeting (module docstring); no Python."""
+    g = _q(greeting_dir.rstrip("/") or "/")
     return f"""{MARKER}
-# Login greeting: your group, quota and current usage. Interactive shells only; silent when the
-# ds01 command is missing, fails, or takes longer than {timeout_s}s.
+# Login greeting: your group, quota, current usage and new notices, pre-rendered every minute by the
+# ds01 exporter into {greeting_dir}/<login>. Interactive shells only; silent when that file is
+# missing or older than {int(stale_min)} minutes.
 case $- in
   *i*)
-    if [ -x {b} ] && command -v timeout >/dev/null 2>&1; then
-      timeout -k 1 {int(timeout_s)} {b} limits --brief </dev/null 2>/dev/null || :
+    __ds01_user=$(id -un 2>/dev/null) || __ds01_user=
+    __ds01_seen=
+    if [ -n "${{HOME-}}" ] && [ -r "$HOME"/{SEEN_MARKER} ]; then
+      IFS= read -r __ds01_seen < "$HOME"/{SEEN_MARKER} || :
     fi
+    case "$__ds01_user" in
+      ''|*/*|.*) ;;
+      *)
+        if [ -r {g}/"$__ds01_user" ]; then
+          find {g}/"$__ds01_user" -prune -type f -user 0 -mmin -{int(stale_min)} \\
+            -exec awk -v seen="$__ds01_seen" {_q(_GREETING_AWK)} {{}} + 2>/dev/null || :
+        fi
+        ;;
+    esac
+    unset __ds01_user __ds01_seen
     ;;
 esac
 """
 
 
-def render_scripts(exempt_users_file: str, grant_dir: str, ds01_bin: str, greeting: bool = True) -> dict:
+def render_scripts(
+    exempt_users_file: str,
+    grant_dir: str,
+    ds01_bin: str,
+    greeting: bool = True,
+    greeting_dir: str = GREETING_DIR,
+    banner: bool = True,
+) -> dict:
     """File name → content of every script the options ask for."""
     bin_dir = ds01_bin.rsplit("/", 1)[0] or "/"
     scripts = {
         PATH_SCRIPT: render_path_script(bin_dir),
-        DETERRENT_SCRIPT: render_deterrent_script(exempt_users_file, grant_dir),
+        DETERRENT_SCRIPT: render_deterrent_script(exempt_users_file, grant_dir, banner),
     }
     if greeting:
-        scripts[GREETING_SCRIPT] = render_greeting_script(ds01_bin)
+        scripts[GREETING_SCRIPT] = render_greeting_script(greeting_dir)
     return scripts
 
 
