@@ -44,6 +44,7 @@ COMMANDS = {
     "gateway": "cli_gateway",
     "access": "cli_access",
 }
+
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 log = logging.getLogger("ds01")
@@ -130,12 +131,8 @@ def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
         prog="ds01",
         description="ds01: fair, safe and visible sharing of a lab GPU server.",
     )
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="resource-limits.yaml to use (default: $DS01_CONFIG, else /etc/ds01/resource-limits.yaml)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     word = _command_word(list(sys.argv[1:] if argv is None else argv))
     names = (COMMANDS[word],) if word in COMMANDS else COMMAND_MODULES
@@ -149,7 +146,39 @@ def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    share_global_options(parser)
     return parser
+
+
+CONFIG_HELP = "resource-limits.yaml to use (default: $DS01_CONFIG, else /etc/ds01/resource-limits.yaml)"
+VERBOSE_HELP = "log more detail to stderr"
+
+
+def sub_parsers(parser: argparse.ArgumentParser) -> list:
+    """``[(words, parser)]`` of every sub-command under ``parser``, depth first (``(("exporter", "serve"), p)``)."""
+    out: list = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        seen: set = set()
+        for word, sub in action.choices.items():
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            out.append(((word,), sub))
+            out.extend(((word, *words), p) for words, p in sub_parsers(sub))
+    return out
+
+
+def share_global_options(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``-v`` are accepted after the sub-command as well (``ds01 limits --config X``): each
+    sub-command gets them with a suppressed default, so one given before the sub-command is kept."""
+    for _words, sub in sub_parsers(parser):
+        taken = sub._option_string_actions
+        if "--config" not in taken:
+            sub.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        if "-v" not in taken and "--verbose" not in taken:
+            sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
