@@ -694,7 +694,9 @@ def test_r7_unstarted_exec_instances_and_large_settings_are_capped(attack_gw):
     assert h.cli(ATTACKER, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "120").returncode == 0
     cid = h.client.api.inspect_container(name)["Id"]
     body = {"Cmd": ["true"], "AttachStdout": False}
-    statuses = [h.api(ATTACKER, "POST", f"/containers/{name}/exec", json.dumps(body).encode())[0] for _ in range(34)]
+    statuses = [
+        h.api(ATTACKER, "POST", f"/containers/{name}/exec", json.dumps(body).encode())[0] for _attempt in range(34)
+    ]
     assert statuses[:32] == [201] * 32 and statuses[32:] == [403, 403], statuses
     assert len(h.client.api.inspect_container(cid)["ExecIDs"] or []) == 32
     big = {"Cmd": ["echo", "x" * (2 * 1024 * 1024)]}
