@@ -46,7 +46,8 @@ class PrivateDockerd:
         self.proc = None
         self.driver = "overlay2"
 
-    def start(self, listen=None):
+    def start(self, listen=None, env=None):
+        """Start the daemon (``env``: its environment, default this process's) and wait until it answers."""
         self.listen = listen or self.host
         log = open(os.path.join(self.root, "dockerd.log"), "ab")  # noqa: SIM115 - kept for the daemon's life
         self.proc = subprocess.Popen(
@@ -69,6 +70,7 @@ class PrivateDockerd:
             ],
             stdout=log,
             stderr=log,
+            env=env,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -1723,4 +1723,5 @@ class ConfigStore:
 
 
 # Feature sections declared beside their feature (registered on import, before any config loads).
+from . import images as _images_schema  # noqa: E402, F401
 from .gateway import schema as _gateway_schema  # noqa: E402, F401
