@@ -43,7 +43,7 @@ COMMANDS = {
     "alerts": "cli_observe",
     "gateway": "cli_gateway",
     "access": "cli_access",
-    "container": "cli_container",
+    "docs": "cli_docs",
 }
 
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
