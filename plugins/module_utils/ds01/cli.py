@@ -44,6 +44,7 @@ COMMANDS = {
     "gateway": "cli_gateway",
     "access": "cli_access",
     "docs": "cli_docs",
+    "container": "cli_container",
 }
 
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
