@@ -446,7 +446,9 @@ def _create(client: Any, name: str, body: dict) -> Any:
     """The container id, or ``Refused``."""
     try:
         return client.api.create_container_from_config(body, name=name)["Id"]
-    except docker_state.DOCKER_ERRORS as exc:
+    except Exception as exc:  # narrowed below to Docker's transport errors
+        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            raise
         return _answer(exc)
 
 
@@ -556,19 +558,25 @@ def _start(client: Any, cid: str, name: str) -> dict:
     would hold its GPU while doing nothing) and the daemon's answer is passed on."""
     try:
         client.api.start(cid)
-    except docker_state.DOCKER_ERRORS as exc:
+    except Exception as exc:  # narrowed below to Docker's transport errors
+        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            raise
         refused = _answer(exc)
         try:
             client.api.remove_container(cid, force=True, v=True)
             gone = "it was removed again"
-        except docker_state.DOCKER_ERRORS:
+        except Exception as exc:  # narrowed below to Docker's transport errors
+            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+                raise
             gone = f"remove it with `ds01 container retire {name}`"
         raise cli.CommandError(
             f"container {name} was created but could not start ({refused.message}); {gone}.", refused.exit_code
         ) from None
     try:
         return client.api.inspect_container(cid)
-    except docker_state.DOCKER_ERRORS as exc:
+    except Exception as exc:  # narrowed below to Docker's transport errors
+        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            raise
         raise _fail(_answer(exc), f"container {name} was started, but could not be read back") from None
 
 
@@ -591,7 +599,9 @@ def cmd_list(ctx: cli.Context) -> int:
 def _inspect_own(client: Any, name: str) -> dict:
     try:
         return client.api.inspect_container(name)
-    except docker_state.DOCKER_ERRORS as exc:
+    except Exception as exc:  # narrowed below to Docker's transport errors
+        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            raise
         refused = _answer(exc)
         if refused.status == 404:
             raise cli.CommandError(
@@ -610,7 +620,9 @@ def cmd_stop(ctx: cli.Context) -> int:
         grace = ctx.config.resolve(login).governing(kind, "sigterm_grace_s")[0]
         try:
             client.api.stop(attrs["Id"], timeout=int(grace))
-        except docker_state.DOCKER_ERRORS as exc:
+        except Exception as exc:  # narrowed below to Docker's transport errors
+            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+                raise
             raise _fail(_answer(exc), f"container {name} could not be stopped") from None
     finally:
         client.close()
@@ -631,7 +643,9 @@ def cmd_retire(ctx: cli.Context) -> int:
         slots = labels.get(docker_state.SLOTS_LABEL) or ""
         try:
             client.api.remove_container(attrs["Id"], force=True, v=True)
-        except docker_state.DOCKER_ERRORS as exc:
+        except Exception as exc:  # narrowed below to Docker's transport errors
+            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+                raise
             raise _fail(_answer(exc), f"container {name} could not be removed") from None
     finally:
         client.close()
