@@ -744,3 +744,78 @@ def test_r7_a_user_cannot_take_every_network_subnet(attack_gw):
     finally:
         for name in made:
             h.client.api.remove_network(name)
+
+
+# -- round 8 --------------------------------------------------------------------------------------
+
+
+def test_r8_a_non_blocking_log_buffer_is_capped(attack_gw):
+    """R8-1: mode=non-blocking keeps output in dockerd's memory up to max-buffer-size (4g and 100g were stored)."""
+    h = attack_gw
+    name = h.name("r8log")
+    made = h.cli(
+        ATTACKER,
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--log-opt",
+        "mode=non-blocking",
+        "--log-opt",
+        "max-buffer-size=100g",
+        IMAGE,
+        "true",
+    )
+    assert made.returncode == 0, made.stderr
+    options = h.client.api.inspect_container(name)["HostConfig"]["LogConfig"]["Config"]
+    assert options["mode"] == "non-blocking" and options["max-buffer-size"] == "4m", options
+
+
+def test_r8_anonymous_volumes_start_empty(attack_gw):
+    """R8-2: `-v /usr` made dockerd copy the image's /usr into a new volume nobody could remove, at create."""
+    h = attack_gw
+    name = h.name("r8anon")
+    made = h.cli(
+        ATTACKER,
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "-v",
+        "/usr",
+        "--mount",
+        "type=volume,dst=/etc",
+        IMAGE,
+        "true",
+    )
+    assert made.returncode == 0, made.stderr
+    mounts = {m["Destination"]: m for m in h.client.api.inspect_container(name)["Mounts"]}
+    assert set(mounts) >= {"/usr", "/etc"}
+    for target in ("/usr", "/etc"):
+        volume = h.client.api.inspect_volume(mounts[target]["Name"])
+        assert os.listdir(volume["Mountpoint"]) == [], (target, os.listdir(volume["Mountpoint"])[:5])
+    names = [mounts[t]["Name"] for t in ("/usr", "/etc")]
+    assert h.cli(ATTACKER, "rm", "-v", name).returncode == 0
+    left = {v.name for v in h.client.volumes.list()}
+    assert not set(names) & left  # `docker rm -v` takes them along
+
+
+def test_r8_a_user_may_own_a_bounded_number_of_volumes(attack_gw):
+    h = attack_gw
+    made = []
+    try:
+        while True:
+            name = h.name("r8vol")
+            out = h.cli(ATTACKER, "volume", "create", name)
+            if out.returncode != 0:
+                assert "you have 32 volumes and may have 32" in out.stderr or "may have 32" in out.stderr, out.stderr
+                break
+            made.append(name)
+            assert len(made) <= 32
+        owned = h.client.volumes.list(filters={"label": f"ds01.user={ATTACKER}"})
+        assert len(owned) == 32
+    finally:
+        for name in made:
+            h.client.api.remove_volume(name, force=True)

@@ -529,6 +529,8 @@ class _Connection:
             if kind == "volumes.create":
                 body["Name"] = body.get("Name") or f"{caller.login}-{uuid.uuid4().hex[:16]}"
                 existing = await self.gw.upstream.labels_of("volume", body["Name"])
+                if existing is None:
+                    await self.check_volume_quota(caller.login)
                 if existing is not None and existing.get("ds01.user") != caller.login:
                     # the daemon would hand back the existing volume, with its data, as if just made
                     raise Refused(
@@ -1086,6 +1088,7 @@ class _Connection:
                     )
             ask = policy.gpu_ask(body, image_env)
             body = policy.rewrite_create(body, ctx)
+            body = policy.no_copy_anonymous_volumes(body, (image or {}).get("Volumes"))
             plan = pins.plan_create(body)
             pins.finish_create(body, self.gw.run_dir(), plan)
             details = {
@@ -1181,8 +1184,23 @@ class _Connection:
         except slice_keeper.SliceError as exc:
             raise Refused(policy.Refusal(policy.POLICY_DENIED, exc.sentence, status=500)) from None
 
+    async def check_volume_quota(self, login: str, adding: int = 1) -> None:
+        """A user may own ``policy.MAX_VOLUMES_PER_USER`` volumes: each can hold a copy of an image's files."""
+        status, data = await self.gw.upstream.request(
+            "GET", "/volumes?filters=" + quote(json.dumps({"label": [f"ds01.user={login}"]}))
+        )
+        mine = (data or {}).get("Volumes") or [] if status == 200 and isinstance(data, dict) else []
+        if len(mine) + adding > policy.MAX_VOLUMES_PER_USER:
+            raise Refused(
+                policy.denied(
+                    f"you have {len(mine)} volumes and may have {policy.MAX_VOLUMES_PER_USER}; remove the ones you no "
+                    "longer need (`docker volume ls`, `docker volume rm NAME`) and try again."
+                )
+            )
+
     async def make_volume(self, name: str, ctx: policy.CreateContext) -> None:
         """Create a named volume as the caller's: labelled ``ds01.user`` and its directory theirs."""
+        await self.check_volume_quota(ctx.login)
         status, _data = await self.gw.upstream.request(
             "POST", "/volumes/create", {"Name": name, "Labels": {"ds01.user": ctx.login}}
         )
