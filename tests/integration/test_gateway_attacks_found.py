@@ -819,3 +819,28 @@ def test_r8_a_user_may_own_a_bounded_number_of_volumes(attack_gw):
     finally:
         for name in made:
             h.client.api.remove_volume(name, force=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-v", "{vol}:/dev"],
+        ["--mount", "type=volume,src={vol},dst=/proc/sys"],
+        ["-v", "/sys/fs"],
+        ["--tmpfs", "/dev/pts"],
+        ["-v", "{vol}:/dev/./"],
+    ],
+)
+def test_r8_nothing_is_mounted_over_runcs_own_directories(attack_gw, args):
+    """The mechanism of CVE-2025-31133: a volume at /dev with `null` linked elsewhere makes runc mount over the
+    files it hides. /dev/shm stays available."""
+    h = attack_gw
+    vol = h.name("r8dev")
+    name = h.name("r8mnt")
+    made = h.cli(
+        ATTACKER, "create", "--name", name, "--network", "none", *[a.format(vol=vol) for a in args], IMAGE, "true"
+    )
+    assert made.returncode != 0 and "runc sets up /proc, /sys and /dev itself" in made.stderr, made.stderr
+    assert not h.client.containers.list(all=True, filters={"name": name})
+    shm = h.cli(ATTACKER, "create", "--network", "none", "--tmpfs", "/dev/shm:size=64m", IMAGE, "true")
+    assert shm.returncode == 0, shm.stderr

@@ -605,8 +605,18 @@ def check_bind_source(source: str, readonly: bool, ctx: CreateContext, what: str
     )
 
 
+RUNTIME_DIRS = ("/proc", "/sys", "/dev")  # runc's own mounts, and what it masks in them
+
+
 def _check_target(target: str) -> Optional[Refusal]:
-    if _within(os.path.normpath(target or "/x"), NVIDIA_VOLUME_DIR):
+    normal = os.path.normpath(target or "/x")
+    if any(_within(normal, top) for top in RUNTIME_DIRS) and not _within(normal, "/dev/shm"):  # noqa: S108 - a mount target, not a temp file
+        return denied(
+            f"mounting onto {target} is not available: runc sets up /proc, /sys and /dev itself, and a volume or "
+            "directory there can replace the files it uses to keep the container in (CVE-2025-31133). Mount it "
+            "somewhere else, e.g. under /mnt or /data."
+        )
+    if _within(normal, NVIDIA_VOLUME_DIR):
         return denied(
             f"mounting into {NVIDIA_VOLUME_DIR} asks the NVIDIA runtime for GPUs behind the allocator's back; "
             "ask for GPUs with --gpus."
@@ -968,7 +978,7 @@ def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
     if driver not in ("", "local"):
         return denied(f"--volume-driver {driver} is not available to users; use local named volumes.")
 
-    for target in host.get("Tmpfs") or {}:
+    for target in [*(host.get("Tmpfs") or {}), *(body.get("Volumes") or {})]:
         refusal = _check_target(str(target))
         if refusal:
             return refusal
