@@ -844,3 +844,53 @@ def test_r8_nothing_is_mounted_over_runcs_own_directories(attack_gw, args):
     assert not h.client.containers.list(all=True, filters={"name": name})
     shm = h.cli(ATTACKER, "create", "--network", "none", "--tmpfs", "/dev/shm:size=64m", IMAGE, "true")
     assert shm.returncode == 0, shm.stderr
+
+
+# -- round 9 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", ["{{pad .ID 250000000 0}}", "{{.Name}}", "x" * 200])
+def test_r9_a_log_tag_template_is_refused(attack_gw, tag):
+    """R9-2: dockerd expands the tag template at start and adds it to every log line (a 250 MB tag)."""
+    h = attack_gw
+    name = h.name("r9tag")
+    made = h.cli(ATTACKER, "create", "--name", name, "--network", "none", "--log-opt", f"tag={tag}", IMAGE, "true")
+    assert made.returncode != 0 and "plain tag" in made.stderr, made.stderr
+    assert not h.client.containers.list(all=True, filters={"name": name})
+    plain = h.cli(ATTACKER, "create", "--network", "none", "--log-opt", "tag=myjob", IMAGE, "true")
+    assert plain.returncode == 0, plain.stderr
+    assert h.client.api.inspect_container(plain.stdout.strip())["HostConfig"]["LogConfig"]["Config"]["tag"] == "myjob"
+
+
+def test_r9_one_docker_save_at_a_time_per_user(attack_gw):
+    """R9-1: dockerd writes a whole copy of the image to its disk for each save and keeps it while the client
+    does not read; idle saves held 2 GB. A second save of the same user is refused while one runs."""
+    h = attack_gw
+    first = socket.socket(socket.AF_UNIX)
+    pid = os.fork()
+    if pid == 0:  # the attacker's idle save: connect as atk1, send the request, never read
+        try:
+            import pwd
+
+            entry = pwd.getpwnam(ATTACKER)
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            first.connect(h.socket)
+            first.sendall(f"GET /v1.41/images/get?names={IMAGE} HTTP/1.1\r\nHost: d\r\n\r\n".encode())
+            time.sleep(8)
+        finally:
+            os._exit(0)
+    try:
+        time.sleep(1.5)
+        second = h.api(ATTACKER, "GET", f"/images/get?names={IMAGE}")
+        assert second[0] == 403 and b"one at a time" in second[2], second[:2]
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        first.close()
+    for _attempt in range(100):  # the lock goes with the connection
+        done = h.api(ATTACKER, "GET", "/images/get?names=local/empty")
+        if done[0] == 200:
+            break
+        time.sleep(0.1)
+    assert done[0] == 200 and len(done[2]) > 0

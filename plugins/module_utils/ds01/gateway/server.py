@@ -509,6 +509,19 @@ class _Connection:
             raise Refused(policy.denied(objects.GRPC_SENTENCE))
         if kind == "images.load":
             raise Refused(policy.denied(objects.LOAD_SENTENCE))
+        if kind == "images.save":
+            # dockerd writes a full copy of the image to its own disk first and keeps it while the client reads:
+            # one `docker save` at a time per user (round-9 attack: 9 idle saves held 2 GB)
+            lock = self.gw.create_lock("save:" + caller.login)
+            if lock.locked():
+                raise Refused(
+                    policy.denied(
+                        "a docker save of yours is still running; saves run one at a time per user (the daemon "
+                        "copies the image to disk for each). Wait for it to finish, then try again."
+                    )
+                )
+            async with lock:
+                return await self.forward(head, framing, route=route)
         if kind == "images.delete":
             verdict, refs = await claims.delete_check(self.gw, caller.login, route.ref or "")
             if verdict:
