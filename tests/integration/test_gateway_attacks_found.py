@@ -894,3 +894,18 @@ def test_r9_one_docker_save_at_a_time_per_user(attack_gw):
             break
         time.sleep(0.1)
     assert done[0] == 200 and len(done[2]) > 0
+
+
+def test_r9_an_import_with_a_sparse_file_is_refused(attack_gw, tmp_path):
+    """R9-3 (import): a 10 KB sparse tar became 1.5 GB: the daemon writes the holes out."""
+    h = attack_gw
+    (tmp_path / "big").write_bytes(b"")
+    os.truncate(tmp_path / "big", 200 * 1024 * 1024)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "-C", str(tmp_path), "--sparse", "-cf", str(archive), "big"], check=True)
+    assert archive.stat().st_size < 1024 * 1024
+    tag = h.tag(ATTACKER, "r9sparse")
+    repo = tag.split(":")[0]
+    refused = h.api(ATTACKER, "POST", f"/images/create?fromSrc=-&repo={repo}&tag=1", archive.read_bytes())
+    assert refused[0] == 403 and b"sparse file big" in refused[2], refused[:2]
+    assert not h.client.images.list(name=repo)

@@ -331,6 +331,26 @@ class Gateway:
             log.exception("could not record %s for %s", event_type, user)
 
 
+def _sparse_member_refusal(spooled: Any) -> Optional[policy.Refusal]:
+    """An import must not hold sparse files: the daemon writes their holes out as real zeros (round-9 attack: a
+    10 KB tar became 1.5 GB of shared disk). Not a tar at all is the daemon's to refuse."""
+    import tarfile
+
+    spooled.seek(0)
+    try:
+        with tarfile.open(fileobj=spooled, mode="r:") as tar:
+            for member in tar:
+                if member.issparse():
+                    return policy.denied(
+                        f"the import holds the sparse file {member.name}; the daemon would write its "
+                        f"{member.size >> 20} MiB out in full onto the disk all users share. Import it without "
+                        "--sparse (`tar cf`, not `tar cSf`), so its real size is what you send."
+                    )
+    except (tarfile.TarError, OSError):
+        return None
+    return None
+
+
 def _identity_refusal(reason: str) -> policy.Refusal:
     return policy.Refusal(
         policy.POLICY_DENIED,
@@ -725,6 +745,8 @@ class _Connection:
                     )
                     continue
                 spooled.write(piece)
+            if refusal is None:
+                refusal = await asyncio.get_running_loop().run_in_executor(None, _sparse_member_refusal, spooled)
             if refusal is not None:
                 raise Refused(refusal)
             spooled.seek(0)
