@@ -909,3 +909,19 @@ def test_r9_an_import_with_a_sparse_file_is_refused(attack_gw, tmp_path):
     refused = h.api(ATTACKER, "POST", f"/images/create?fromSrc=-&repo={repo}&tag=1", archive.read_bytes())
     assert refused[0] == 403 and b"sparse file big" in refused[2], refused[:2]
     assert not h.client.images.list(name=repo)
+
+
+# -- round 10 (observations) ----------------------------------------------------------------------
+
+
+def test_r10_docker_update_cannot_raise_the_cpu_or_io_weight(attack_gw):
+    """The create clamps CpuShares and BlkioWeight; docker update set CpuShares 262144 on the cgroup."""
+    h = attack_gw
+    name = h.name("r10upd")
+    assert h.cli(ATTACKER, "create", "--name", name, "--network", "none", IMAGE, "true").returncode == 0
+    updated = h.api(
+        ATTACKER, "POST", f"/containers/{name}/update", json.dumps({"CpuShares": 262144, "BlkioWeight": 1000}).encode()
+    )
+    assert updated[0] == 200, updated[:2]
+    host = h.client.api.inspect_container(name)["HostConfig"]
+    assert host["CpuShares"] <= 1024 and host["BlkioWeight"] <= 500, (host["CpuShares"], host["BlkioWeight"])

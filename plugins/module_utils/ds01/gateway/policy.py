@@ -1368,6 +1368,11 @@ def check_update(body: Any, ctx: CreateContext, host_paths: bool = False) -> tup
             quota = body.get("CpuQuota")
             if not isinstance(quota, int) or quota <= 0 or quota / period > cpus:
                 body["CpuQuota"] = int(cpus * period)
+    # weights as at create (harden): above the default is priority over everyone else (round-10 observation)
+    if isinstance(body.get("CpuShares"), int) and body["CpuShares"] > MAX_CPU_SHARES:
+        body["CpuShares"] = MAX_CPU_SHARES
+    if isinstance(body.get("BlkioWeight"), int) and body["BlkioWeight"] > MAX_BLKIO_WEIGHT:
+        body["BlkioWeight"] = MAX_BLKIO_WEIGHT
     return None, body
 
 
