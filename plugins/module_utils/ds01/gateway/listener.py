@@ -210,9 +210,13 @@ class Listener:
         except OSError:
             conn.close()
             return
-        if self._loop is None or len(self._lingering) >= LINGER_MAX:
+        if self._loop is None:
             conn.close()
             return
+        if len(self._lingering) >= LINGER_MAX:
+            # the oldest refused connection goes first: the newest is the likeliest to be a client still
+            # sending its request, which would read a reset instead of the sentence if closed now
+            self._drop(next(iter(self._lingering)))
         self._lingering[conn] = self._loop.call_later(LINGER_S, self._drop, conn)
         self._loop.add_reader(conn.fileno(), self._discard, conn)
 
