@@ -159,7 +159,7 @@ def served(cfg, state, docker_client, tmp_path):
         tmp_path / "cgroup", {"alice": "student", "bob": "student", "erin": "student", "carol": "researcher"}
     )
     reader = SliceReader(sysfs=str(sysfs), control_group=lambda unit: None)
-    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_observe
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01.cli import observe as cli_observe
 
     observer = cli_observe.make_observer(cfg, docker_client=docker_client)
     observer.slice_reader = reader
@@ -309,7 +309,7 @@ def _as_user(user, argv):
     import pwd
     import tempfile
 
-    for name in ("cli_observe", "observe", "lifecycle", "docker_state", "gpu", "events", "usage", "identity"):
+    for name in ("cli.observe", "observe", "lifecycle", "docker_state", "gpu", "events", "usage", "identity"):
         importlib.import_module(f"ansible_collections.ds01.infra.plugins.module_utils.ds01.{name}")
     importlib.import_module("docker")
     account = pwd.getpwnam(user)

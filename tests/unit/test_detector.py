@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_detect, detector, fsutil, profile
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import detector, fsutil, profile
+from ansible_collections.ds01.infra.plugins.module_utils.ds01.cli import detect as cli_detect
 
 CID = "a" * 64
 CID2 = "b" * 64

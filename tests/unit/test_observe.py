@@ -191,7 +191,7 @@ def test_every_holder_of_a_slot_is_counted():
 
 
 def test_gpu_status_text_marks_a_double_booked_slot():
-    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli_gpu
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01.cli import gpu as cli_gpu
 
     holder = {"container": "a", "id": "1", "user": "alice", "owner_method": "label", "state": "running"}
     other = {**holder, "container": "b", "id": "2", "user": "bob"}

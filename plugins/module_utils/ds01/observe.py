@@ -1071,7 +1071,7 @@ def limits_report(
     source: str,
     errors: Sequence[str] = (),
 ) -> dict:
-    """The ``ds01 limits --json`` document (shape in ``cli_observe``'s docstring)."""
+    """The ``ds01 limits --json`` document (shape in ``cli.observe``'s docstring)."""
     held = round(sum(h.gpueq for h in mine), 6)
     agg = limits.aggregate if limits.slice_caps else None  # enforcement.aggregate_limits: false = no caps
     usage = slice_usage or {}

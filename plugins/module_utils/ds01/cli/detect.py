@@ -39,7 +39,7 @@ import signal
 import time
 from typing import Any, Optional
 
-from . import cli, detector
+from .. import cli, detector
 
 SCHEMA_VERSION = "1"
 STALE_AFTER_S = 120.0  # four missed 30 s sweeps

@@ -76,8 +76,8 @@ import threading
 import time
 from typing import Any, Optional
 
-from . import cli, greetings, identity, quota_alerts, refusals
-from . import observe as ob
+from .. import cli, greetings, identity, quota_alerts, refusals
+from .. import observe as ob
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def recent_notices(config: Any, login: str, now: dt.datetime, *, new_only: bool)
     """The caller's spooled notices: those of the last NOTICE_DAYS days, or (``new_only``, ``--brief``)
     those not shown before. Either way the caller's own notices count as shown afterwards (the seen marker
     the login greeting compares with)."""
-    from . import notify
+    from .. import notify
 
     path = notify.spool_path(notify.spool_dir(config.paths.state_dir), login)
     mine = login == identity.login_of_uid(os.getuid())
@@ -439,7 +439,7 @@ def cmd_alerts_run(ctx: cli.Context) -> int:
 
 
 def alert_pass(config: Any, snap: dict, now: Any, dry_run: bool = False, client: Any = None) -> dict:
-    from . import notify
+    from .. import notify
 
     notifier = notify.Notifier(client, spool_dir=notify.spool_dir(config.paths.state_dir))
     return ob.run_alerts(
@@ -517,7 +517,7 @@ def refresher(cache: Any, stop: threading.Event) -> threading.Thread:
 
 
 def cmd_serve(ctx: cli.Context) -> int:
-    from . import exporter
+    from .. import exporter
 
     if not exporter.HAS_PROMETHEUS:
         raise cli.CommandError("prometheus_client is not installed in this environment", cli.EXIT_FAULT)

@@ -12,7 +12,7 @@ import argparse
 import shlex
 from typing import Any
 
-from . import cli
+from .. import cli
 
 PROG = "ds01"
 

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from . import cli
+from .. import cli
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_serve(ctx: cli.Context) -> int:
-    from .gateway import server
+    from ..gateway import server
 
     if os.geteuid() != 0:
         log.warning("not running as root: callers' containers and /proc of other users may be unreadable")

@@ -47,7 +47,7 @@ import argparse
 import pwd
 from typing import Any
 
-from . import allocator, cli, docker_state, gpu, identity
+from .. import allocator, cli, docker_state, gpu, identity
 
 SCHEMA = "1"
 

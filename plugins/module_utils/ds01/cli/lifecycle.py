@@ -31,8 +31,8 @@ import logging
 import os
 from typing import Any, Optional
 
-from . import access_expiry, cli, events, notify
-from . import lifecycle as lc
+from .. import access_expiry, cli, events, notify
+from .. import lifecycle as lc
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "lifecycle.lock"

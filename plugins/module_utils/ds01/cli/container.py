@@ -46,9 +46,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import cli, docker_state, gpu, images
-from . import config as config_mod
-from .gateway import pins
+from .. import cli, docker_state, gpu, images
+from .. import config as config_mod
+from ..gateway import pins
 
 SCHEMA = "1"
 CONTAINER_TYPE = "ds01"

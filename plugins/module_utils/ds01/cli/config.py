@@ -26,8 +26,8 @@ import os
 import pwd
 from typing import Any
 
-from . import cli
-from . import config as config_mod
+from .. import cli
+from .. import config as config_mod
 
 SCHEMA_VERSION = "1"
 

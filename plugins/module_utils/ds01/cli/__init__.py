@@ -1,6 +1,6 @@
 """The ``ds01`` command: one entry point for admins, users and the runtime units.
 
-Each feature registers its sub-commands from its own ``cli_<feature>.py`` module (listed in
+Each feature registers its sub-commands from its own ``cli/<feature>.py`` module (listed in
 ``COMMAND_MODULES``); this file owns only what they share: finding the config, ``--json``,
 and the edge that turns any failure into a sentence and an exit code instead of a traceback.
 
@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from . import config as config_mod
+from .. import config as config_mod
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -31,20 +31,20 @@ EXIT_FAULT = 3
 # command word to module lets ``ds01 limits --brief`` (run at every login) import only what it
 # needs instead of every feature and the Docker SDK.
 COMMANDS = {
-    "config": "cli_config",
-    "events": "cli_events",
-    "gpu": "cli_gpu",
-    "detect": "cli_detect",
-    "workloads": "cli_detect",
-    "lifecycle": "cli_lifecycle",
-    "exporter": "cli_observe",
-    "limits": "cli_observe",
-    "why": "cli_observe",
-    "alerts": "cli_observe",
-    "gateway": "cli_gateway",
-    "access": "cli_access",
-    "docs": "cli_docs",
-    "container": "cli_container",
+    "config": "config",
+    "events": "events",
+    "gpu": "gpu",
+    "detect": "detect",
+    "workloads": "detect",
+    "lifecycle": "lifecycle",
+    "exporter": "observe",
+    "limits": "observe",
+    "why": "observe",
+    "alerts": "observe",
+    "gateway": "gateway",
+    "access": "access",
+    "docs": "docs",
+    "container": "container",
 }
 
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))

@@ -39,8 +39,8 @@ import os
 import sys
 from typing import Any, Optional
 
-from . import cli, events
-from . import config as config_mod
+from .. import cli, events
+from .. import config as config_mod
 
 SCHEMA_VERSION = "1"
 DEFAULT_LIMIT = 50

@@ -29,8 +29,8 @@ import sys
 import time
 from typing import Any, Optional
 
-from . import access_expiry, cli, events, fsutil, identity, profile
-from . import config as config_mod
+from .. import access_expiry, cli, events, fsutil, identity, profile
+from .. import config as config_mod
 
 SCHEMA_VERSION = "1"
 
