@@ -9,6 +9,7 @@
 # python3-venv: `make venv`; git: the sanity copy and the lint file lists; shellcheck: lint.
 # golang-go: the Go encoding/json oracle the gateway's canonical-decoder fuzz test builds.
 # man-db + groff-base: the generated ds01 man page is rendered with `man -l` and linted with groff.
+# prometheus + prometheus-alertmanager: the monitoring stack test runs a real Prometheus and Alertmanager.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -16,7 +17,7 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io iptables debootstrap sudo udev logrotate docker-compose prometheus dash systemd
-  python3 python3-venv git make ca-certificates shellcheck golang-go man-db groff-base
+  python3 python3-venv git make ca-certificates shellcheck golang-go man-db groff-base prometheus-alertmanager
 )
 
 # Packages dpkg does not report as installed.
