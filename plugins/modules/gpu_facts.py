@@ -18,6 +18,7 @@ author:
   - ds01.infra maintainers (@ds01-infra)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ds01.infra.module_attributes
   - ansible.builtin.action_common_attributes.facts
 attributes:
   check_mode:
@@ -34,8 +35,6 @@ attributes:
     support: full
     details:
       - This module does not modify state.
-  platform:
-    platforms: posix
 options:
   topology:
     description:

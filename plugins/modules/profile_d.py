@@ -32,17 +32,7 @@ author:
   - ds01.infra maintainers (@ds01-infra)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second run reports no change.
-    support: full
-  platform:
-    platforms: posix
+  - ds01.infra.module_attributes
 options:
   dest_dir:
     description: Directory the scripts are installed in.

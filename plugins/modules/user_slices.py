@@ -28,19 +28,12 @@ author:
   - ds01.infra maintainers (@ds01-infra)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ds01.infra.module_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
     details:
       - One diff per file created, changed or removed.
-  idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second run reports no change.
-    support: full
-  platform:
-    platforms: posix
 options:
   config:
     description:
