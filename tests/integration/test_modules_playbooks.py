@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = Path(__file__).resolve().parent / "targets" / "modules"
+PLAYBOOKS = Path(__file__).resolve().parent / "module_playbooks"
 LAB = REPO / "tests" / "fixtures" / "lab"
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 
@@ -37,7 +37,7 @@ def run_playbook(name, sandbox, tmp_path, *flags):
     }
     extra = json.dumps({"sandbox": str(sandbox), "ansible_python_interpreter": sys.executable})
     proc = subprocess.run(
-        [str(PLAYBOOK_BIN), "-i", "localhost,", "-e", extra, str(TARGETS / name), *flags],
+        [str(PLAYBOOK_BIN), "-i", "localhost,", "-e", extra, str(PLAYBOOKS / name), *flags],
         capture_output=True,
         text=True,
         env=env,
