@@ -115,6 +115,20 @@ def denied(sentence: str) -> Refusal:
     return Refusal(POLICY_DENIED, sentence)
 
 
+class Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def identity_refusal(reason: str) -> Refusal:
+    return Refusal(
+        POLICY_DENIED,
+        f"the ds01 gateway could not establish who is calling ({reason}); nothing was forwarded.",
+        event_type="auth.denied",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Routes
 # --------------------------------------------------------------------------------------------
