@@ -1,6 +1,7 @@
 """The ``images`` section of resource-limits.yaml: the lab-approved images of ``ds01 container deploy``.
 
-Registered on import (config.py imports this module at its end), so ``ds01 config check`` knows the keys.
+Its keys, checks and defaults are declared as data in the config package (``config/features.py``,
+``IMAGES_KEYS``), so ``ds01 config check`` knows them; this module says what the values mean.
 
 ```yaml
 images:
@@ -25,29 +26,9 @@ from . import config as config_mod
 SECTION = "images"
 
 
-def _image_ref(value: object) -> None:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ValueError("an image reference such as 'ubuntu:22.04' or 'local/debian-min:bookworm'")
-
-
-KEYS = {
-    "allowed": (
-        config_mod.Kind(config_mod._string_list(_image_ref, "a list of image references")),
-        (),
-    ),
-    "default": (config_mod.Kind(config_mod._string(r"^\S+$", "an image reference such as 'ubuntu:22.04'")), None),
-    "deploy_network": (config_mod.Kind(config_mod._string(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", "a network name")), "none"),
-}
-
-
-def register() -> None:
-    """Declare the section (idempotent)."""
-    config_mod.register_section(SECTION, KEYS)
-
-
 def defaults() -> dict:
     """The section's values when no config ever loaded."""
-    return {key: default for key, (_kind, default) in KEYS.items()}
+    return config_mod.section_defaults(SECTION)
 
 
 def normalize(ref: str) -> str:
@@ -85,6 +66,3 @@ def choose_image(section: Mapping[str, Any], asked: Optional[str]) -> tuple:
             "Pick one of those with --image, or ask the admins to add yours (images.allowed)."
         )
     return image, None
-
-
-register()
