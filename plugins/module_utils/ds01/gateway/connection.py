@@ -1,6 +1,6 @@
 """One client connection: its caller, the request loop, and the decision on each request.
 
-Every request on the connection (pipelined ones too) is parsed strictly (http.py), decided (policy.py) and
+Every request on the connection (pipelined ones too) is parsed strictly (http.py), decided (policy/) and
 forwarded re-framed on the connection's own upstream connection (forward.py). The decisions that need the daemon
 or the allocator live with their subject: containers.py (existing containers and execs), creates.py (creates),
 builds.py (image writes). A fault answers that one request with a sentence and never stops the server.
