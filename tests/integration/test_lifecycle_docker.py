@@ -280,7 +280,7 @@ def test_runtime_is_capped_from_the_first_start_across_a_restart(env):
     assert env.events_for(c)[-1] == lc.EV_RUNTIME_STOP
     c.reload()
     assert c.status == "exited"  # stopped, not removed: the hold rules take it from here
-    assert env.store.load(c.id)["first_started_at"] == lc._iso(first)
+    assert env.store.load(c.id)["first_started_at"] == lc.iso(first)
 
 
 def test_created_never_started_and_long_stopped_containers_are_removed(env, empty_image):

@@ -589,7 +589,7 @@ def test_effective_values(cfg):
 
 def test_state_keeps_the_first_start_and_drops_counters_on_restart(cfg):
     prior = {"first_started_at": "2026-11-22T08:00:00Z", "started_at": "2026-11-22T08:00:00Z", "cpu_ns": 5}
-    state = lc._carry_state(prior, mkfacts(started=T0 + dt.timedelta(hours=3)))
+    state = lc.carry_state(prior, mkfacts(started=T0 + dt.timedelta(hours=3)))
     assert state["first_started_at"] == "2026-11-22T08:00:00Z"
     assert state["started_at"] == "2026-11-22T11:00:00Z" and "cpu_ns" not in state
 
