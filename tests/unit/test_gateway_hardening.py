@@ -1,4 +1,4 @@
-"""The gateway's second-round rules as pure functions, table-driven (policy.py, objects.py)."""
+"""The gateway's second-round rules as pure functions, table-driven (policy/, objects/)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""objects.py: build parameters, image references and tag claims, networks, and the docker cp tar rewriter.
+"""objects/: build parameters, image references and tag claims, networks, and the docker cp tar rewriter.
 
 The tar tests build archives with Python's tarfile in every header form (ustar, GNU, PAX), run
 them through ``ArchiveRewriter`` in small pieces, and read the result back with tarfile: what a
@@ -13,6 +13,7 @@ import tarfile
 import pytest
 
 from ds01.gateway import objects
+from ds01.gateway.objects.archive import _pax_record
 from ds01.gateway.policy import classify
 
 UID, GID = 4242, 4343
@@ -229,7 +230,7 @@ def test_what_go_reads_differently_is_refused(raw, phrase):
 
 def test_pax_size_decides_where_the_next_header_is():
     # header size 0, PAX size 512: Go reads 512 bytes of data, which here hold a device header
-    records = objects._pax_record(b"size", b"512")
+    records = _pax_record(b"size", b"512")
     raw = block(b"x", b"x", size=len(records)) + pad(records) + block(b"f", b"0", size=0) + block(b"dev", b"3")
     rewriter, out = rewrite(raw + bytes(1024))
     assert rewriter.verdict is None  # the "device" is file data, as Go reads it
@@ -240,7 +241,7 @@ def test_malformed_pax_and_sparse_are_refused():
     bad = b"99 path=x\n"
     verdict, _unused = refused(block(b"p", b"x", size=len(bad)) + pad(bad) + block(b"f") + bytes(1024))
     assert "not a tar stream" in verdict[1]
-    sparse = objects._pax_record(b"GNU.sparse.map", b"0,1")
+    sparse = _pax_record(b"GNU.sparse.map", b"0,1")
     verdict, _unused = refused(block(b"p", b"x", size=len(sparse)) + pad(sparse) + block(b"f") + bytes(1024))
     assert "sparse" in verdict[1]
 
