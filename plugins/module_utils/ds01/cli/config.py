@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import os
 import pwd
+import sys
 from typing import Any
 
 from .. import cli
@@ -44,6 +45,17 @@ def register(subparsers: Any) -> None:
     show.add_argument("user", nargs="?", help="login name (default: you)")
     cli.add_json_flag(show)
     show.set_defaults(func=cmd_show)
+
+    imported = actions.add_parser(
+        "import", help="print the ds01_common variables for an earlier ds01-infra config directory"
+    )
+    imported.add_argument("directory", help="the old config directory (its resource-limits.yaml, groups/, ...)")
+    cli.add_json_flag(imported)
+    imported.set_defaults(func=cmd_import)
+
+    rollback = actions.add_parser("rollback", help="put back the configuration the last deploy replaced")
+    cli.add_json_flag(rollback)
+    rollback.set_defaults(func=cmd_rollback)
 
     parser.set_defaults(func=lambda ctx: _usage(parser))
 
@@ -175,3 +187,46 @@ def render_limits(limits: config_mod.Limits) -> str:
             scope = f" (container {exemption.container})" if exemption.container else ""
             lines.append(f"    {', '.join(sorted(exemption.exempt_from))}{scope}: {state}, until {until}")
     return "\n".join(lines)
+
+
+def cmd_import(ctx: cli.Context) -> int:
+    """``ds01 config import DIR``: the variables on stdout (YAML), every change of meaning on stderr.
+
+    ``--json``: one document ``{"schema_version", "directory", "variables", "changes": [{where, key, old, new}]}``.
+    """
+    from .. import migrate
+
+    try:
+        variables, changes = migrate.import_directory(ctx.args.directory)
+    except migrate.MigrationError as exc:
+        raise cli.CommandError(f"{exc}. Nothing was imported.", cli.EXIT_USAGE) from None
+    if ctx.json:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "directory": os.path.abspath(ctx.args.directory),
+            "variables": variables,
+            "changes": [c.as_dict() for c in changes],
+        }
+        ctx.emit(data, str)
+        return cli.EXIT_OK
+    sys.stdout.write(migrate.to_yaml(variables))
+    if changes:
+        sys.stderr.write(f"ds01: {len(changes)} key(s) change meaning (old meaning; what ds01 does with the import):\n")
+        sys.stderr.write("".join(f"  - {c}\n" for c in changes))
+    return cli.EXIT_OK
+
+
+def cmd_rollback(ctx: cli.Context) -> int:
+    """``ds01 config rollback``: the kept previous configuration becomes the live one, once it has been checked."""
+    from .. import rollback
+
+    try:
+        result = rollback.rollback(ctx.config_path)
+    except rollback.RollbackRefused as exc:
+        raise cli.CommandError(f"{exc}", cli.EXIT_NO) from None
+    except OSError as exc:
+        raise cli.CommandError(
+            f"cannot roll back ({exc.strerror}: {exc.filename}); run it as root. Nothing was changed.", cli.EXIT_FAULT
+        ) from None
+    ctx.emit({"schema_version": SCHEMA_VERSION, **result}, lambda d: d["message"])
+    return cli.EXIT_OK
