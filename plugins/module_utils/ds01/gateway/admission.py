@@ -9,19 +9,23 @@ The grant outlives the gateway: the allocator records a write-ahead intent befor
 handed over, and its labels (``ds01.gpu.intent``) tie the container to it. ``Reservation.exit``
 says whether the daemon answered the create: answered (created or refused), the intent goes;
 unanswered (the upstream connection failed, the answer could not be passed on), the allocator
-keeps the slots held until the container appears or the intent settles (``allocator.py``). A
+keeps the slots held until the container appears or the intent settles (the allocator). A
 gateway killed mid-create leaves the intent with its dead pid, and the next decision finds it.
 
-Fail safe: a GPU request the allocator cannot decide (module missing, NVML down, lock timeout,
-an exception inside it) is refused with a sentence; it is never forwarded unchecked.
+Fail safe: a GPU request the allocator cannot decide (NVML down, lock timeout, an exception
+inside it) is refused with a sentence; it is never forwarded unchecked.
+
+The allocator is called directly (``allocator.reserve``, ``allocator.Request``,
+``allocator.grant_labels``): user → gateway (creates.py) → here → allocator.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .. import allocator, events, gpu
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +49,6 @@ class Grant:
     labels: dict = field(default_factory=dict)
 
 
-def _core(name: str) -> Any:
-    """A sibling core module (``allocator``, ``gpu``, ``events``), or None when it is not installed."""
-    package = __package__.rsplit(".", 1)[0]
-    try:
-        return importlib.import_module(f"{package}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{package}.{name}":
-            return None
-        raise
-
-
 def _undecided(reason: str) -> AdmissionRefused:
     return AdmissionRefused(
         NO_GPU_AVAILABLE,
@@ -65,25 +58,28 @@ def _undecided(reason: str) -> AdmissionRefused:
 
 
 class Reservation:
-    """``enter()`` → Grant or AdmissionRefused; ``exit()`` releases (after the daemon answered)."""
+    """``enter()`` → Grant or AdmissionRefused; ``exit()`` releases (after the daemon answered).
 
-    def __init__(self, manager: Any) -> None:
+    ``manager``: the allocator's reservation (``allocator.reserve``); ``refusal``: why there is none."""
+
+    def __init__(self, manager: Any = None, refusal: Optional[AdmissionRefused] = None) -> None:
         self._manager = manager
+        self._refusal = refusal
         self._entered = False
 
     def enter(self) -> Grant:
+        if self._refusal is not None:
+            raise self._refusal
         try:
             grant = self._manager.__enter__()
-        except AdmissionRefused:
-            raise
+            answer = Grant(list(grant.uuids), dict(allocator.grant_labels(grant)))
+        except allocator.AllocationRefused as exc:
+            raise AdmissionRefused(exc.code, exc.sentence) from None
         except Exception as exc:  # the allocator's edge: whatever failed, the request is not forwarded
-            refusal = _as_refusal(exc)
-            if refusal is not None:
-                raise refusal from None
             log.exception("the allocator failed")
             raise _undecided(f"{type(exc).__name__}: {exc}") from None
         self._entered = True
-        return _as_grant(grant)
+        return answer
 
     def exit(self, answered: bool = True) -> None:
         """Release the reservation; ``answered``: the daemon's answer to the create came back."""
@@ -97,35 +93,6 @@ class Reservation:
                     self._manager.__exit__(CreateUnanswered, unanswered, None)
             except Exception:  # releasing must not fail the create that already happened
                 log.exception("releasing the GPU reservation failed")
-
-
-def _as_refusal(exc: Exception) -> Optional[AdmissionRefused]:
-    code = getattr(exc, "code", None)
-    sentence = getattr(exc, "sentence", None) or getattr(exc, "message", None)
-    if isinstance(code, str) and code.isupper() and sentence:
-        return AdmissionRefused(code, str(sentence))
-    refusal = getattr(exc, "refusal", None)
-    if refusal is not None and getattr(refusal, "code", None):
-        return AdmissionRefused(
-            refusal.code, str(getattr(refusal, "sentence", None) or getattr(refusal, "message", ""))
-        )
-    return None
-
-
-def _as_grant(value: Any) -> Grant:
-    if isinstance(value, Grant):
-        return value
-    if value is None:
-        raise _undecided("the allocator returned no grant")
-    refusal = getattr(value, "refusal", None)
-    if refusal is not None:
-        raise AdmissionRefused(refusal.code, refusal.sentence)
-    if getattr(value, "code", None) and not getattr(value, "uuids", None):
-        raise AdmissionRefused(value.code, getattr(value, "sentence", "") or getattr(value, "message", ""))
-    uuids = list(getattr(value, "uuids", None) or [])
-    if not uuids:
-        raise _undecided("the allocator granted no device")
-    return Grant(uuids, dict(getattr(value, "labels", None) or {}))
 
 
 class Admission:
@@ -147,45 +114,26 @@ class Admission:
         return self._client
 
     def reservation(self, login: str, ask: Any, limits: Any, details: dict, admin: bool = False) -> Reservation:
-        allocator = _core("allocator")
-        if allocator is None:
-            return Reservation(_Failing(_undecided("the allocator is not installed")))
         try:
-            manager = _reserve(allocator, self.store, login, ask, limits, details, self.client(), admin)
+            manager = _reserve(self.store, login, ask, limits, details, self.client(), admin)
         except AdmissionRefused as exc:
-            return Reservation(_Failing(exc))
+            return Reservation(refusal=exc)
         except Exception as exc:  # the allocator's edge
             log.exception("preparing the GPU reservation failed")
-            return Reservation(_Failing(_undecided(f"{type(exc).__name__}: {exc}")))
+            return Reservation(refusal=_undecided(f"{type(exc).__name__}: {exc}"))
         return Reservation(manager)
 
     def inventory_uuids(self) -> Optional[set]:
         """UUIDs of every GPU and MIG instance present now, or None when the inventory is unavailable."""
-        gpu = _core("gpu")
-        if gpu is None:
-            return None
         try:
-            return _inventory_uuids(gpu, self.store)
+            return _inventory_uuids(self.store)
         except Exception:  # NVML down: the caller proceeds (fail safe) and logs
             log.exception("the GPU inventory is unavailable")
             return None
 
 
-class _Failing:
-    def __init__(self, refusal: AdmissionRefused) -> None:
-        self.refusal = refusal
-
-    def __enter__(self) -> Any:
-        raise self.refusal
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _reserve(
-    allocator: Any, store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any, admin: bool = False
-) -> Any:
-    """``allocator.reserve(...)`` for this request; the grant is adapted by ``_as_grant``."""
+def _reserve(store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any, admin: bool = False) -> Any:
+    """``allocator.reserve(...)`` for this request: its context manager, entered by ``Reservation.enter``."""
     if ask.count < 0:
         request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None, admin=admin)
     elif ask.device_ids:
@@ -200,29 +148,10 @@ def _reserve(
     config = store.get()
     if config is None:
         raise _undecided("no valid configuration has ever been loaded, so the allocator has no lock path")
-    manager = allocator.reserve(login, request, config=config, limits=limits, client=client, source="gateway")
-    return _GrantAdapter(manager, allocator)
+    return allocator.reserve(login, request, config=config, limits=limits, client=client, source="gateway")
 
 
-class _GrantAdapter:
-    """The allocator's context manager, answering a Grant with the allocator's own labels."""
-
-    def __init__(self, manager: Any, allocator: Any) -> None:
-        self.manager = manager
-        self.allocator = allocator
-
-    def __enter__(self) -> Grant:
-        try:
-            grant = self.manager.__enter__()
-        except self.allocator.AllocationRefused as exc:
-            raise AdmissionRefused(exc.code, exc.sentence) from None
-        return Grant(list(grant.uuids), dict(self.allocator.grant_labels(grant)))
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self.manager.__exit__(*exc)
-
-
-def _inventory_uuids(gpu: Any, store: Any) -> Optional[set]:
+def _inventory_uuids(store: Any) -> Optional[set]:
     try:
         inventory = gpu.inventory_from_config(store.get())
     except gpu.GpuInventoryError as exc:
@@ -233,9 +162,5 @@ def _inventory_uuids(gpu: Any, store: Any) -> Optional[set]:
 
 
 def write_event(config: Any, event_type: str, user: Optional[str], details: dict) -> bool:
-    events = _core("events")
-    if events is None:
-        log.info("event %s user=%s %s", event_type, user, details)
-        return False
     path = events.default_log_path(config)
     return bool(events.EventLog(path).write(event_type, user=user, source="gateway", **details))
