@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pwd
+import tarfile
 import tempfile
 from typing import Any, Optional
 from urllib.parse import unquote
@@ -20,8 +21,6 @@ MAX_BUILD_CONTEXT = 8 << 30
 def sparse_member_refusal(spooled: Any) -> Optional[policy.Refusal]:
     """An import must not hold sparse files: the daemon writes their holes out as real zeros (round-9 attack: a
     10 KB tar became 1.5 GB of shared disk). Not a tar at all is the daemon's to refuse."""
-    import tarfile
-
     spooled.seek(0)
     try:
         with tarfile.open(fileobj=spooled, mode="r:") as tar:
