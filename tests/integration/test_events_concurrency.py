@@ -2,7 +2,8 @@
 
 50 separate Python processes (the plain ``ds01`` package, as on a host) each write 1000 events as fast as they
 can, released together; sizes vary from a few bytes of details to just under the 4000-byte line limit, and some
-are over it (truncated, so their identity travels in the ``container`` key the truncation keeps).
+are over it (truncated, so their identity travels in the ``container`` key the truncation keeps). Every line
+carries the hash chain, and the chain verifies afterwards: no writer gave up on the chain lock.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ failed = 0
 for seq in range(count):
     kind = (writer * 7 + seq) % 20
     if kind == 0:
-        pad = 3700 + (seq % 150)    # around the limit: some kept whole, some truncated
+        pad = events.MAX_BODY_BYTES - 300 + (seq % 150)  # around the limit: some kept whole, some truncated
     elif kind == 1:
         pad = 5000 + seq            # always truncated
     elif kind < 5:
@@ -41,7 +42,7 @@ for seq in range(count):
     ok = log.write("test.concurrency", user=f"writer{writer}", source="stress",
                    container=f"w{writer}-s{seq}", writer=writer, seq=seq, pad="x" * pad)
     failed += not ok
-sys.exit(1 if failed else 0)
+sys.exit(1 if failed else (2 if log.unlocked else 0))
 """
 
 
@@ -89,7 +90,7 @@ def test_fifty_processes_never_interleave(tmp_path):
         assert record["user"] == f"writer{writer}"
         if details.get("truncated"):
             truncated += 1
-            assert details["original_size"] > events.MAX_LINE_BYTES
+            assert details["original_size"] > events.MAX_BODY_BYTES  # the line before its chain header
         else:
             assert (details["writer"], details["seq"]) == (int(writer), int(seq))
             assert details["pad"] == "x" * len(details["pad"])
@@ -100,6 +101,12 @@ def test_fifty_processes_never_interleave(tmp_path):
     assert set(seen) == {(w, s) for w in range(WRITERS) for s in range(EVENTS_EACH)}
     assert truncated > 2000 and near_limit > 500  # the sizes really straddled the limit
     assert switches > 1000  # the writers really ran at the same time (lines of many writers alternate)
+
+    # the chain holds across all 50 000 lines: each links to the one before it, numbered 1 to 50 000
+    report = events.verify_chain(path)
+    assert report.ok, report.message()
+    assert (report.status, report.lines, report.chained, report.unlocked) == ("intact", len(lines), len(lines), 0)
+    assert [events.chain_header(line)[1] for line in lines] == list(range(1, len(lines) + 1))
 
     # the reader agrees, and filters by writer through the container key
     stream = events.EventLog(path).read(events.EventFilter(container="w7-s999"))

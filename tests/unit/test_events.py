@@ -43,7 +43,8 @@ def test_envelope_shape_and_key_order(log_path):
     )
     (line,) = lines_of(log_path)
     assert line == (
-        b'{"timestamp":"2026-11-22T12:00:00.123Z","event_type":"gpu.allocate","schema_version":"1",'
+        b'{"prev":"' + b"0" * 64 + b'","seq":1,"chain":"start",'
+        b'"timestamp":"2026-11-22T12:00:00.123Z","event_type":"gpu.allocate","schema_version":"1",'
         b'"user":"alice","source":"gateway","details":{"container":"alice-proj","slots":["1.0"]}}'
     )
 
@@ -62,7 +63,7 @@ def test_envelope_shape_and_key_order(log_path):
 def test_empty_fields_are_omitted(log_path, user, source, details, keys):
     assert events.EventLog(log_path).write("container.create", user=user, source=source, **details)
     (record,) = records(log_path)
-    assert list(record) == keys
+    assert list(record) == ["prev", "seq", "chain", *keys]  # the chain header first (a log's first line)
 
 
 def test_detail_keys_may_share_a_name_with_the_type_parameter(log_path):
@@ -121,24 +122,34 @@ def _line(pad, **extra):
 
 
 def _pad_for(total):
-    """A pad length that makes the line exactly ``total`` bytes."""
+    """A pad length that makes the line (before its chain header) exactly ``total`` bytes."""
     return total - len(_line(""))
 
 
-def test_line_of_exactly_4000_bytes_is_kept_whole():
-    line = _line("x" * _pad_for(4000))
-    assert len(line) == 4000 and line.endswith(b"\n")
-    assert json.loads(line)["details"]["pad"] == "x" * _pad_for(4000)
+LIMIT = events.MAX_BODY_BYTES  # 4000 less room for the longest chain header
 
 
-def test_line_of_4001_bytes_is_truncated_keeping_the_container():
+def test_the_longest_chain_header_fits_in_4000_bytes():
+    body = _line("x" * _pad_for(LIMIT))
+    longest = events.chain_line(body, "f" * 64, 10**19 - 1, "unlocked")
+    assert len(longest) == events.MAX_LINE_BYTES == 4000
+    assert json.loads(longest)["details"]["pad"] == "x" * _pad_for(LIMIT)
+
+
+def test_line_at_the_limit_is_kept_whole():
+    line = _line("x" * _pad_for(LIMIT))
+    assert len(line) == LIMIT and line.endswith(b"\n")
+    assert json.loads(line)["details"]["pad"] == "x" * _pad_for(LIMIT)
+
+
+def test_line_one_byte_over_is_truncated_keeping_the_container():
     base = len(_line("", container="alice-proj"))
-    kept = _line("x" * (4000 - base), container="alice-proj")
-    assert len(kept) == 4000 and "truncated" not in json.loads(kept)["details"]
-    line = _line("x" * (4001 - base), container="alice-proj")
+    kept = _line("x" * (LIMIT - base), container="alice-proj")
+    assert len(kept) == LIMIT and "truncated" not in json.loads(kept)["details"]
+    line = _line("x" * (LIMIT + 1 - base), container="alice-proj")
     record = json.loads(line)
-    assert len(line) < 4000
-    assert record["details"] == {"truncated": True, "original_size": 4001, "container": "alice-proj"}
+    assert len(line) < LIMIT
+    assert record["details"] == {"truncated": True, "original_size": LIMIT + 1, "container": "alice-proj"}
     assert (record["user"], record["source"], record["event_type"]) == ("alice", "gateway", "gpu.allocate")
     assert record["timestamp"] == "2026-11-22T12:00:00.123Z"
 

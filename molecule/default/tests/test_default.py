@@ -162,10 +162,10 @@ def test_units_are_hardened(host):
     assert "/var/lib/ds01" in props
 
 
-def test_logrotate_rule_is_valid_and_keeps_the_inode(host):
+def test_logrotate_rule_is_valid_and_rotates_by_rename(host):
     rule = host.file("/etc/logrotate.d/ds01").content_string
     assert "/var/log/ds01/events.jsonl" in rule
-    assert "copytruncate" in rule
+    assert "nocopytruncate" in rule.split() and "nocreate" in rule.split()  # the event chain runs across files
     assert host.run("logrotate --debug /etc/logrotate.d/ds01").rc == 0
 
 
