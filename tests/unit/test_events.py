@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import gzip
 import json
 import logging
 import os
@@ -721,3 +723,198 @@ def test_cli_empty_log(capsys, cli_config):
     assert "does not exist yet" in err
     code, out, _err = run_cli(capsys, config_path, "events", "--json")
     assert json.loads(out) == {"schema_version": "1", "count": 0, "skipped_lines": 0, "events": []}
+
+
+# -- the hash chain ------------------------------------------------------------------------------------
+
+
+def chained_log(path, count, clock=None):
+    event_log = events.EventLog(path, clock=clock)
+    for n in range(count):
+        assert event_log.write("gpu.allocate", user=f"u{n}", source="gateway", container=f"c{n}", n=n)
+    return lines_of(path)
+
+
+def put_lines(path, lines):
+    with open(path, "wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+
+
+def broken(path):
+    report = events.verify_chain(path)
+    assert not report.ok and report.status == "broken"
+    return report.broken
+
+
+def test_every_line_links_to_the_one_before(log_path):
+    lines = chained_log(log_path, 5)
+    assert events.chain_header(lines[0]) == (events.CHAIN_GENESIS, 1, "start")
+    for before, line, number in zip(lines, lines[1:], range(2, 6)):
+        assert events.chain_header(line) == (events.line_hash(before), number, None)
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.status, report.lines, report.chained, report.begins) == (True, "intact", 5, 5, "start")
+
+
+def test_readers_do_not_see_the_chain_header(log_path):
+    chained_log(log_path, 2)
+    for event in events.EventLog(log_path).read():
+        assert not set(events.CHAIN_KEYS) & set(event)
+        assert list(event) == ["timestamp", "event_type", "schema_version", "user", "source", "details"]
+
+
+def test_an_edited_line_is_named(log_path):
+    lines = chained_log(log_path, 6)
+    lines[2] = lines[2].replace(b'"user":"u2"', b'"user":"zz"')
+    put_lines(log_path, lines)
+    found = broken(log_path)
+    assert (found.line, found.what) == (3, "edited")
+    assert "events.jsonl line 3 was edited" in found.message
+
+
+def test_an_inserted_line_is_named_even_with_a_forged_link(log_path):
+    lines = chained_log(log_path, 5)
+    forged = events.chain_line(
+        events.render_line("gpu.release", "mallory", "gateway", {"container": "c1"}), events.line_hash(lines[1]), 3
+    )[:-1]
+    put_lines(log_path, [*lines[:2], forged, *lines[2:]])
+    found = broken(log_path)
+    assert (found.line, found.what) == (3, "inserted")
+    assert "line 4 links to events.jsonl line 2" in found.message
+
+
+def test_a_removed_line_is_named(log_path):
+    lines = chained_log(log_path, 6)
+    put_lines(log_path, lines[:2] + lines[4:])
+    found = broken(log_path)
+    assert (found.line, found.what) == (3, "removed")
+    assert "2 line(s) were removed between events.jsonl line 2 and events.jsonl line 3" in found.message
+
+
+def test_a_cut_head_is_named(log_path):
+    lines = chained_log(log_path, 6)
+    put_lines(log_path, lines[3:])
+    found = broken(log_path)
+    assert (found.line, found.what) == (1, "head_cut")
+    assert "the head of events.jsonl was cut" in found.message
+
+
+def test_a_line_without_a_link_after_the_chain_began(log_path):
+    lines = chained_log(log_path, 3)
+    bare = events.render_line("gpu.release", "mallory")[:-1]
+    put_lines(log_path, [*lines[:2], bare, lines[2]])
+    assert (broken(log_path).line, broken(log_path).what) == (3, "unlinked")
+
+
+def test_the_chain_runs_across_a_rotation(tmp_path, log_path):
+    first = chained_log(log_path, 3)
+    os.chmod(log_path, 0o600)
+    os.rename(log_path, log_path + "-20261121")
+    after = chained_log(log_path, 2)
+    assert events.chain_header(after[0]) == (events.line_hash(first[-1]), 4, "rotated")
+    assert stat.S_IMODE(os.stat(log_path).st_mode) == 0o600  # the new file took the rotated one's mode
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.chained, len(report.files)) == (True, 5, 2)
+    since = dt.datetime(2000, 1, 1, tzinfo=UTC)  # the reader still reads both files, in order
+    assert [e["details"]["n"] for e in events.EventLog(log_path).read(events.EventFilter(since=since))] == [
+        0,
+        1,
+        2,
+        0,
+        1,
+    ]
+
+
+def test_a_cut_across_a_rotation(log_path):
+    first = chained_log(log_path, 4)
+    os.rename(log_path, log_path + "-20261121")
+    after = chained_log(log_path, 3)
+    put_lines(log_path, after[1:])  # the new file's head
+    found = broken(log_path)
+    assert (found.file, found.line, found.what) == (log_path, 1, "head_cut")
+    put_lines(log_path, after)
+    put_lines(log_path + "-20261121", first[:2])  # the rotated file's end
+    found = broken(log_path)
+    assert (found.file, found.line, found.what) == (log_path + "-20261121", 2, "end_cut")
+    assert "the end of events.jsonl-20261121 was cut after line 2: 2 line(s) missing" in found.message
+
+
+def test_the_oldest_kept_file_may_continue_a_file_no_longer_kept(log_path):
+    chained_log(log_path, 2)
+    os.rename(log_path, log_path + "-20261120")
+    chained_log(log_path, 2)
+    os.remove(log_path + "-20261120")  # rotated away (logrotate's `rotate N`)
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.begins) == (True, "rotated")
+    assert "continues a file no longer kept" in report.message()
+
+
+def test_compressed_rotated_files_are_part_of_the_chain(log_path):
+    chained_log(log_path, 3)
+    with open(log_path, "rb") as plain, gzip.open(log_path + "-20261120.gz", "wb") as packed:
+        packed.write(plain.read())
+    os.remove(log_path)
+    after = chained_log(log_path, 2)
+    assert events.chain_header(after[0])[1:] == (4, "rotated")
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.chained, report.files) == (True, 5, [log_path + "-20261120.gz", log_path])
+
+
+def test_an_old_log_without_links_verifies_as_unchained(log_path):
+    old = [json.dumps({"ts": "2025-06-01T12:00:00Z", "event": "gpu.allocated", "user": "carol"}).encode()] * 3
+    put_lines(log_path, old)
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.status) == (True, "unchained")
+    assert report.message().startswith("unchained from events.jsonl line 1")
+    new = chained_log(log_path, 2)[3:]
+    assert events.chain_header(new[0])[0] == events.line_hash(old[-1])
+    report = events.verify_chain(log_path)
+    assert (report.ok, report.status, report.chained, report.unchained["count"]) == (True, "intact", 2, 3)
+    assert "unchained from events.jsonl line 1 to events.jsonl line 3" in report.message()
+
+
+def test_a_busy_lock_never_holds_a_writer_back(log_path):
+    chained_log(log_path, 1)
+    writer = events.EventLog(log_path, lock_wait=0.05)
+    holder = os.open(writer.lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert writer.write("a.b", n=1) and writer.unlocked == 1
+        assert writer.write("a.b", n=2) and writer.unlocked == 2  # the second waits only LOCK_RETRY_S
+    finally:
+        os.close(holder)
+    assert writer.write("a.b", n=3) and writer.unlocked == 2
+    lines = lines_of(log_path)
+    assert [events.chain_header(line)[2] for line in lines] == ["start", "unlocked", "unlocked", None]
+    report = events.verify_chain(log_path)  # nobody raced them: their links hold
+    assert (report.ok, report.unlocked) == (True, 2)
+    assert stat.S_IMODE(os.stat(writer.lock_path).st_mode) == 0o600
+
+
+def test_an_unlocked_line_that_does_not_link_is_reported(log_path):
+    lines = chained_log(log_path, 3)
+    racer = events.chain_line(events.render_line("a.b"), events.line_hash(lines[0]), 2, "unlocked")[:-1]
+    put_lines(log_path, [*lines[:2], racer, lines[2]])
+    found = broken(log_path)
+    assert (found.line, found.what) == (3, "unlocked")
+
+
+def test_cli_verify(capsys, cli_config):
+    config_path, log_path = cli_config
+    code, out, _err = run_cli(capsys, config_path, "events", "verify")
+    assert code == 0 and "empty" in out
+    lines = chained_log(log_path, 4)
+    code, out, _err = run_cli(capsys, config_path, "events", "verify", "--json")
+    data = json.loads(out)
+    assert code == 0 and (data["ok"], data["status"], data["lines"], data["broken"]) == (True, "intact", 4, None)
+    put_lines(log_path, [lines[0], lines[1].replace(b"u1", b"u9"), *lines[2:]])
+    code, out, _err = run_cli(capsys, config_path, "events", "verify")
+    assert code == 1 and out.startswith(f"BROKEN at {log_path} line 2 (edited): events.jsonl line 2 was edited")
+    code, out, _err = run_cli(capsys, config_path, "events", "--json", "verify")
+    assert code == 1 and json.loads(out)["broken"]["line"] == 2
+
+
+def test_cli_verify_unreadable_is_a_fault(capsys, cli_config):
+    config_path, log_path = cli_config
+    os.mkdir(log_path)
+    code, _out, err = run_cli(capsys, config_path, "events", "verify")
+    assert code == 3 and "cannot read" in err

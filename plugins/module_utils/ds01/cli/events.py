@@ -1,4 +1,5 @@
-"""``ds01 events`` (query the audit trail) and ``ds01 events log`` (append to it from a shell script).
+"""``ds01 events`` (query the audit trail), ``ds01 events log`` (append to it from a shell script) and
+``ds01 events verify`` (check its hash chain).
 
 Query::
 
@@ -21,6 +22,17 @@ events are shown, oldest first; ``--all`` shows every match. Rotated plain files
 their own ``schema_version``), oldest first; ``count`` is ``len(events)``; ``skipped_lines`` counts blank or
 unparseable lines met while reading.
 
+Chain check (admins; the log is theirs to read)::
+
+    ds01 events verify [--json]
+
+reads the log and its rotated files (compressed ones too) and checks every line's link to the one before it
+(``events.verify_chain``). Exit 0 when intact (lines written before the chain existed are named as unchained, not
+failed), 1 when broken, naming the first line that was edited, inserted or removed, or a cut head; 3 when a file
+cannot be read. ``--json``: ``{"schema_version": "1", "ok", "status": "intact|broken|empty|unchained", "files",
+"lines", "chained", "unlocked", "begins", "unchained", "broken": {"file", "line", "what", "message"} | null,
+"message"}``.
+
 Writer for shell callers::
 
     ds01 events log TYPE [--user U] [--source S] [KEY=VALUE ...]
@@ -37,6 +49,7 @@ import argparse
 import json
 import os
 import sys
+import zlib
 from typing import Any, Optional
 
 from .. import cli, events
@@ -54,6 +67,7 @@ def register(subparsers: Any) -> None:
         usage=(
             "ds01 events [--user U] [--type PREFIX] [--container C] [--since T] [--until T] [--limit N | --all] "
             "[--json]\n       ds01 events log TYPE [--user U] [--source S] [KEY=VALUE ...]"
+            "\n       ds01 events verify [--json]"
         ),
     )
     parser.add_argument("--user", metavar="U", help="only events of this login (exact)")
@@ -85,6 +99,20 @@ def register(subparsers: Any) -> None:
         "pairs", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="details; values are JSON when they parse"
     )
     writer.set_defaults(func=cmd_log)
+
+    checker = actions.add_parser(
+        "verify",
+        help="check the audit trail's hash chain (exit 1 names the first edited, inserted or removed line)",
+        description=(
+            "Check the hash chain of the event log and its rotated files. Exit 0: intact (or written before the "
+            "chain existed); 1: broken, with the first line that was edited, inserted or removed, or a cut head; "
+            "3: a file could not be read."
+        ),
+    )
+    checker.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print a stable JSON document instead of text"
+    )
+    checker.set_defaults(func=cmd_verify)
 
 
 def _positive_int(text: str) -> int:
@@ -188,6 +216,37 @@ def render_table(data: dict) -> str:
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
     return "\n".join(line.rstrip() for line in lines)
+
+
+# -- verify ------------------------------------------------------------------------------------------
+
+
+def verify_report(config: Any) -> dict:
+    """``events.verify_chain`` of the configured log, as the JSON document of ``ds01 events verify --json``.
+
+    Raises ``OSError`` (a file that cannot be read) and ``EOFError``/``zlib.error`` (a damaged ``.gz``)."""
+    report = events.verify_chain(events.default_log_path(config))
+    return {"schema_version": SCHEMA_VERSION, **report.to_dict()}
+
+
+def cmd_verify(ctx: cli.Context) -> int:
+    path = events.default_log_path(ctx.config)
+    try:
+        data = verify_report(ctx.config)
+    except OSError as exc:
+        where = exc.filename if isinstance(exc.filename, str) else path
+        raise _unreadable(where, exc, getattr(ctx.config, "admin_group", None) or "ds01-admin") from None
+    except (EOFError, zlib.error) as exc:
+        raise cli.CommandError(f"cannot read a compressed rotated file of {path}: {exc}", cli.EXIT_FAULT) from None
+    ctx.emit(data, render_verify)
+    return cli.EXIT_OK if data["ok"] else cli.EXIT_NO
+
+
+def render_verify(data: dict) -> str:
+    if data["ok"]:
+        return data["message"]
+    broken = data["broken"]
+    return f"BROKEN at {broken['file']} line {broken['line']} ({broken['what']}): {data['message']}"
 
 
 # -- log ---------------------------------------------------------------------------------------------
