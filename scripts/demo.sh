@@ -5,7 +5,8 @@
 #
 # ansible-playbook -i inventory/demo playbooks/site.yml with DEMO_ROOT exported (default
 # .demo/root); nothing outside DEMO_ROOT is written. Then the ds01 CLI against the rendered
-# config: `config show` for two users (DEMO_USERS, default "alice dave") and `gpu status`.
+# config: `config show` for two users (DEMO_USERS, default "alice dave") and `gpu status`, then the
+# Slurm files ds01_slurm rendered for the same GPUs (its QOS plan is printed by the playbook).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -44,6 +45,13 @@ main() {
     show "$ds01" --config "$config" config show "$user"
   done
   show "$ds01" --config "$config" gpu status
+  # ds01_slurm (when the inventory enables it): Slurm's configuration for the same GPUs and limits.
+  if [ -f "$DEMO_ROOT/etc/slurm/gres.conf" ]; then
+    log "demo: Slurm's configuration from the same facts and limits (roles/ds01_slurm)"
+    for file in gres.conf slurm.conf cgroup.conf; do
+      show cat "$DEMO_ROOT/etc/slurm/$file"
+    done
+  fi
 }
 
 main "$@"

@@ -6,6 +6,8 @@
 #   local/debian-systemd:bookworm  debootstrap minbase + systemd, CMD /sbin/init (molecule)
 #   local/empty:latest             an empty image, for containers that are created, never started
 #   local/debian-min:bookworm      the same rootfs, CMD sleep infinity, for containers that run
+#   local/debian-slurm:bookworm    the systemd rootfs plus Slurm 22.05, slurmdbd, munge and MariaDB
+#                                  (molecule/slurm; the container has no network, so nothing installs later)
 #
 # An image that exists is kept (--force rebuilds). The debootstrap rootfs tarball is kept in
 # .cache/images/ so that `docker system prune -a` costs a 5 s import, not a 90 s debootstrap.
@@ -24,9 +26,14 @@ MASKED_UNITS=(
   systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket
   getty.target console-getty.service systemd-logind.service
 )
+# molecule/slurm: a controller, a database and a GPU node in one systemd container.
+SLURM_INCLUDE="$INCLUDE,slurm-wlm,slurm-client,slurmdbd,munge,mariadb-server,iproute2"
 # The recipe's fingerprint: a cached tarball or image built from another recipe is rebuilt.
-RECIPE="$(printf '%s\n' "$SUITE" "$INCLUDE" "${MASKED_UNITS[@]}" | sha256sum | cut -c1-12)"
+recipe_of() { printf '%s\n' "$SUITE" "$@" "${MASKED_UNITS[@]}" | sha256sum | cut -c1-12; }
+RECIPE="$(recipe_of "$INCLUDE")"
 ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-$SUITE-$RECIPE.tar"
+SLURM_RECIPE="$(recipe_of "$SLURM_INCLUDE" keep-log-dirs)"
+SLURM_ROOTFS_TAR="$IMAGE_CACHE/debian-slurm-$SUITE-$SLURM_RECIPE.tar"
 FORCE=0
 
 debian_mirror() {
@@ -42,9 +49,10 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# debootstrap a rootfs with systemd into a tarball under .cache/images (kept across prunes).
+# build_rootfs_tar INCLUDE TARBALL: debootstrap a rootfs with systemd (and INCLUDE) into a tarball
+# under .cache/images (kept across prunes).
 build_rootfs_tar() {
-  local rootfs mirror unit
+  local include="$1" tarball="$2" rootfs mirror unit
   need_root "debootstrap"
   command -v debootstrap >/dev/null || die "debootstrap not found: run 'make system-deps' first"
   mkdir -p "$IMAGE_CACHE"
@@ -54,7 +62,7 @@ build_rootfs_tar() {
   trap "rm -rf '$rootfs'" EXIT
   mirror="$(debian_mirror)"
   info "debootstrap --variant=minbase $SUITE from $mirror (about 90 s)"
-  if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$mirror" \
+  if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror" \
     >"$IMAGE_CACHE/debootstrap.log" 2>&1; then
     tail -n 30 "$IMAGE_CACHE/debootstrap.log" >&2
     die "debootstrap failed (full log: $IMAGE_CACHE/debootstrap.log)"
@@ -62,26 +70,38 @@ build_rootfs_tar() {
   for unit in "${MASKED_UNITS[@]}"; do
     ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
   done
-  # No apt caches, package lists or logs in the image.
+  # No apt caches, package lists or logs in the image (log directories stay: munged, slurmd and
+  # mariadb refuse to start without theirs).
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
-    "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/* "$rootfs"/tmp/*
+    "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/*
+  find "$rootfs/var/log" -type f -delete
   # A container gets its own hostname and machine-id.
   : >"$rootfs/etc/machine-id"
-  tar -C "$rootfs" --numeric-owner -cf "$ROOTFS_TAR.tmp" .
-  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  tar -C "$rootfs" --numeric-owner -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
   rm -rf "$rootfs"
   trap - EXIT
-  info "rootfs tarball: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
+  info "rootfs tarball: $tarball ($(du -h "$tarball" | cut -f1))"
+}
+
+# import_systemd_image INCLUDE TARBALL RECIPE IMAGE: from the cached tarball (debootstrapped when missing).
+import_systemd_image() {
+  local include="$1" tarball="$2" recipe="$3" image="$4"
+  if [ ! -s "$tarball" ] || [ "$FORCE" -eq 1 ]; then
+    build_rootfs_tar "$include" "$tarball"
+  else
+    info "reusing cached rootfs $tarball"
+  fi
+  dk import -c 'ENV container=docker' -c 'CMD ["/sbin/init"]' -c "LABEL ds01.recipe=$recipe" \
+    "$tarball" "$image" >/dev/null
 }
 
 build_systemd_image() {
-  if [ ! -s "$ROOTFS_TAR" ] || [ "$FORCE" -eq 1 ]; then
-    build_rootfs_tar
-  else
-    info "reusing cached rootfs $ROOTFS_TAR"
-  fi
-  dk import -c 'ENV container=docker' -c 'CMD ["/sbin/init"]' -c "LABEL ds01.recipe=$RECIPE" \
-    "$ROOTFS_TAR" "$DS01_IMAGE_SYSTEMD" >/dev/null
+  import_systemd_image "$INCLUDE" "$ROOTFS_TAR" "$RECIPE" "$DS01_IMAGE_SYSTEMD"
+}
+
+build_slurm_image() {
+  import_systemd_image "$SLURM_INCLUDE" "$SLURM_ROOTFS_TAR" "$SLURM_RECIPE" "$DS01_IMAGE_SLURM"
 }
 
 build_empty_image() {
@@ -129,6 +149,7 @@ main() {
   ensure "$DS01_IMAGE_EMPTY" build_empty_image
   # Built from the systemd image: rebuilt whenever that one was rebuilt from another recipe.
   ensure "$DS01_IMAGE_MIN" build_min_image "$RECIPE"
+  ensure "$DS01_IMAGE_SLURM" build_slurm_image "$SLURM_RECIPE"
 }
 
 main "$@"

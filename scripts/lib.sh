@@ -18,6 +18,7 @@ export DS01_ROOT DS01_VENV DS01_CACHE DS01_COLLECTIONS
 DS01_IMAGE_SYSTEMD="${DS01_IMAGE_SYSTEMD:-local/debian-systemd:bookworm}"
 DS01_IMAGE_EMPTY="${DS01_IMAGE_EMPTY:-local/empty:latest}"
 DS01_IMAGE_MIN="${DS01_IMAGE_MIN:-local/debian-min:bookworm}"
+DS01_IMAGE_SLURM="${DS01_IMAGE_SLURM:-local/debian-slurm:bookworm}"
 
 log() { printf '==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
