@@ -4,6 +4,9 @@
 #
 #   scripts/molecule.sh [scenario ...]     default: every scenario, "default" first
 #
+# Scenarios: default (ds01 on a systemd host), slurm (ds01_slurm with a real slurmctld, slurmd and
+# slurmdbd; image local/debian-slurm:bookworm).
+#
 # Needs 'make docker images venv'. Molecule keeps its ephemeral state under ~/.cache/molecule.
 # Runs through this script are serialised by a lock: platform (container) names are fixed, so two
 # concurrent runs of one scenario on one engine would trample each other.
@@ -44,6 +47,10 @@ main() {
   export DS01_MOLECULE_DOCKER_CLI="${DS01_MOLECULE_DOCKER_CLI:-$(readlink -f "$DOCKER_BIN")}"
   export DS01_MOLECULE_DOCKER_SOCKET="${DS01_MOLECULE_DOCKER_SOCKET:-/var/run/docker.sock}"
   image_exists "$DS01_IMAGE_SYSTEMD" || die "$DS01_IMAGE_SYSTEMD missing: run 'make images' first"
+  # molecule/slurm runs Slurm, slurmdbd, munge and MariaDB from an image that already has them.
+  if [[ " ${list[*]} " == *" slurm "* ]]; then
+    image_exists "$DS01_IMAGE_SLURM" || die "$DS01_IMAGE_SLURM missing: run 'make images' first"
+  fi
   # One molecule run at a time on this engine: scenarios name their containers (platform names).
   mkdir -p "$(dirname "$LOCK")"
   exec 9>"$LOCK"
