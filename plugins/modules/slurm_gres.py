@@ -47,7 +47,7 @@ options:
   config:
     description:
       - The ds01 C(resource-limits.yaml); without O(topology), its C(gpu_allocation) section chooses the backend
-        (the allocator's choice). Neither given: NVML.
+        (the allocator's choice). With neither, NVML answers.
     type: path
   mig_minors:
     description:
