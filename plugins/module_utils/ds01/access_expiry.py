@@ -22,7 +22,6 @@ same pass by hand (``--now`` to decide as if at another time).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -200,33 +199,6 @@ def _write_record(path: str, data: dict) -> None:
     fsutil.atomic_write(path, json.dumps(data, sort_keys=True) + "\n", mode=0o600)
 
 
-class Lock:
-    """One sweep at a time (the timer and a manual run): ``flock`` on ``<run_dir>/access-expiry.lock``.
-
-    ``acquired`` is False when another sweep holds it; that sweep does the work.
-    """
-
-    def __init__(self, run_dir: str) -> None:
-        self.path = os.path.join(run_dir, LOCK_NAME)
-        self.fd: Optional[int] = None
-        self.acquired = False
-
-    def __enter__(self) -> Lock:
-        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.acquired = True
-        except BlockingIOError:
-            self.acquired = False
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def notice_delivery(state_dir: str) -> Callable[[str, str, str, list], list]:
     """``deliver(user, level, title, lines)``: the notice box to every terminal ``user`` is logged in on and into
     their spool (``notify``), so the next login greeting shows it; returns where it went."""
@@ -255,7 +227,7 @@ def run(config: Any, now: dt.datetime, *, dry_run: bool = False, source: str = "
             log.warning("event %s for %s could not be recorded", event_type, user)
 
     try:
-        with Lock(config.paths.run_dir) as lock:
+        with fsutil.FileLock(os.path.join(config.paths.run_dir, LOCK_NAME), wait_s=0) as lock:
             if not lock.acquired:
                 return {"now": None, "dry_run": False, "actions": [], "errors": [], "busy": True}
             return sweep(grant_dir, state_dir, now, emit=emit, deliver=notice_delivery(state_dir))

@@ -1,4 +1,5 @@
-"""Writing state files so that a reader never sees half of one: the one atomic-replace helper.
+"""Writing state files so that a reader never sees half of one, and taking turns: the one atomic-replace
+helper and the one lock-file helper.
 
 Every state file ds01 writes (inventories, lifecycle state, grants, refusals, quota alerts,
 dcgm-exporter job mapping, gateway counters) goes through ``atomic_write``: a temp file in the
@@ -9,9 +10,13 @@ are ``OSError`` for the caller to handle; the temp file never outlives a failure
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import random
 import tempfile
+import time
 from typing import Any, Optional, Union
 
 
@@ -61,3 +66,83 @@ def atomic_write_json(path: str, data: Any, mode: int = 0o644, uid: Optional[int
     """``atomic_write`` of ``data`` as stable JSON (sorted keys, one trailing newline)."""
     text = json.dumps(data, sort_keys=True, indent=1, default=str) + "\n"
     atomic_write(path, text, mode=mode, uid=uid, fsync=fsync)
+
+
+class FileLock:
+    """An exclusive ``flock`` on a lock file: the one lock helper (allocator, detector, lifecycle and grant sweeps,
+    the gateway's tag claims, the event log's drop counters).
+
+    ``acquire(wait_s)``: ``None`` waits as long as it takes, ``0`` tries once, more polls (with jitter, so waiters
+    do not wake in step) until ``wait_s`` has passed. It returns whether the lock is held; an error other than
+    "someone else holds it" is an ``OSError``. A holder that dies loses the lock with its descriptor (the
+    kernel's rule), so nothing is ever left to clean up. ``note`` writes a line into the file (e.g. the holder's
+    pid) for readers of ``holder()``. As a context manager it waits ``wait_s`` (given to the constructor) and
+    sets ``acquired``.
+    """
+
+    def __init__(self, path: str, mode: int = 0o600, dir_mode: int = 0o755, wait_s: Optional[float] = None) -> None:
+        self.path = path
+        self.mode = mode
+        self.dir_mode = dir_mode
+        self.wait_s = wait_s
+        self.acquired = False
+        self._fd: Optional[int] = None
+
+    def acquire(self, wait_s: Optional[float] = None, poll_s: float = 0.01, note: Optional[str] = None) -> bool:
+        if self._fd is not None:
+            return True
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=self.dir_mode, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) or deadline is None:
+                        raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    os.close(fd)
+                    return False
+                time.sleep(min(left, poll_s * (0.5 + random.random())))  # noqa: S311 - jitter, not crypto
+            if note is not None:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{note}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.acquired = True
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            self.acquired = False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> Optional[str]:
+        """The note the current (or last) holder wrote, or None."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        except OSError:
+            return None
+
+    def __enter__(self) -> FileLock:
+        self.acquire(self.wait_s)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

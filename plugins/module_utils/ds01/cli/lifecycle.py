@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import logging
 import os
 from typing import Any, Optional
 
-from .. import access_expiry, cli, events, notify
+from .. import access_expiry, cli, events, fsutil, notify
 from .. import lifecycle as lc
 
 log = logging.getLogger(__name__)
@@ -112,31 +111,6 @@ def event_emitter(config: Any, lost: Optional[list] = None) -> Any:
     return emit
 
 
-class _Lock:
-    """One sweep at a time (timer and a manual run): ``flock`` on ``<run_dir>/lifecycle.lock``."""
-
-    def __init__(self, run_dir: str) -> None:
-        self.path = os.path.join(run_dir, LOCK_NAME)
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> _Lock:
-        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise cli.CommandError(
-                "another lifecycle sweep is running; try again in a moment", cli.EXIT_FAULT
-            ) from None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-
 def cmd_run(ctx: cli.Context) -> int:
     now = _parse_now(ctx.args.now)
     config = ctx.config
@@ -165,7 +139,9 @@ def cmd_run(ctx: cli.Context) -> int:
         report = lc.run_sweep(config, ops, now, dry_run=True, gpu=gpu)
     else:
         notifier = notify.Notifier(client, spool_dir=notify.spool_dir(config.paths.state_dir))
-        with _Lock(config.paths.run_dir):
+        with fsutil.FileLock(os.path.join(config.paths.run_dir, LOCK_NAME), mode=0o644, wait_s=0) as lock:
+            if not lock.acquired:
+                raise cli.CommandError("another lifecycle sweep is running; try again in a moment", cli.EXIT_FAULT)
             report = lc.run_sweep(config, ops, now, gpu=gpu, notifier=notifier, emit=event_emitter(config, faults))
     report.errors.extend(faults)
     ctx.emit(report.as_dict(), _human)

@@ -14,7 +14,6 @@ an image?) through ``Upstream`` and the store, and records claims around the for
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -49,17 +48,12 @@ class TagClaims:
         return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
     def _update(self, change) -> Any:
-        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-        with self._lock, open(self.path + ".lock", "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                claims = self.load()
-                result, changed = change(claims)
-                if changed:
-                    fsutil.atomic_write(self.path, json.dumps({"tags": claims}, sort_keys=True, indent=1) + "\n")
-                return result
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with self._lock, fsutil.FileLock(self.path + ".lock", mode=0o644):
+            claims = self.load()
+            result, changed = change(claims)
+            if changed:
+                fsutil.atomic_write(self.path, json.dumps({"tags": claims}, sort_keys=True, indent=1) + "\n")
+            return result
 
     def claim(self, login: str, present: dict, pull: bool = False) -> Optional[tuple]:
         """Check every target (ref -> present now?) and claim them all for ``login``, or none: a verdict.
