@@ -28,7 +28,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import events, fsutil, identity, notify
+from . import events, fsutil, notify
+from . import grants as grants_mod
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,6 @@ def _read_json(path: str) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def _logins(directory: str) -> list:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and identity.valid_login(n[: -len(".json")]))
-
-
 def sweep(
     grant_dir: str,
     state_dir: str,
@@ -137,10 +130,11 @@ def sweep(
     report: dict = {"now": now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "dry_run": dry_run}
     actions: list = []
     errors: list = []
-    grants = _logins(grant_dir)
+    grants = grants_mod.logins(grant_dir)
     for login in grants:
-        grant = _read_json(os.path.join(grant_dir, f"{login}.json"))
-        if grant is None or grant.get("user") != login:
+        found = grants_mod.read(grant_dir, login, now_epoch)
+        grant = found.doc if found is not None else None
+        if not grant or grant.get("user") != login:
             continue
         record_path = os.path.join(seen_dir, f"{login}.json")
         action = decide(grant, _read_json(record_path), now_epoch)
@@ -181,7 +175,7 @@ def sweep(
             level = "WARNING" if action.kind == "warn" else "NOTICE"
             entry["delivered"] = deliver(login, level, title, [message])
     if not dry_run:
-        for login in _logins(seen_dir):
+        for login in grants_mod.logins(seen_dir):
             if login not in grants:
                 try:
                     os.unlink(os.path.join(seen_dir, f"{login}.json"))

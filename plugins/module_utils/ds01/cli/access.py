@@ -27,10 +27,11 @@ import os
 import pwd
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from .. import access_expiry, cli, events, fsutil, identity, profile
 from .. import config as config_mod
+from .. import grants as grants_mod
 
 SCHEMA_VERSION = "1"
 
@@ -98,19 +99,6 @@ def _not_writable(path: str, exc: OSError, what: str) -> cli.CommandError:
         f"so run the command as root (`sudo ds01 access ...`). Nothing was changed.",
         cli.EXIT_FAULT,
     )
-
-
-def _read_grant(path: str, now: float) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        data = json.loads(text)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    data["active"] = profile.grant_active(text, now)
-    return data
 
 
 def _log(config: config_mod.Config, event_type: str, user: str, **details: Any) -> None:
@@ -184,7 +172,8 @@ def cmd_status(ctx: cli.Context) -> int:
         raise cli.CommandError("you can only see your own grant; admins can see anyone's.", cli.EXIT_NO)
     if not identity.valid_login(user):
         raise cli.CommandError(f"'{user}' is not a login name.", cli.EXIT_USAGE)
-    grant = _read_grant(os.path.join(_grant_dir(config), f"{user}.json"), time.time())
+    found = grants_mod.read(_grant_dir(config), user, time.time())
+    grant = found.as_dict() if found is not None and found.doc else None
     exempt = user in config.gpu_exempt_users
     data = {"schema_version": SCHEMA_VERSION, "user": user, "exempt": exempt, "grants": [grant] if grant else []}
 
@@ -211,16 +200,13 @@ def cmd_list(ctx: cli.Context) -> int:
     now = time.time()
     grants = []
     try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        names = []
+        logins = grants_mod.logins(directory)
     except PermissionError as exc:
         raise _not_writable(directory, exc, "list") from None
-    for name in names:
-        if name.endswith(".json"):
-            grant = _read_grant(os.path.join(directory, name), now)
-            if grant:
-                grants.append(grant)
+    for login in logins:
+        found = grants_mod.read(directory, login, now)
+        if found is not None and found.doc:
+            grants.append(found.as_dict())
     data = {"schema_version": SCHEMA_VERSION, "grants": grants}
 
     def human(_d: dict) -> str:
