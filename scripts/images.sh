@@ -21,6 +21,8 @@ IMAGE_CACHE="$DS01_CACHE/images"
 SUITE=bookworm
 # python3-venv: ds01_common builds /opt/ds01/venv on the host; logrotate: the role's rule is verified.
 INCLUDE=python3,python3-apt,python3-venv,logrotate,systemd,systemd-sysv,dbus,cron,udev,procps,sudo
+# gcc + libc6-dev (the molecule host only): ds01_gpu_access compiles the CUDA notice library there.
+HOST_INCLUDE="$INCLUDE,gcc,libc6-dev"
 # Units that cannot work (or only get in the way) inside a container.
 MASKED_UNITS=(
   systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket
@@ -30,7 +32,7 @@ MASKED_UNITS=(
 SLURM_INCLUDE="$INCLUDE,slurm-wlm,slurm-client,slurmdbd,munge,mariadb-server,iproute2"
 # The recipe's fingerprint: a cached tarball or image built from another recipe is rebuilt.
 recipe_of() { printf '%s\n' "$SUITE" "$@" "${MASKED_UNITS[@]}" | sha256sum | cut -c1-12; }
-RECIPE="$(recipe_of "$INCLUDE")"
+RECIPE="$(recipe_of "$HOST_INCLUDE")"
 ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-$SUITE-$RECIPE.tar"
 SLURM_RECIPE="$(recipe_of "$SLURM_INCLUDE" keep-log-dirs)"
 SLURM_ROOTFS_TAR="$IMAGE_CACHE/debian-slurm-$SUITE-$SLURM_RECIPE.tar"
@@ -97,7 +99,7 @@ import_systemd_image() {
 }
 
 build_systemd_image() {
-  import_systemd_image "$INCLUDE" "$ROOTFS_TAR" "$RECIPE" "$DS01_IMAGE_SYSTEMD"
+  import_systemd_image "$HOST_INCLUDE" "$ROOTFS_TAR" "$RECIPE" "$DS01_IMAGE_SYSTEMD"
 }
 
 build_slurm_image() {

@@ -10,6 +10,7 @@
 # golang-go: the Go encoding/json oracle the gateway's canonical-decoder fuzz test builds.
 # man-db + groff-base: the generated ds01 man page is rendered with `man -l` and linted with groff.
 # prometheus + prometheus-alertmanager: the monitoring stack test runs a real Prometheus and Alertmanager.
+# gcc + libc6-dev: the ds01_gpu_access role compiles the CUDA notice library (and its test a stub libcuda).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -18,6 +19,7 @@ set -euo pipefail
 PACKAGES=(
   docker.io iptables debootstrap sudo udev logrotate docker-compose prometheus dash systemd
   python3 python3-venv git make ca-certificates shellcheck golang-go man-db groff-base prometheus-alertmanager
+  gcc libc6-dev
 )
 
 # Packages dpkg does not report as installed.

@@ -62,6 +62,13 @@ options:
         (not exempt, no unexpired grant).
     type: bool
     default: true
+  cuda_notice:
+    description:
+      - The CUDA notice library (an rtld audit module the M(ds01.infra.profile_d) deterrent adds to C(LD_AUDIT) of
+        logins whose GPUs are hidden): a program that loads the CUDA driver then tells the user why it finds no
+        GPU and what to run instead. Added only while the file is readable at login. Omit it for no notice.
+      - Absolute, made of letters, digits and C(_ . / + -).
+    type: path
   ds01_bin:
     description:
       - The C(ds01) command; its directory is the one C(ds01-path.sh) puts on C(PATH).
@@ -179,6 +186,7 @@ def main():
             "greeting_dir": {"type": "path", "default": "/var/lib/ds01/greetings"},
             "banner": {"type": "bool", "default": True},
             "ds01_bin": {"type": "path", "default": "/usr/local/bin/ds01"},
+            "cuda_notice": {"type": "path"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         },
         supports_check_mode=True,
@@ -188,9 +196,18 @@ def main():
 
     desired = {}
     if p["state"] == "present":
-        desired = profile.render_scripts(
-            p["exempt_users_file"], p["grant_dir"], p["ds01_bin"], p["greeting"], p["greeting_dir"], p["banner"]
-        )
+        try:
+            desired = profile.render_scripts(
+                p["exempt_users_file"],
+                p["grant_dir"],
+                p["ds01_bin"],
+                p["greeting"],
+                p["greeting_dir"],
+                p["banner"],
+                p["cuda_notice"],
+            )
+        except ValueError as exc:
+            module.fail_json(msg=f"{to_native(exc)}; nothing was installed")
 
     create, update, remove = [], [], []
     before = {}

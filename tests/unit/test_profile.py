@@ -128,3 +128,21 @@ def test_path_script(shell, path_before, path_after, tmp_path):
         check=True,
     ).stdout
     assert out == path_after
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["relative/lib.so", "/a:b/lib.so", "/a b/lib.so", "/x/$(id).so", "/x/lib.so\n/y", "/x/'q'.so"],
+)
+def test_cuda_notice_path_that_ld_audit_or_sh_would_split_is_refused(path):
+    with pytest.raises(ValueError, match="CUDA notice library path"):
+        profile.render_scripts("/e", "/g", "/usr/local/bin/ds01", cuda_notice=path)
+
+
+def test_cuda_notice_goes_into_ld_audit_of_hidden_logins_only():
+    lib = "/usr/local/lib/ds01/libds01-cuda-notice.so"
+    script = profile.render_deterrent_script("/e", "/g", banner=False, cuda_notice=lib)
+    hidden_branch = script.split('if [ "$__ds01_hide" = 1 ]; then', 1)[1].split("\nfi\n", 1)[0]
+    assert f'LD_AUDIT="${{LD_AUDIT:+$LD_AUDIT:}}{lib}"; export LD_AUDIT' in hidden_branch
+    assert "LD_AUDIT" not in script.split('if [ "$__ds01_hide" = 1 ]; then', 1)[0]
+    assert "LD_AUDIT" not in profile.render_deterrent_script("/e", "/g", banner=False)

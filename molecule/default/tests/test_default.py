@@ -177,3 +177,12 @@ def test_gpu_deterrent_hides_gpus_from_ordinary_login_shells(host):
 def test_gpu_deterrent_spares_exempt_users(host):
     shown = login_shell(host, EXEMPT, 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"').stdout.strip()
     assert shown == "[unset]"
+
+
+def test_cuda_notice_is_compiled_by_the_role_and_audits_only_hidden_logins(host):
+    lib = host.file("/usr/local/lib/ds01/libds01-cuda-notice.so")
+    assert lib.exists and lib.user == "root" and lib.mode == 0o644
+    student = login_shell(host, STUDENT, 'echo "[${LD_AUDIT-unset}]"; python3 -c "print(6*7)"').stdout.split()
+    assert student == ["[/usr/local/lib/ds01/libds01-cuda-notice.so]", "42"]  # loaded, and nothing breaks
+    exempt = login_shell(host, EXEMPT, 'echo "[${LD_AUDIT-unset}]"').stdout.strip()
+    assert exempt == "[unset]"

@@ -8,7 +8,9 @@ Three POSIX sh scripts, sourced by every login shell (bash, dash, ...) the way `
     exports ``CUDA_VISIBLE_DEVICES=""`` unless the login is exempt or holds an unexpired grant
     (reference §7.1 layer 1). A deterrent, not a boundary: the boundary is the container. With the banner on,
     interactive shells of the same (hidden) logins also get two lines saying GPUs are for containers and how
-    to get one (``BANNER``).
+    to get one (``BANNER``). With a CUDA notice library (``cuda_notice``), the same logins also get it in
+    ``LD_AUDIT``: a program that loads the CUDA driver then says why it finds no GPU and what to run instead
+    (roles/ds01_gpu_access/files/ds01-cuda-notice.c; it interposes nothing, so it cannot change what runs).
 ``ds01-greeting.sh``
     interactive shells only: prints the user's greeting that the exporter pre-rendered
     (``<greeting_dir>/<login>``, see ``greetings``) with ``find`` and ``awk``: no Python at login. Silent when
@@ -78,12 +80,35 @@ esac
 """
 
 
-def render_deterrent_script(exempt_users_file: str, grant_dir: str, banner: bool = True) -> str:
+def check_audit_library(path: str) -> str:
+    """``path`` when it can stand in ``LD_AUDIT`` (absolute; no ``:``, space or special byte), else ValueError."""
+    if not path.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./+-]+", path):
+        raise ValueError(
+            f"the CUDA notice library path {path!r} must be absolute and made of letters, digits and _ . / + - "
+            "(LD_AUDIT splits on ':' and spaces)"
+        )
+    return path
+
+
+def render_deterrent_script(
+    exempt_users_file: str, grant_dir: str, banner: bool = True, cuda_notice: Optional[str] = None
+) -> str:
     """CUDA_VISIBLE_DEVICES="" for every login shell of a login that is neither root, nor listed in
     ``exempt_users_file``, nor holder of an unexpired grant in ``grant_dir``. Fails closed: when the
     login cannot be told, the GPUs stay hidden. ``banner``: interactive shells of those logins also print
-    ``BANNER`` (to stderr, so that ``ssh host -t cmd`` output stays clean)."""
+    ``BANNER`` (to stderr, so that ``ssh host -t cmd`` output stays clean). ``cuda_notice``: the CUDA notice
+    audit library, added to ``LD_AUDIT`` of the same logins when it is readable at login."""
     exempt = _q(exempt_users_file)
+    notice = ""
+    if cuda_notice:
+        lib = check_audit_library(cuda_notice)
+        notice = f"""
+  if [ -r {lib} ]; then
+    case ":${{LD_AUDIT-}}:" in
+      *:{lib}:*) ;;
+      *) LD_AUDIT="${{LD_AUDIT:+$LD_AUDIT:}}{lib}"; export LD_AUDIT ;;
+    esac
+  fi"""
     show = ""
     if banner:
         lines = " ".join(_q(line) for line in BANNER)
@@ -127,7 +152,7 @@ elif [ -n "$__ds01_user" ]; then
 fi
 if [ "$__ds01_hide" = 1 ]; then
   CUDA_VISIBLE_DEVICES=""
-  export CUDA_VISIBLE_DEVICES{show}
+  export CUDA_VISIBLE_DEVICES{notice}{show}
 fi
 unset __ds01_uid __ds01_user __ds01_hide __ds01_grant __ds01_sed __ds01_exp __ds01_now
 """
@@ -177,12 +202,13 @@ def render_scripts(
     greeting: bool = True,
     greeting_dir: str = GREETING_DIR,
     banner: bool = True,
+    cuda_notice: Optional[str] = None,
 ) -> dict:
     """File name → content of every script the options ask for."""
     bin_dir = ds01_bin.rsplit("/", 1)[0] or "/"
     scripts = {
         PATH_SCRIPT: render_path_script(bin_dir),
-        DETERRENT_SCRIPT: render_deterrent_script(exempt_users_file, grant_dir, banner),
+        DETERRENT_SCRIPT: render_deterrent_script(exempt_users_file, grant_dir, banner, cuda_notice),
     }
     if greeting:
         scripts[GREETING_SCRIPT] = render_greeting_script(greeting_dir)
