@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -285,3 +288,36 @@ def test_lab_config_copy_is_valid_as_shipped(tmp_path):
     loaded = config.load_config(str(tmp_path / "lab" / "resource-limits.yaml"))
     assert loaded.warnings == []
     assert set(loaded.groups) == {"student", "researcher", "faculty", "admin"}
+
+
+FEATURES_ONLY_THROUGH_CONFIG = r"""
+import json, sys
+sys.modules["ds01.gateway"] = None     # any import of the gateway package now raises ImportError
+sys.modules["ds01.images"] = None
+sys.path.insert(0, sys.argv[1])
+from ds01 import config
+loaded = config.load_config(sys.argv[2])
+print(json.dumps({"gateway": dict(loaded.section("gateway")), "images": dict(loaded.section("images"))}))
+"""
+
+
+def test_feature_sections_load_in_a_process_that_never_imports_their_feature(tmp_path):
+    """A service that loads the config without the gateway or images modules still knows their sections."""
+    path = tmp_path / "resource-limits.yaml"
+    path.write_text(
+        "default_group: student\ngroups:\n  student: {}\n"
+        "gateway:\n  socket_mode: 0660\n  max_body_bytes: 1m\nimages:\n  allowed: [ubuntu:22.04]\n"
+    )
+    core = os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils")
+    proc = subprocess.run(
+        [sys.executable, "-c", FEATURES_ONLY_THROUGH_CONFIG, os.path.abspath(core), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    sections = json.loads(proc.stdout)
+    assert sections["gateway"]["socket_mode"] == "0660" and sections["gateway"]["max_body_bytes"] == 1024**2
+    assert sections["gateway"]["listen"] == "/var/run/docker.sock"  # a default filled in
+    assert sections["images"] == {"allowed": ["ubuntu:22.04"], "default": None, "deploy_network": "none"}
