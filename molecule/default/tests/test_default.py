@@ -58,7 +58,7 @@ def test_runtime_core_is_a_copy_in_the_venv_with_the_pinned_packages(host):
     where = "import ds01, os; print(os.path.dirname(ds01.__file__))"
     purelib = host.check_output("/opt/ds01/venv/bin/python -c %s", where)
     assert purelib.startswith("/opt/ds01/venv/lib/python3")
-    core = host.file(purelib + "/config.py")
+    core = host.file(purelib + "/config/__init__.py")
     assert core.is_file and not core.is_symlink
     freeze = host.check_output("/opt/ds01/venv/bin/python -m pip list --format=freeze").lower().split()
     for pin in ("docker==7.1.0", "nvidia-ml-py==13.615.71", "pyyaml==6.0.3", "prometheus-client==0.26.0"):
