@@ -61,7 +61,7 @@ def render(line: str, notice_times: Sequence[str]) -> str:
 def notice_times(state_dir: str, login: str, now: dt.datetime) -> list:
     """The times of ``login``'s spooled notices of the last ``NOTICE_DAYS`` days (at most ``NOTICE_MAX``)."""
     path = notify.spool_path(notify.spool_dir(state_dir), login)
-    since = ob._iso(now - dt.timedelta(days=NOTICE_DAYS))
+    since = ob.iso(now - dt.timedelta(days=NOTICE_DAYS))
     return [n["at"] for n in notify.read_spool(path, since)[-NOTICE_MAX:]]
 
 
@@ -189,4 +189,4 @@ class GreetingPass:
         self.at = self.clock()
         report = write_all(self.config, snap, dt.datetime.now(dt.timezone.utc))
         if report["errors"]:
-            ob._count(snap, "greetings")
+            ob.count_error(snap, "greetings")

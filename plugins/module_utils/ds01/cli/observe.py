@@ -156,7 +156,7 @@ def _subject(ctx: cli.Context, asked: Optional[str]) -> tuple:
 def _saved_weights(config: Any) -> dict:
     path = os.path.join(config.paths.state_dir, ob.EXPORTER_SUBDIR, ob.SLOTS_FILE)
     try:
-        data = ob._read_json(path) or {}
+        data = ob.read_json(path) or {}
     except (OSError, ValueError):
         return {}
     return {slot: float(v.get("gpueq", 0.0)) for slot, v in (data.get("slots") or {}).items() if isinstance(v, dict)}
@@ -257,7 +257,7 @@ def recent_notices(config: Any, login: str, now: dt.datetime, *, new_only: bool)
     path = notify.spool_path(notify.spool_dir(config.paths.state_dir), login)
     mine = login == identity.login_of_uid(os.getuid())
     marker = _seen_marker() if mine else None
-    since = ob._iso(now - dt.timedelta(days=NOTICE_DAYS))
+    since = ob.iso(now - dt.timedelta(days=NOTICE_DAYS))
     if marker and new_only:
         try:
             with open(marker, encoding="utf-8") as handle:
@@ -298,7 +298,7 @@ def cmd_why(ctx: cli.Context) -> int:
     out: dict = {
         "schema_version": "1",
         "user": login,
-        "now": ob._iso(now),
+        "now": ob.iso(now),
         "refusal": None,
         "explanation": "",
         "estimate": None,
@@ -342,9 +342,9 @@ EXPLAIN = {
 def explain(code: str, record: dict, limits: Any) -> str:
     template = EXPLAIN.get(code, "The request was refused (see the message).")
     text = template.format(
-        quota=ob._num(limits.gpu_quota),
-        per=ob._num(limits.max_gpu_slots_per_container),
-        cmax=ob._num(limits.max_containers_per_user),
+        quota=ob.num_text(limits.gpu_quota),
+        per=ob.num_text(limits.max_gpu_slots_per_container),
+        cmax=ob.num_text(limits.max_containers_per_user),
     )
     return f"{text} Refused at {record.get('timestamp')}: {record.get('message') or code}"
 
@@ -382,7 +382,7 @@ def _estimate(
             row["container"], row["user"] = None, None
         releases.append((rel.at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), row))
     releases.sort(key=lambda r: r[0])
-    want = max(1, int(ob._float(details.get("slots_requested") or details.get("count"), 1.0)))
+    want = max(1, int(ob.to_float(details.get("slots_requested") or details.get("count"), 1.0)))
     known = [r for r in releases if r[1]["expected_free_at"]]
     expected = known[want - 1][1]["expected_free_at"] if len(known) >= want else None
     return {"expected_free_at": expected, "free_now": free_now, "holders": [r[1] for r in releases]}
@@ -491,7 +491,7 @@ def make_observer(config: Any, docker_client: Any = None, inventory: Any = None)
         report = alert_pass(config, snap, dt.datetime.now(dt.timezone.utc), client=observer.docker_client)
         for err in report["errors"]:
             log.warning("quota alerts: %s", err)
-            ob._count(snap, "alerts")
+            ob.count_error(snap, "alerts")
 
     observer = ob.Observer(
         config,
