@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import docker_state, fsutil
+from . import docker, fsutil
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Intent:
 
 
 def matches(intent: Intent, container: Any) -> bool:
-    """``container`` (a ``docker_state.ContainerInfo``) is the one this intent's create made."""
+    """``container`` (a ``docker.ContainerInfo``) is the one this intent's create made."""
     labels = getattr(container, "labels", None) or {}
     if labels.get(LABEL) == intent.token:
         return True
@@ -165,24 +165,24 @@ def state(
     return PENDING, None
 
 
-def as_holding(intent: Intent, inventory: Any = None) -> docker_state.ContainerInfo:
+def as_holding(intent: Intent, inventory: Any = None) -> docker.ContainerInfo:
     """A pending intent as the container it will be, for ``allocator.decide``: it names the intent's
     UUIDs, belongs to its user and is counted like any container (state ``creating``)."""
     name = (intent.container or "").lstrip("/") or f"(being created: {intent.token[:8]})"
-    info = docker_state.ContainerInfo(
+    info = docker.ContainerInfo(
         id=f"intent-{intent.token}",
         name=name,
         state="creating",
         owner=intent.user,
         owner_method="intent",
         labels={**dict(intent.labels), LABEL: intent.token, "ds01.user": intent.user},
-        gpu=docker_state.GpuClaim(ids=tuple(intent.uuids), source=docker_state.GPU_FROM_LABEL),
+        gpu=docker.GpuClaim(ids=tuple(intent.uuids), source=docker.GPU_FROM_LABEL),
         slots=tuple(intent.slots),
         uuids=tuple(intent.uuids),
     )
     if inventory is None:
         return info
-    resolved = docker_state.attach_slots(info, inventory)
+    resolved = docker.attach_slots(info, inventory)
     return resolved if resolved.slots else info  # an unknown UUID still blocks the slot it was granted as
 
 

@@ -47,7 +47,7 @@ import argparse
 import pwd
 from typing import Any
 
-from .. import allocator, cli, docker_state, gpu, identity
+from .. import allocator, cli, docker, gpu, identity
 
 SCHEMA = "1"
 
@@ -93,13 +93,13 @@ def _read(ctx: cli.Context) -> tuple:
         inventory = gpu.inventory_from_config(config)
     except gpu.GpuInventoryError as exc:
         raise cli.CommandError(str(exc), cli.EXIT_FAULT) from exc
-    try:
-        client = docker_state.client_from_env()
+    try:  # one list call; only containers never seen before are inspected (the facts cache)
+        client = docker.reader_from_env()
         try:
-            holdings = docker_state.list_containers(client, inventory)
+            holdings = docker.list_containers(client, inventory, docker.InspectCache(docker.facts_cache_path(config)))
         finally:
             client.close()
-    except docker_state.DockerStateError as exc:
+    except docker.DockerStateError as exc:
         raise cli.CommandError(f"{exc}; nothing was changed", cli.EXIT_FAULT) from exc
     return config, inventory, holdings
 

@@ -1,0 +1,337 @@
+"""What Docker says about a container, as one record every reader shares (pure: no I/O).
+
+Docker is the only record of who holds which GPU (docs/architecture.md, "stateless allocation"):
+a container in *any* state (created, running, exited …) holds the devices named in its
+``HostConfig.DeviceRequests``; removing it frees them. Fallbacks, in order, for containers whose
+request carries no device ids: the ``ds01.gpu.uuids`` label (legacy ``ds01.gpu.uuid``), then an
+``NVIDIA_VISIBLE_DEVICES`` environment value made of GPU-/MIG- UUIDs (the old multi-GPU path set
+it with ``--runtime=nvidia``). A request for ``all`` GPUs (``--gpus all``) holds every GPU, and a
+bare count (``--gpus 2``) the first GPUs by index, as NVIDIA's runtime hands them out: the
+allocator never grants what it cannot prove free.
+
+``ContainerInfo`` is the one record of a container for the allocator, detector, lifecycle,
+exporter and the gateway's questions; the owner comes from ``identity.container_owner``.
+``create_facts`` cuts an inspect document down to what cannot change after create (the part that
+is cached across processes by container id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .. import identity
+from .reach import NVIDIA_ENV, GpuReach, cdi_gpu, container_gpu_reach, device_request_reaches_gpu
+
+SLOTS_LABEL = "ds01.gpu.slots"
+UUIDS_LABEL = "ds01.gpu.uuids"
+LEGACY_UUID_LABEL = "ds01.gpu.uuid"
+GPUEQ_LABEL = "ds01.gpu.gpueq"
+VISIBLE_DEVICES_ENV = NVIDIA_ENV
+
+# Where a container's GPU ids were found (``ContainerInfo.gpu.source``).
+GPU_FROM_DEVICE_REQUESTS = "device_requests"
+GPU_FROM_LABEL = "label"
+GPU_FROM_ENV = "env"
+GPU_NONE = ""
+
+# The parts of HostConfig that cannot change after create and say how a container reaches devices.
+_HOST_FACTS = ("DeviceRequests", "Devices", "Binds", "Mounts", "Runtime", "Privileged", "CgroupParent")
+
+
+class DockerStateError(Exception):
+    """Docker could not be asked (SDK missing, daemon down or slow); ``str()`` is a sentence."""
+
+
+# --------------------------------------------------------------------------------------------
+# Docker's timestamps: the one parser
+# --------------------------------------------------------------------------------------------
+
+_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|z|[+-]\d{2}:?\d{2})?$")
+
+
+def parse_time(value: Any) -> Optional[dt.datetime]:
+    """A Docker time → an aware datetime; None for Docker's "never", nothing, or what is not a time.
+
+    Takes RFC 3339 text with nanoseconds (``2026-11-22T08:00:00.123456789Z``, cut to microseconds),
+    an offset with or without a colon, ISO text ds01 wrote itself (a space for ``T``, no zone:
+    UTC), an epoch number (0 or less: never) and a datetime (naive: UTC). The offset is kept.
+    """
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc) if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _TIME.match(value.strip())
+    if not match or match.group(1).startswith("0001-01-01"):
+        return None
+    day, clock, frac, zone = match.groups()
+    micro = (frac[1:] + "000000")[:6] if frac else "000000"
+    if zone in (None, "Z", "z"):
+        zone = "+00:00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    try:
+        return dt.datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
+    except ValueError:
+        return None
+
+
+def _iso(value: Optional[dt.datetime]) -> Optional[str]:
+    return value.isoformat() if value else None
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuClaim:
+    """The GPUs a container holds for the allocator (immutable for a container id)."""
+
+    ids: tuple = ()  # device ids as written: UUIDs, indices, MIG "<gpu>:<n>"
+    source: str = GPU_NONE
+    all: bool = False  # --gpus all (Count -1)
+    count: int = 0  # --gpus N without ids
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container as the whole project sees it.
+
+    ``slots``/``uuids`` are filled when an inventory was given (``attach_slots``); ``unknown_ids``
+    lists device ids the inventory does not know (another host's UUID, a removed MIG instance).
+    ``started_at``/``finished_at``/``pid`` need a full inspect (``detail=True``), else None.
+    ``facts``: the create-time part of its inspect document (``create_facts``), when it was read
+    or cached; ``attrs``: the whole inspect document, when it was read.
+    """
+
+    id: str
+    name: str
+    state: str
+    owner: Optional[str]
+    owner_method: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    image: str = ""
+    created: Optional[dt.datetime] = None
+    started_at: Optional[dt.datetime] = None
+    finished_at: Optional[dt.datetime] = None
+    pid: Optional[int] = None
+    cgroup_parent: str = ""
+    gpu: GpuClaim = GpuClaim()
+    slots: tuple = ()
+    uuids: tuple = ()
+    unknown_ids: tuple = ()
+    facts: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
+    attrs: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def has_gpu(self) -> bool:
+        """Asked Docker for GPUs in any form (ids, label, env, all, count)."""
+        return bool(self.gpu.ids or self.gpu.all or self.gpu.count)
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get("ds01.managed") == "true"
+
+    @property
+    def reach(self) -> GpuReach:
+        """``reach.gpu_reach`` of this container (every way it reaches a GPU, not only what it holds)."""
+        doc = self.attrs or self.facts or {}
+        return container_gpu_reach(doc)
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "owner": self.owner,
+            "owner_method": self.owner_method,
+            "image": self.image,
+            "created": _iso(self.created),
+            "started_at": _iso(self.started_at),
+            "slots": list(self.slots),
+            "uuids": list(self.uuids),
+            "gpu_source": self.gpu.source,
+            "gpu_all": self.gpu.all,
+            "unknown_gpu_ids": list(self.unknown_ids),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Documents → records
+# --------------------------------------------------------------------------------------------
+
+
+def split_ids(values: Iterable[Any]) -> tuple:
+    """Comma-separated ids (a label, an env value, DeviceIDs) as one tuple without repeats."""
+    out: list = []
+    for value in values or ():
+        for raw in str(value).split(","):
+            part = raw.strip()
+            if part and part not in out:
+                out.append(part)
+    return tuple(out)
+
+
+def _is_uuid(value: str) -> bool:
+    return value.upper().startswith(("GPU-", "MIG-"))
+
+
+def create_facts(inspect: Mapping[str, Any]) -> dict:
+    """What of an inspect document cannot change after create and says how the container reaches
+    devices: its DeviceRequests, Devices, binds, mounts, runtime, privilege and cgroup parent, the
+    ``NVIDIA_*`` part of its Env, and the mount destinations. JSON-safe (it is cached on disk);
+    ``gpu_claim``, ``reach.container_gpu_reach`` and ``container_info`` read it like the whole document."""
+    host = inspect.get("HostConfig") or {}
+    config = inspect.get("Config") or {}
+    env = [str(e) for e in config.get("Env") or [] if str(e).startswith("NVIDIA_")]
+    return {
+        "HostConfig": {k: host[k] for k in _HOST_FACTS if host.get(k) not in (None, "", [], False)},
+        "Config": {"Env": env} if env else {},
+        "Mounts": [{"Destination": str(m.get("Destination") or "")} for m in inspect.get("Mounts") or []],
+    }
+
+
+def gpu_claim(inspect: Mapping[str, Any], labels: Optional[Mapping[str, str]] = None) -> GpuClaim:
+    """The GPUs a container holds: its GPU DeviceRequests (``reach.device_request_reaches_gpu``, the
+    one predicate), else the ``ds01.gpu.uuids`` label, else an env of UUIDs. ``labels`` default to
+    ``Config.Labels`` of the document."""
+    host = inspect.get("HostConfig") or {}
+    config = inspect.get("Config") or {}
+    if labels is None:
+        labels = config.get("Labels") or {}
+    ids: list = []
+    want_all = False
+    count = 0
+    for req in host.get("DeviceRequests") or []:
+        if not isinstance(req, Mapping) or not device_request_reaches_gpu(req):
+            continue
+        found = split_ids(req.get("DeviceIDs") or ())
+        if str(req.get("Driver") or "") == "cdi":
+            found = tuple(d for d in (cdi_gpu(i) for i in found) if d is not None)
+            want_all = want_all or "all" in found
+            found = tuple(i for i in found if i != "all")
+            ids.extend(i for i in found if i not in ids)
+            continue
+        ids.extend(i for i in found if i not in ids)
+        if not found:
+            n = int(req.get("Count") or 0)
+            if n < 0:
+                want_all = True
+            else:
+                count += n
+    if want_all:
+        return GpuClaim(ids=tuple(ids), source=GPU_FROM_DEVICE_REQUESTS, all=True)
+    if ids or count:
+        return GpuClaim(ids=tuple(ids), source=GPU_FROM_DEVICE_REQUESTS, count=0 if ids else count)
+    label = split_ids([labels.get(UUIDS_LABEL) or labels.get(LEGACY_UUID_LABEL) or ""])
+    if label:
+        return GpuClaim(ids=label, source=GPU_FROM_LABEL)
+    for item in config.get("Env") or []:
+        key, _sep, value = str(item).partition("=")
+        if key == VISIBLE_DEVICES_ENV:
+            env_ids = split_ids([value])
+            if env_ids and all(_is_uuid(i) for i in env_ids):
+                return GpuClaim(ids=env_ids, source=GPU_FROM_ENV)
+    return GpuClaim()
+
+
+def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
+    """``info`` with ``slots``/``uuids`` resolved against the inventory (``gpu.Inventory``).
+
+    A GPU in MIG mode named whole (by index or GPU UUID) is recorded as its parent slot id
+    (``"2"``); ``all`` holds every GPU; a bare count the first N GPUs by index.
+    """
+    slots, uuids, unknown = [], [], []
+    if info.gpu.all:
+        targets = [str(g.index) for g in inventory.gpus]
+    elif info.gpu.count:
+        targets = [str(g.index) for g in inventory.gpus[: info.gpu.count]]
+    else:
+        targets = list(info.gpu.ids)
+    for device_id in targets:
+        slot = inventory.resolve(device_id)
+        if slot is None:
+            unknown.append(device_id)
+            continue
+        if slot.slot_id not in slots:
+            slots.append(slot.slot_id)
+            uuids.append(slot.uuid)
+    return dataclasses.replace(info, slots=tuple(slots), uuids=tuple(uuids), unknown_ids=tuple(unknown))
+
+
+def container_info(
+    summary: Optional[Mapping[str, Any]] = None,
+    inspect: Optional[Mapping[str, Any]] = None,
+    inventory: Any = None,
+    claim: Optional[GpuClaim] = None,
+    cgroup_parent: Optional[str] = None,
+    facts: Optional[Mapping[str, Any]] = None,
+) -> ContainerInfo:
+    """A ``ContainerInfo`` from a list summary, an inspect document and/or cached create facts (any
+    may be absent; the summary's labels, name and state win, the inspect's times and pid)."""
+    summary = summary or {}
+    inspect = inspect or {}
+    config = inspect.get("Config") or {}
+    state_doc = inspect.get("State") or {}
+    labels = dict(summary.get("Labels") or config.get("Labels") or {})
+    names = summary.get("Names") or []
+    name = (names[0] if names else inspect.get("Name") or "").lstrip("/")
+    cid = summary.get("Id") or inspect.get("Id") or ""
+    state = str(summary.get("State") or state_doc.get("Status") or "").lower()
+    owner, method = identity.container_owner({"Labels": labels, "Name": name})
+    if facts is None and inspect:
+        facts = create_facts(inspect)
+    if claim is None:
+        claim = gpu_claim(facts or {}, labels)
+    if cgroup_parent is None:
+        cgroup_parent = str(((facts or {}).get("HostConfig") or {}).get("CgroupParent") or "")
+    info = ContainerInfo(
+        id=cid,
+        name=name or cid[:12],
+        state=state,
+        owner=owner,
+        owner_method=method,
+        labels=labels,
+        image=str(summary.get("Image") or config.get("Image") or ""),
+        created=parse_time(summary.get("Created") or inspect.get("Created")),
+        started_at=parse_time(state_doc.get("StartedAt")),
+        finished_at=parse_time(state_doc.get("FinishedAt")),
+        pid=int(state_doc.get("Pid") or 0) or None,
+        cgroup_parent=cgroup_parent,
+        gpu=claim,
+        facts=facts,
+        attrs=inspect or None,
+    )
+    return attach_slots(info, inventory) if inventory is not None else info
+
+
+# --------------------------------------------------------------------------------------------
+# Views over a list of containers
+# --------------------------------------------------------------------------------------------
+
+
+def holders_by_slot(containers: Iterable[ContainerInfo]) -> dict:
+    """slot id → the containers naming it (more than one only when something bypassed the allocator)."""
+    out: dict = {}
+    for info in containers:
+        for slot_id in info.slots:
+            out.setdefault(slot_id, []).append(info)
+    return out
+
+
+def containers_of(containers: Iterable[ContainerInfo], user: str) -> list:
+    return [c for c in containers if c.owner == user]
