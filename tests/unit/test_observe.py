@@ -1,4 +1,4 @@
-"""Pure parts of observe.py: holders, totals, OOM rises, the event window, release estimates, bars, mapping."""
+"""Pure parts of observe/: holders, totals, OOM rises, the event window, release estimates, bars, mapping."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Three layers, each testable on its own:
 - **Classification** (pure, over the ``docker inspect`` JSON of one container):
   ``classify(attrs)`` → origin, ``gpu_access(attrs)`` → which GPU devices it can reach and why,
   ``container_record(attrs, owner, …)`` → one inventory entry. The owner comes from the one owner
-  resolver in ``identity.py``; this module never guesses owners itself.
+  resolver in ``identity.py``; this package never guesses owners itself.
 - **Host process attribution** (pure over ``/proc`` text, with a small reader at the edge):
   ``parse_cgroup(text)`` → where a process lives (a container, a login session or user slice, a
   system service); ``attribute(pid, proc)`` adds the real uid from ``/proc/<pid>/status``, the

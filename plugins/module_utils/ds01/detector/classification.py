@@ -75,7 +75,7 @@ def is_infrastructure(
 
 
 def classify(attrs: Mapping[str, Any], infra_label: str = "ds01.protected", infra_names: Iterable[str] = ()) -> str:
-    """The container's origin (see the module docstring for the order of the rules)."""
+    """The container's origin (see the package docstring, ``detector``, for the order of the rules)."""
     labels = _labels(attrs)
     if is_infrastructure(attrs, infra_label, infra_names):
         return ORIGIN_INFRA

@@ -141,7 +141,7 @@ def decide(
     sample: Optional[Sample],
     ctx: SweepContext,
 ) -> Decision:
-    """What to do with one container now, and the state to keep (pure; see module docstring)."""
+    """What to do with one container now, and the state to keep (pure; see the package docstring, ``lifecycle``)."""
     decision = Decision(facts)
     why = is_protected(facts, ctx)
     if why:

@@ -149,7 +149,7 @@ def holdings_from_summaries(summaries: Iterable[Mapping[str, Any]], weights: Map
 
 
 def holdings_from_inventory(doc: Mapping[str, Any], weights: Mapping[str, float]) -> list:
-    """Holdings from the detector's inventory records (see ``detector`` module docstring)."""
+    """Holdings from the detector's inventory records (see the ``detector`` package docstring)."""
     out = []
     for record in (doc.get("containers") or {}).values():
         slots = split_list(record.get("gpu_slots"))

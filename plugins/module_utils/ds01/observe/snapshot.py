@@ -116,7 +116,7 @@ def build_snapshot(
 ) -> dict:
     """The exporter snapshot (``exporter.empty_snapshot()`` shape, plus ``errors``, ``oom_counts``,
     ``containers_source`` and the private ``_holdings``/``_limits``/``_slot_table`` the alert pass
-    and the next build reuse); see the module docstring for the sources. ``persist=False`` writes
+    and the next build reuse); see the package docstring, ``observe``, for the sources. ``persist=False`` writes
     no file (``ds01 alerts run --dry-run``); ``emit=None`` records no OOM event."""
     now = now or dt.datetime.now(dt.timezone.utc)
     t = now.timestamp()
