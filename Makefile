@@ -30,7 +30,7 @@ system-deps: ## apt-get install the missing Debian packages (docker.io, debootst
 docker: ## make sure a Docker engine answers (starts dockerd without network)
 	@$(SCRIPTS)/docker.sh
 
-images: ## build local/debian-systemd:bookworm, local/empty, local/debian-min:bookworm
+images: ## build local/debian-systemd:bookworm, local/debian-slurm:bookworm, local/empty, local/debian-min:bookworm
 	@$(SCRIPTS)/images.sh
 
 lint: ## ruff check + format --check, ansible-lint (production), shellcheck
