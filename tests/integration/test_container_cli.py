@@ -21,30 +21,17 @@ through ``$DOCKER_HOST`` like any Docker client. Evidence is read as root on the
 from __future__ import annotations
 
 import json
-import os
 import pwd
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
-from private_dockerd import PrivateDockerd
+from userworld import EMPTY_IMAGE, IMAGE, WorldError, user_world
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-CORE = REPO / "plugins" / "module_utils" / "ds01"
-PYTHON = "/usr/bin/python3"
-DOCKER_BIN = shutil.which("docker", path="/usr/local/bin:/usr/bin") or "docker"
-FAKE_HOOK = (
-    "#!/bin/sh\n# stands in for the NVIDIA container toolkit: accept the container, change nothing\ncat >/dev/null\n"
-)
-IMAGE = os.environ.get("DS01_IMAGE_MIN", "local/debian-min:bookworm")
-EMPTY_IMAGE = os.environ.get("DS01_IMAGE_EMPTY", "local/empty:latest")
 USERS = ("dep1", "dep2")
 GPU_UUID = "GPU-0d0d0d0d-0000-4000-8000-000000000001"
 
@@ -77,107 +64,14 @@ gpus:
 """
 
 
-class World:
-    def __init__(self, root: Path, socket_path: str, engine) -> None:
-        self.root = root
-        self.socket = socket_path
-        self.engine = engine  # root's SDK client on the private daemon's own socket
-
-    def ds01(self, user: str, *args: str) -> subprocess.CompletedProcess:
-        """``ds01 --config … ARGS`` as ``user``, with an environment like a login's."""
-        home = pwd.getpwnam(user).pw_dir
-        environ = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "PYTHONPATH": str(self.root / "pkg"),
-            "DOCKER_HOST": f"unix://{self.socket}",
-            "LC_ALL": "C.UTF-8",
-        }
-        argv = [PYTHON, "-m", "ds01", "--config", str(self.root / "resource-limits.yaml"), *args]
-        env_args = ["env", "-i", *(f"{k}={v}" for k, v in environ.items())]
-        return subprocess.run(
-            ["runuser", "-u", user, "--", *env_args, *argv], capture_output=True, text=True, check=False, cwd="/"
-        )
-
-    def docker(self, user: str, *args: str) -> subprocess.CompletedProcess:
-        environ = {"PATH": "/usr/bin:/bin", "HOME": pwd.getpwnam(user).pw_dir, "DOCKER_HOST": f"unix://{self.socket}"}
-        env_args = ["env", "-i", *(f"{k}={v}" for k, v in environ.items())]
-        return subprocess.run(
-            ["runuser", "-u", user, "--", *env_args, DOCKER_BIN, *args], capture_output=True, text=True, check=False
-        )
-
-
 @pytest.fixture(scope="module")
 def world(repo_root, docker_client):
     """Users, a private dockerd with the stand-in hook and the test image, and a gateway in front of it."""
-    assert os.geteuid() == 0, "make test runs as root: these tests create Unix users and run as them"
-    for image in (IMAGE, EMPTY_IMAGE):
-        try:
-            docker_client.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"image {image} does not exist: run `make images`")
-    made = []
-    for name in USERS:
-        if subprocess.run(["id", name], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
-            made.append(name)
-    root = Path(tempfile.mkdtemp(prefix="ds01-deploy-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    for sub in ("log", "run", "state", "hook", "daemon"):
-        (root / sub).mkdir()
-    hook = root / "hook" / "nvidia-container-runtime-hook"
-    hook.write_text(FAKE_HOOK)
-    hook.chmod(0o755)
-    (root / "resource-limits.yaml").write_text(LIMITS.format(image=IMAGE))
-    (root / "topology.yaml").write_text(TOPOLOGY)
-    shutil.copytree(CORE, root / "pkg" / "ds01", ignore=shutil.ignore_patterns("__pycache__"))
-    daemon = PrivateDockerd(str(root / "daemon"))
-    proc = None
-    log = open(root / "gateway.log", "w")  # noqa: SIM115 - closed at teardown
     try:
-        daemon.start(env={**os.environ, "PATH": f"{hook.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
-        saved = subprocess.Popen([DOCKER_BIN, "save", IMAGE, EMPTY_IMAGE], stdout=subprocess.PIPE)
-        subprocess.run(
-            [DOCKER_BIN, "-H", daemon.host, "load", "-q"], stdin=saved.stdout, check=True, capture_output=True
-        )
-        saved.stdout.close()
-        assert saved.wait() == 0
-        sock = str(root / "gw.sock")
-        proc = subprocess.Popen(
-            [
-                str(repo_root / ".venv/bin/ds01"),
-                "--config",
-                str(root / "resource-limits.yaml"),
-                "gateway",
-                "serve",
-                "--listen",
-                sock,
-                "--upstream",
-                daemon.path,
-                "--socket-group",
-                "docker",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "DS01_GPU_TOPOLOGY": str(root / "topology.yaml")},
-        )
-        while not os.path.exists(sock):
-            if proc.poll() is not None:
-                pytest.fail("the gateway did not start:\n" + (root / "gateway.log").read_text())
-            time.sleep(0.1)
-        client = docker.DockerClient(base_url=daemon.host)
-        yield World(root, sock, client)
-        client.close()
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
-        log.close()
-        print((root / "gateway.log").read_text()[-3000:])
-        daemon.stop()  # its containers, images and data root go with the temp directory
-        shutil.rmtree(root, ignore_errors=True)
-        for name in made:
-            subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+        with user_world(repo_root, docker_client, USERS, LIMITS.format(image=IMAGE), TOPOLOGY) as made:
+            yield made
+    except WorldError as exc:
+        pytest.fail(str(exc))
 
 
 def _name(prefix: str) -> str:
