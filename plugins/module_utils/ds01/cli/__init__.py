@@ -45,6 +45,7 @@ COMMANDS = {
     "access": "access",
     "docs": "docs",
     "container": "container",
+    "doctor": "doctor",
 }
 
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
