@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
-from .. import gpu, profile
+from .. import gpu, grants
 from .attribution import Attribution, GpuProcess, decide_attribution, parse_cgroup, parse_start_time, parse_status_uid
 
 log = logging.getLogger("ds01.detector")
@@ -59,20 +59,10 @@ class ProcReader:
 
 
 def grant_active(state_dir: str, login: str, now: dt.datetime) -> bool:
-    """Whether ``<state_dir>/<login>.json`` grants bare-metal GPU use now — decided by
-    ``profile.grant_active``, the same rule the profile.d deterrent applies (one rule, two readers)."""
-    if not state_dir or not login or "/" in login or login in (".", ".."):
-        return False
-    path = os.path.join(state_dir, f"{login}.json")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(65536)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        log.warning("bare-metal grant %s unreadable (%s): treated as no grant", path, exc)
-        return False
-    return profile.grant_active(text, now.timestamp())
+    """Whether ``<state_dir>/<login>.json`` grants bare-metal GPU use now: ``grants.read``, which decides by the
+    same rule the profile.d deterrent applies (one rule, one reader)."""
+    found = grants.read(state_dir, login, now.timestamp())
+    return found is not None and found.active
 
 
 def gpu_process_reader(config: Any) -> Callable[[], tuple]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
-from .. import events, fsutil, identity, profile
+from .. import events, fsutil, grants
 from .. import lifecycle as lc
 from ..usage import SliceReader
 from .records import EXPORTER_SUBDIR, FRESH_S, GATEWAY_COUNTERS, OOM_FILE, REFUSAL_EVENTS, WINDOW_S
@@ -225,30 +225,18 @@ def read_detector_inventory(config: config_mod.Config, now: float, max_age_s: fl
 
 
 def read_grant(config: config_mod.Config, login: str, now: float) -> Optional[dict]:
-    """The user's bare-metal grant file (``profile.py`` format) with ``active``; None without one."""
-    directory = config.section("bare_metal_access").get("state_dir")
-    if not directory or not identity.valid_login(login):
+    """The user's bare-metal grant file (``profile.py`` format, read by ``grants.read``) with ``active``; None
+    without one."""
+    found = grants.read(config.section("bare_metal_access").get("state_dir"), login, now)
+    if found is None:
         return None
-    path = os.path.join(directory, f"{login}.json")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(65536)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.info("grant file %s unreadable: %s", path, exc)
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = {}
-    doc = doc if isinstance(doc, dict) else {}
+    doc = found.doc
     return {
         "type": doc.get("type"),
         "granted_by": doc.get("granted_by"),
         "granted_at": doc.get("granted_at"),
         "expires_at": doc.get("expires_at"),
-        "active": profile.grant_active(text, now),
+        "active": found.active,
     }
 
 
