@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from typing import Any, Optional
@@ -98,8 +99,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def cmd_once(ctx: cli.Context) -> int:
     config = ctx.config
-    lock = detector.InventoryLock(detector.lock_path(config))
-    if not lock.acquire(wait_s=10.0):
+    lock = detector.inventory_lock(config)
+    if not lock.acquire(10.0, poll_s=0.05, note=str(os.getpid())):
         raise cli.CommandError(
             f"another detector (pid {lock.holder() or '?'}) is writing {detector.inventory_path(config)}; "
             f"the inventory is kept current by {SERVICE}, so `ds01 workloads` already has the answer.",
@@ -135,8 +136,8 @@ def cmd_watch(ctx: cli.Context) -> int:
     if ctx.args.sweep_interval <= 0:
         raise cli.CommandError("--sweep-interval must be more than 0 seconds.", cli.EXIT_USAGE)
     logging.getLogger("ds01").setLevel(logging.INFO)
-    lock = detector.InventoryLock(detector.lock_path(config))
-    if not lock.acquire():
+    lock = detector.inventory_lock(config)
+    if not lock.acquire(0, note=str(os.getpid())):
         raise cli.CommandError(
             f"another detector (pid {lock.holder() or '?'}) already watches; stop it first.", cli.EXIT_NO
         )

@@ -99,11 +99,11 @@ from .host import (
 )
 from .service import (
     LOCK_FILE,
-    InventoryLock,
     OnceResult,
     allocator_hook,
     build_detector,
     event_emitter,
+    inventory_lock,
     inventory_path,
     lock_path,
     owner_resolver,
@@ -157,7 +157,6 @@ __all__ = [
     "Emit",
     "GpuAccess",
     "GpuProcess",
-    "InventoryLock",
     "NotFound",
     "OnceResult",
     "OwnerResolver",
@@ -176,6 +175,7 @@ __all__ = [
     "gpu_access",
     "gpu_process_reader",
     "grant_active",
+    "inventory_lock",
     "inventory_path",
     "is_infrastructure",
     "iso",

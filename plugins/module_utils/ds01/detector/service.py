@@ -3,16 +3,13 @@ allocator hook), the inventory lock and ``run_once``."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .. import allocator, docker_state, events, gpu, identity
+from .. import allocator, docker_state, events, fsutil, gpu, identity
 from .host import ProcReader, gpu_process_reader
 from .source import DockerSource, DockerUnavailable
 from .state import INVENTORY_FILE, Detector, Emit
@@ -76,47 +73,14 @@ def build_detector(config: Any, emit: Optional[Emit] = None, proc: Optional[Proc
     )
 
 
-class InventoryLock:
-    """``workloads.lock`` beside the inventory: one writer at a time (the watcher holds it for
-    its lifetime; ``detect once`` takes it for one run)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: Optional[int] = None
-
-    def acquire(self, wait_s: float = 0.0) -> bool:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> Optional[str]:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                return handle.read().strip() or None
-        except OSError:
-            return None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def lock_path(config: Any) -> str:
     return os.path.join(config.paths.state_dir, LOCK_FILE)
+
+
+def inventory_lock(config: Any) -> fsutil.FileLock:
+    """``workloads.lock`` beside the inventory: one writer at a time (the watcher holds it for its lifetime;
+    ``detect once`` takes it for one run). Its holder notes its pid in it."""
+    return fsutil.FileLock(lock_path(config), mode=0o644)
 
 
 @dataclass
