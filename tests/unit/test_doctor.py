@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -178,3 +179,18 @@ def test_ping_reports_the_answering_process(tmp_path):
     assert error is None and pid == os.getpid()
     error, pid = doctor.ping(str(tmp_path / "absent.sock"))
     assert error and pid is None
+
+
+def test_exit_3_and_the_config_check_when_no_config_can_be_read(tmp_path, monkeypatch, capsys):
+    from ds01 import cli
+
+    path = tmp_path / "resource-limits.yaml"
+    path.write_text("groups: [unclosed\n")
+    monkeypatch.setattr(config_mod, "load_last_good", lambda _path: None)
+    rc = cli.main(["--config", str(path), "doctor", "--json"])
+    out = capsys.readouterr()
+    assert rc == 3
+    checks = json.loads(out.out)["checks"]
+    assert [c["name"] for c in checks] == ["config"] and not checks[0]["ok"]
+    assert "ds01 config check" in checks[0]["message"]
+    assert "nothing else was checked" in out.err
