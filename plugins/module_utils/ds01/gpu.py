@@ -41,13 +41,23 @@ except ImportError:  # pragma: no cover - PyYAML is a runtime dependency
     yaml = None
     HAS_YAML = False
 
-try:
-    import pynvml
+_UNLOADED: Any = object()
+# The NVML binding, imported when an NVML backend is first made (``nvml_module``): the fake backend,
+# and a one-shot ``ds01 gpu plan`` on it, never pay its import. None: not installed.
+pynvml: Any = _UNLOADED
 
-    HAS_PYNVML = True
-except ImportError:  # the fake backend works without it
-    pynvml = None
-    HAS_PYNVML = False
+
+def nvml_module() -> Any:
+    """The ``pynvml`` module, or None when nvidia-ml-py is not installed."""
+    global pynvml
+    if pynvml is _UNLOADED:
+        try:
+            import pynvml as module
+        except ImportError:  # the fake backend works without it
+            module = None
+        pynvml = module
+    return pynvml
+
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +467,7 @@ class NvmlBackend:
     """The GPUs the NVIDIA driver reports, through pynvml. ``nvml`` may be a stand-in module (tests)."""
 
     def __init__(self, nvml: Any = None) -> None:
-        self.nvml = nvml if nvml is not None else pynvml
+        self.nvml = nvml if nvml is not None else nvml_module()
         if self.nvml is None:
             raise GpuInventoryError(
                 "the NVML Python binding (package nvidia-ml-py) is not installed, so the GPUs cannot be listed"
