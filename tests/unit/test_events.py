@@ -225,7 +225,7 @@ def test_unwritable_path_answers_false_and_logs(tmp_path, caplog, monkeypatch, w
         def refuse(*_args):
             raise PermissionError(13, "Permission denied", path)
 
-        monkeypatch.setattr(events.os, "open", refuse)
+        monkeypatch.setattr(events.writer.os, "open", refuse)
     event_log = events.EventLog(path)
     with caplog.at_level(logging.DEBUG, logger=events.__name__):
         assert event_log.write("a.b", x=1) is False
@@ -243,7 +243,7 @@ def test_short_write_is_a_failure_and_never_completed(log_path, monkeypatch, cap
         calls.append(len(data))
         return real_write(fd, data[:10])
 
-    monkeypatch.setattr(events.os, "write", short)
+    monkeypatch.setattr(events.writer.os, "write", short)
     with caplog.at_level(logging.WARNING):
         assert events.EventLog(log_path).write("a.b", x=1) is False
     assert len(calls) == 1  # no second write that could interleave with another writer's line
@@ -254,7 +254,7 @@ def test_disk_full_answers_false(log_path, monkeypatch):
     def full(_fd, _data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(events.os, "write", full)
+    monkeypatch.setattr(events.writer.os, "write", full)
     assert events.EventLog(log_path).write("a.b") is False
 
 
@@ -266,7 +266,7 @@ def test_one_write_call_per_line(log_path, monkeypatch):
         sizes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(events.os, "write", spy)
+    monkeypatch.setattr(events.writer.os, "write", spy)
     event_log = events.EventLog(log_path)
     for i in range(3):
         event_log.write("a.b", i=i, pad="z" * (i * 1000))
@@ -427,7 +427,7 @@ def test_limit_reads_backwards_and_stops_early(log_path):
 
 
 def test_backwards_reading_across_block_boundaries(log_path, monkeypatch):
-    monkeypatch.setattr(events, "_READ_BLOCK", 7)
+    monkeypatch.setattr(events.common, "_READ_BLOCK", 7)
     write_lines(log_path, [ev(f"2026-11-22T10:00:{i:02d}Z", f"a.n{i}", pad="p" * i) for i in range(20)])
     forward = list(events.EventLog(log_path).read(events.EventFilter()))
     backward = list(events.EventLog(log_path).read(events.EventFilter(limit=20)))
