@@ -63,11 +63,15 @@ gateway's ``CreateUnanswered``) leaves it abandoned, pending until the container
 ``SETTLE_S`` pass, since the daemon may still be making the container.
 
 The package: ``records`` (Request, Grant, Refusal, codes, labels), ``decide`` (the pure decision and
-the usage views), ``reserve`` (the lock, the intents, the reservation), ``jobs`` (dcgm-exporter's job
-mapping). Its public names are all here.
+the usage views), ``reservation`` (the lock, the intents, ``reserve``), ``jobs`` (dcgm-exporter's job
+mapping). Its public names are all here; ``reservation``'s (the lock, the event log, the intents) load on
+first use, so ``ds01 gpu plan``, which only decides, does not import them.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .decide import Usage, decide, is_free, make_refusal, occupied_slots, slot_weight, user_usage
 from .jobs import job_id, job_mapping, sync_job_mapping
@@ -95,15 +99,23 @@ from .records import (
     grant_labels,
     sdk_device_request,
 )
-from .reserve import (
-    DEFAULT_LOCK_TIMEOUT_S,
-    LOCK_NAME,
-    AllocatorLock,
-    create_answered,
-    lock_path_of,
-    reserve,
-    settle_intents,
+
+_RESERVE_NAMES = (
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "LOCK_NAME",
+    "AllocatorLock",
+    "create_answered",
+    "lock_path_of",
+    "reserve",
+    "settle_intents",
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RESERVE_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.reservation"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AGGREGATE_GPU_QUOTA_EXCEEDED",

@@ -2,10 +2,11 @@
 
 Why not the SDK here: importing ``docker`` (requests, urllib3) costs about 150 ms, three times a
 whole ``docker ps -a``; a one-shot reader (``ds01 gpu plan``/``status``/``users``) pays it on every
-run. ``Engine`` speaks the same two GETs over the engine's Unix socket with ``http.client`` and
-answers with the same documents, under the names the SDK's low-level client uses
-(``engine.api.containers(all=True)``, ``engine.api.inspect_container(id)``), so ``read.list_containers``
-takes either. Anything that changes Docker goes through the SDK (``sdk.py``).
+run. ``Engine`` speaks the same two GETs over the engine's Unix socket in a few lines of HTTP/1.1
+(importing ``http.client`` alone costs about 10 ms) and answers with the same documents, under the
+names the SDK's low-level client uses (``engine.api.containers(all=True)``,
+``engine.api.inspect_container(id)``), so ``read.list_containers`` takes either. Anything that
+changes Docker goes through the SDK (``sdk.py``).
 
 ``engine_from_env`` returns one when ``$DOCKER_HOST`` is unset or a ``unix://`` socket, else None
 (tcp, ssh, TLS: the caller takes the SDK, which knows them).
@@ -13,7 +14,6 @@ takes either. Anything that changes Docker goes through the SDK (``sdk.py``).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+_MAX_HEAD = 64 << 10
+_MAX_BODY = 256 << 20
 
 
 class EngineError(Exception):
-    """The engine answered with an error status (``status``), or not with JSON."""
+    """The engine answered with an error status (``status``), or not in a way this reader takes."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status} {message}" if status else message)
@@ -37,20 +39,90 @@ class EngineNotFound(EngineError):
     """404: the container (or object) does not exist (any more)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _Connection:
+    """One HTTP/1.1 connection to the engine's socket: GET, then the answer (Content-Length, chunked,
+    or to the end of the connection)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
         try:
-            sock.connect(self._path)
+            self.sock.connect(path)
         except OSError:
-            sock.close()
+            self.sock.close()
             raise
-        self.sock = sock
+        self.buf = bytearray()
+        self.open = True
+
+    def close(self) -> None:
+        self.open = False
+        self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionResetError("the Docker engine closed the connection")
+        self.buf += data
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[: end + 2]
+                return line
+            if len(self.buf) > _MAX_HEAD:
+                raise EngineError(0, "the engine's answer has a line too long for this reader")
+            self._fill()
+
+    def _exactly(self, n: int) -> bytes:
+        if n > _MAX_BODY:
+            raise EngineError(0, f"the engine's answer is too big for this reader ({n} bytes)")
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def get(self, url: str) -> tuple:
+        """``(status, reason, body)`` of ``GET url``."""
+        self.sock.sendall(f"GET {url} HTTP/1.1\r\nHost: docker\r\nAccept: application/json\r\n\r\n".encode("ascii"))
+        status_line = self._line().decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise EngineError(0, f"the engine did not answer in HTTP/1.1 ({status_line[:80]!r})")
+        status, reason = int(parts[1]), (parts[2] if len(parts) > 2 else "")
+        headers = {}
+        while True:
+            line = self._line()
+            if not line:
+                break
+            key, _sep, value = line.decode("latin-1").partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self._line().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self._line():  # trailers, then the empty line
+                        pass
+                    break
+                chunks.append(self._exactly(size))
+                self._line()
+            body = b"".join(chunks)
+        elif "content-length" in headers:
+            body = self._exactly(int(headers["content-length"]))
+        else:  # no length: the body runs to the end of the connection
+            while True:
+                try:
+                    self._fill()
+                except ConnectionResetError:
+                    break
+            body, self.buf = bytes(self.buf), bytearray()
+            self.open = False
+        if headers.get("connection", "").lower() == "close":
+            self.open = False
+        return status, reason, body
 
 
 class Engine:
@@ -59,7 +131,7 @@ class Engine:
     def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 30.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._conn: Optional[_UnixConnection] = None
+        self._conn: Optional[_Connection] = None
 
     @property
     def api(self) -> Engine:  # the SDK's low-level client is ``client.api``: the same calls here
@@ -67,28 +139,30 @@ class Engine:
 
     def _get(self, url: str) -> Any:
         for attempt in (0, 1):
+            fresh = self._conn is None
             if self._conn is None:
-                self._conn = _UnixConnection(self.path, self.timeout)
+                self._conn = _Connection(self.path, self.timeout)
             try:
-                self._conn.request("GET", url, headers={"Accept": "application/json"})
-                response = self._conn.getresponse()
-                body = response.read()
+                status, reason, body = self._conn.get(url)
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (ConnectionResetError, BrokenPipeError):
                 self.close()  # a kept-alive connection the engine closed: once more on a new one
-                if attempt:
+                if fresh or attempt:
                     raise
+            except (OSError, ValueError, EngineError):
+                self.close()
+                raise
         else:  # pragma: no cover - the loop breaks or raises
             raise OSError("no answer from the Docker engine")
-        if response.will_close:
+        if self._conn is not None and not self._conn.open:
             self.close()
-        if response.status >= 400:
+        if status >= 400:
             try:
                 message = str(json.loads(body).get("message") or "")
             except (ValueError, AttributeError):
                 message = body.decode("utf-8", "replace")[:200]
-            cls = EngineNotFound if response.status == 404 else EngineError
-            raise cls(response.status, message or response.reason)
+            cls = EngineNotFound if status == 404 else EngineError
+            raise cls(status, message or reason)
         try:
             return json.loads(body)
         except ValueError as exc:

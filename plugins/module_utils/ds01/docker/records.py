@@ -249,19 +249,14 @@ def gpu_claim(inspect: Mapping[str, Any], labels: Optional[Mapping[str, str]] = 
     return GpuClaim()
 
 
-def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
-    """``info`` with ``slots``/``uuids`` resolved against the inventory (``gpu.Inventory``).
-
-    A GPU in MIG mode named whole (by index or GPU UUID) is recorded as its parent slot id
-    (``"2"``); ``all`` holds every GPU; a bare count the first N GPUs by index.
-    """
+def _resolve(claim: GpuClaim, inventory: Any) -> dict:
     slots, uuids, unknown = [], [], []
-    if info.gpu.all:
+    if claim.all:
         targets = [str(g.index) for g in inventory.gpus]
-    elif info.gpu.count:
-        targets = [str(g.index) for g in inventory.gpus[: info.gpu.count]]
+    elif claim.count:
+        targets = [str(g.index) for g in inventory.gpus[: claim.count]]
     else:
-        targets = list(info.gpu.ids)
+        targets = list(claim.ids)
     for device_id in targets:
         slot = inventory.resolve(device_id)
         if slot is None:
@@ -270,7 +265,16 @@ def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
         if slot.slot_id not in slots:
             slots.append(slot.slot_id)
             uuids.append(slot.uuid)
-    return dataclasses.replace(info, slots=tuple(slots), uuids=tuple(uuids), unknown_ids=tuple(unknown))
+    return {"slots": tuple(slots), "uuids": tuple(uuids), "unknown_ids": tuple(unknown)}
+
+
+def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
+    """``info`` with ``slots``/``uuids`` resolved against the inventory (``gpu.Inventory``).
+
+    A GPU in MIG mode named whole (by index or GPU UUID) is recorded as its parent slot id
+    (``"2"``); ``all`` holds every GPU; a bare count the first N GPUs by index.
+    """
+    return dataclasses.replace(info, **_resolve(info.gpu, inventory))
 
 
 def container_info(
@@ -299,7 +303,7 @@ def container_info(
         claim = gpu_claim(facts or {}, labels)
     if cgroup_parent is None:
         cgroup_parent = str(((facts or {}).get("HostConfig") or {}).get("CgroupParent") or "")
-    info = ContainerInfo(
+    return ContainerInfo(
         id=cid,
         name=name or cid[:12],
         state=state,
@@ -315,8 +319,8 @@ def container_info(
         gpu=claim,
         facts=facts,
         attrs=inspect or None,
+        **(_resolve(claim, inventory) if inventory is not None else {}),
     )
-    return attach_slots(info, inventory) if inventory is not None else info
 
 
 # --------------------------------------------------------------------------------------------
