@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import identity
+from . import docker, identity
 
 UTMP_PATH = "/var/run/utmp"
 DEV_ROOT = "/dev"
@@ -239,8 +239,6 @@ class Notifier:
 
     # -- in the container ----------------------------------------------------------------------
     def _append_in_container(self, cid: str, text: str, entry: Any) -> Optional[str]:
-        from docker.errors import APIError, NotFound
-
         api = self.client.api
         old = b""
         try:
@@ -251,9 +249,9 @@ class Notifier:
                 if member is not None and member.isfile():
                     handle = tar.extractfile(member)
                     old = handle.read() if handle else b""
-        except NotFound:
+        except docker.NotFound:
             old = b""
-        except (APIError, tarfile.TarError) as exc:
+        except (docker.APIError, tarfile.TarError) as exc:
             _log().info("no %s in %s: %s", WORKSPACE_ALERTS, cid[:12], exc)
             return None
         data = _append_capped(old, text.encode("utf-8"))
@@ -268,7 +266,7 @@ class Notifier:
             tar.addfile(info, io.BytesIO(data))
         try:
             ok = api.put_archive(cid, "/workspace", buf.getvalue())
-        except (APIError, NotFound) as exc:
+        except (docker.APIError, docker.NotFound) as exc:
             _log().info("could not write %s in %s: %s", WORKSPACE_ALERTS, cid[:12], exc)
             return None
         return f"{cid[:12]}:{WORKSPACE_ALERTS}" if ok else None
@@ -305,13 +303,20 @@ def spool_path(spool_dir: str, login: str) -> str:
 
 
 class Spool:
-    """Root-owned per-user notice files that only their user (and root) can read (module docstring)."""
+    """Root-owned per-user notice files that only their user (and root) can read (module docstring). Each file
+    keeps its last ``cap`` bytes (whole lines); ``event_views`` keeps its per-user event views the same way."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, cap: int = MAX_FILE_BYTES) -> None:
         self.directory = directory
+        self.cap = cap
 
     def append(self, login: str, entry: Any, record: dict) -> Optional[str]:
         """Appends ``record`` to ``login``'s spool; returns the file's path, or None (logged) when it cannot."""
+        return self.append_many(login, entry, [record])
+
+    def append_many(self, login: str, entry: Any, records: Sequence[dict]) -> Optional[str]:
+        """Appends ``records`` (one JSON line each) to ``login``'s file in one rewrite; the file's path, or None
+        (logged) when it cannot."""
         if not identity.valid_login(login) or login in (".", ".."):
             return None
         try:
@@ -320,7 +325,7 @@ class Spool:
             _log().warning("notice spool %s cannot be used: %s", self.directory, exc)
             return None
         try:
-            return self._append(dir_fd, login, entry, record)
+            return self._append(dir_fd, login, entry, records)
         except OSError as exc:
             _log().warning("cannot keep a notice for %s in %s: %s", login, self.directory, exc)
             return None
@@ -330,7 +335,7 @@ class Spool:
     def _open_dir(self) -> int:
         return open_root_dir(self.directory)
 
-    def _append(self, dir_fd: int, login: str, entry: Any, record: dict) -> str:
+    def _append(self, dir_fd: int, login: str, entry: Any, records: Sequence[dict]) -> str:
         name = login + SPOOL_SUFFIX
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
@@ -341,8 +346,10 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "r+b") as handle:
                 old = handle.read()
-                line = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
-                data = _keep_last_lines(old, line, MAX_FILE_BYTES)
+                lines = b"".join(
+                    json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n" for record in records
+                )
+                data = _keep_last_lines(old, lines, self.cap)
                 handle.seek(0)
                 handle.write(data)
                 handle.truncate()
@@ -403,10 +410,16 @@ def share_with(fd: int, login: str, entry: Any, where: str) -> None:
 
 
 def _keep_last_lines(old: bytes, new: bytes, cap: int) -> bytes:
+    """``old + new`` less whole lines from the front until at most ``cap`` bytes are left (the last line stays
+    even when it alone is longer)."""
     data = old + new
-    while len(data) > cap and b"\n" in data[:-1]:
-        data = data[data.index(b"\n") + 1 :]
-    return data
+    if len(data) <= cap:
+        return data
+    start = len(data) - max(cap, 1)
+    if data[start - 1 : start] != b"\n":
+        cut = data.find(b"\n", start, len(data) - 1)
+        start = cut + 1 if cut >= 0 else data.rfind(b"\n", 0, len(data) - 1) + 1
+    return data[start:]
 
 
 def read_spool(path: str, since: Optional[str] = None) -> list:
