@@ -12,12 +12,19 @@ name or an id prefix; ``T`` is ISO-8601 (local time without a zone), ``now``, ``
 events are shown, oldest first; ``--all`` shows every match. Rotated plain files (``events.jsonl.1``,
 ``events.jsonl-YYYYMMDD``) are read when ``--since`` reaches back before their last write.
 
+Who reads what: whoever can read the log (root, the admin group) reads it. A non-admin, who cannot, reads their
+own view instead (``event_views``: the events whose ``user`` is their login, copied by the exporter every minute
+into ``<state_dir>/events-by-user/<login>.jsonl``, which only they and root can read), with the same filters and
+output; one line on stderr says so and gives the time of the last refresh, and ``--user`` naming someone else
+exits 1.
+
 ``ds01 events --json`` (stable, schema "1")::
 
     {"schema_version": "1", "count": N, "skipped_lines": K,
      "events": [{"timestamp": "2026-11-22T12:00:00.123Z", "event_type": "gpu.allocate",
                  "schema_version": "1", "user"?: "alice", "source"?: "gateway", "details"?: {...}}, ...]}
 
+From one's own view the document also has ``"view": {"user": login, "refreshed_at": ISO}``.
 ``events`` are envelopes as ``events.py`` writes them (older upstream lines normalised to that shape, with
 their own ``schema_version``), oldest first; ``count`` is ``len(events)``; ``skipped_lines`` counts blank or
 unparseable lines met while reading.
@@ -46,13 +53,15 @@ audit trail; only malformed arguments exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
 import json
 import os
 import sys
 import zlib
 from typing import Any, Optional
 
-from .. import cli, events
+from .. import cli, event_views, events, identity
 from .. import config as config_mod
 
 SCHEMA_VERSION = "1"
@@ -164,6 +173,9 @@ def cmd_query(ctx: cli.Context) -> int:
         limit=None if args.all else args.limit,
     )
     path = events.default_log_path(ctx.config)
+    own = _own_view(ctx.config, path, args.user)
+    if own is not None:
+        return _query_view(ctx, own, filters)
     stream = events.EventLog(path).read(filters)
     try:
         found = list(stream)
@@ -180,6 +192,62 @@ def cmd_query(ctx: cli.Context) -> int:
         sys.stderr.write(f"ds01: skipped {stream.skipped_lines} unreadable line(s) in {', '.join(stream.files)}\n")
     if not found and not ctx.json and not os.path.exists(path):
         sys.stderr.write(f"ds01: {path} does not exist yet: nothing has been recorded\n")
+    ctx.emit(data, render_table)
+    return cli.EXIT_OK
+
+
+def _own_view(config: Any, path: str, asked: Optional[str]) -> Optional[str]:
+    """The caller's login when they read their own view instead of the log: a non-admin who cannot read it."""
+    if os.access(path, os.R_OK):
+        return None
+    uid = os.getuid()
+    login = identity.login_of_uid(uid)
+    if identity.is_admin(login, uid, config.admin_group, config.admin_users):
+        return None
+    if login is None:
+        raise cli.CommandError(
+            f"uid {uid} has no login name, so it has no events of its own; ask an admin", cli.EXIT_NO
+        )
+    if asked is not None and asked != login:
+        raise cli.CommandError(f"only admins may see another user's events; you are {login}", cli.EXIT_NO)
+    return login
+
+
+def _query_view(ctx: cli.Context, login: str, filters: events.EventFilter) -> int:
+    """``ds01 events`` from the caller's own view (``event_views``), in the log's output format."""
+    state_dir = ctx.config.paths.state_dir
+    when = event_views.refreshed_at(state_dir)
+    if when is None:
+        raise cli.CommandError(
+            "your own events are not prepared yet: the ds01-exporter service writes each user's view every "
+            "minute (the event log itself is readable by admins only); if this persists, ask an admin",
+            cli.EXIT_FAULT,
+        )
+    filters = dataclasses.replace(filters, user=login)
+    stream = event_views.read_view(state_dir, login, filters)
+    try:
+        found = list(stream)
+    except OSError as exc:
+        raise cli.CommandError(
+            f"cannot read your events in {event_views.view_path(state_dir, login)}: {exc.strerror or exc}; "
+            "ask an admin",
+            cli.EXIT_FAULT,
+        ) from None
+    stamp = events.format_timestamp(when)
+    age_min = (dt.datetime.now(dt.timezone.utc) - when).total_seconds() / 60
+    stale = (
+        f" (over {event_views.STALE_MIN} min old: the ds01-exporter service may be down)"
+        if age_min > event_views.STALE_MIN
+        else ""
+    )
+    sys.stderr.write(f"ds01: showing your own events ({login}) as of the last refresh, {stamp}{stale}\n")
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "count": len(found),
+        "skipped_lines": stream.skipped_lines,
+        "events": found,
+        "view": {"user": login, "refreshed_at": stamp},
+    }
     ctx.emit(data, render_table)
     return cli.EXIT_OK
 
