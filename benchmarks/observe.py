@@ -5,7 +5,7 @@
 
 Containers are ``created`` from ``local/empty`` (label ``ds01.test=1`` + a run label), a third of
 them holding fake-topology GPU UUIDs through real DeviceRequests, owners spread over 20 logins.
-"Cold" scrapes rebuild the snapshot every time (cache 0 s; docker_state's inspect cache warm after
+"Cold" scrapes rebuild the snapshot every time (cache 0 s; the docker package's inspect cache warm after
 the first), "cached" scrapes serve the last snapshot (cache 60 s). Everything is removed at the end.
 """
 

@@ -409,7 +409,8 @@ def test_gateway_killed_mid_create_the_slot_is_never_granted_twice(site, docker_
 CHILD = r"""
 import json, sys, time
 import docker
-from ds01 import allocator, config, docker_state, gpu
+from ds01 import allocator, config, gpu
+from ds01 import docker as docker_state
 
 args = json.loads(sys.argv[1])
 step = args["step"]

@@ -309,7 +309,7 @@ def _as_user(user, argv):
     import pwd
     import tempfile
 
-    for name in ("cli.observe", "observe", "lifecycle", "docker_state", "gpu", "events", "usage", "identity"):
+    for name in ("cli.observe", "observe", "lifecycle", "docker", "docker.sdk", "gpu", "events", "usage", "identity"):
         importlib.import_module(f"ansible_collections.ds01.infra.plugins.module_utils.ds01.{name}")
     importlib.import_module("docker")
     account = pwd.getpwnam(user)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, docker_state, gpu, intents
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu, intents
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

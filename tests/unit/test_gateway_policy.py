@@ -404,7 +404,7 @@ def test_unlimited_limits_leave_the_request_alone():
         (create(Env=["NVIDIA_VISIBLE_DEVICES=void"]), ["NVIDIA_VISIBLE_DEVICES=all"], None),
         (create(Env=["NVIDIA_VISIBLE_DEVICES=none"]), None, None),
         (create(), ["NVIDIA_VISIBLE_DEVICES=all"], (-1, (), "image_env")),
-        # the nvidia runtime exposes nothing without NVIDIA_VISIBLE_DEVICES (docker_state.gpu_reach)
+        # the nvidia runtime exposes nothing without NVIDIA_VISIBLE_DEVICES (docker.gpu_reach)
         (create({"Runtime": "nvidia"}), None, None),
         # any capability set the NVIDIA driver serves is a GPU request, "gpu" or not
         (

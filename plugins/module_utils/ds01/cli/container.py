@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .. import cli, docker_state, gpu, images
+from .. import cli, docker, gpu, images
 from .. import config as config_mod
 from ..gateway import pins
 
@@ -360,10 +360,10 @@ def deploy_text(done: Deployed) -> str:
     return "\n".join(lines)
 
 
-def list_row(info: docker_state.ContainerInfo, limits: config_mod.Limits, now: dt.datetime) -> dict:
+def list_row(info: docker.ContainerInfo, limits: config_mod.Limits, now: dt.datetime) -> dict:
     labels = dict(info.labels)
-    slots = [s for s in (labels.get(docker_state.SLOTS_LABEL) or "").split(",") if s]
-    uuids = [u for u in (labels.get(docker_state.UUIDS_LABEL) or "").split(",") if u]
+    slots = [s for s in (labels.get(docker.SLOTS_LABEL) or "").split(",") if s]
+    uuids = [u for u in (labels.get(docker.UUIDS_LABEL) or "").split(",") if u]
     kind = labels.get(TYPE_LABEL) or "unknown"
     return {
         "name": info.name,
@@ -423,8 +423,8 @@ def _whoami() -> tuple:
 
 def _client() -> Any:
     try:
-        return docker_state.client_from_env()
-    except docker_state.DockerStateError as exc:
+        return docker.client_from_env()
+    except docker.DockerStateError as exc:
         raise cli.CommandError(f"{exc}; nothing was changed.", cli.EXIT_FAULT) from None
 
 
@@ -447,7 +447,7 @@ def _create(client: Any, name: str, body: dict) -> Any:
     try:
         return client.api.create_container_from_config(body, name=name)["Id"]
     except Exception as exc:  # narrowed below to Docker's transport errors
-        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+        if not isinstance(exc, docker.DOCKER_ERRORS):
             raise
         return _answer(exc)
 
@@ -528,8 +528,8 @@ def cmd_deploy(ctx: cli.Context) -> int:
             keepalive_file=limits.policies.keepalive_file,
         )
         labels = started["Config"].get("Labels") or {}
-        done.gpu_slots = [s for s in (labels.get(docker_state.SLOTS_LABEL) or "").split(",") if s]
-        holds_gpu = bool(done.gpu_slots or labels.get(docker_state.UUIDS_LABEL))
+        done.gpu_slots = [s for s in (labels.get(docker.SLOTS_LABEL) or "").split(",") if s]
+        holds_gpu = bool(done.gpu_slots or labels.get(docker.UUIDS_LABEL))
         kind = labels.get(TYPE_LABEL) or CONTAINER_TYPE
         done.limits = limits_of(limits, kind, args.name, holds_gpu, dt.datetime.now(dt.timezone.utc))
     finally:
@@ -559,14 +559,14 @@ def _start(client: Any, cid: str, name: str) -> dict:
     try:
         client.api.start(cid)
     except Exception as exc:  # narrowed below to Docker's transport errors
-        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+        if not isinstance(exc, docker.DOCKER_ERRORS):
             raise
         refused = _answer(exc)
         try:
             client.api.remove_container(cid, force=True, v=True)
             gone = "it was removed again"
         except Exception as exc:  # narrowed below to Docker's transport errors
-            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            if not isinstance(exc, docker.DOCKER_ERRORS):
                 raise
             gone = f"remove it with `ds01 container retire {name}`"
         raise cli.CommandError(
@@ -575,7 +575,7 @@ def _start(client: Any, cid: str, name: str) -> dict:
     try:
         return client.api.inspect_container(cid)
     except Exception as exc:  # narrowed below to Docker's transport errors
-        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+        if not isinstance(exc, docker.DOCKER_ERRORS):
             raise
         raise _fail(_answer(exc), f"container {name} was started, but could not be read back") from None
 
@@ -585,8 +585,8 @@ def cmd_list(ctx: cli.Context) -> int:
     limits = ctx.config.resolve(login)
     client = _client()
     try:
-        infos = docker_state.list_containers(client)
-    except docker_state.DockerStateError as exc:
+        infos = docker.list_containers(client)
+    except docker.DockerStateError as exc:
         raise cli.CommandError(f"{exc}.", cli.EXIT_FAULT) from None
     finally:
         client.close()
@@ -600,7 +600,7 @@ def _inspect_own(client: Any, name: str) -> dict:
     try:
         return client.api.inspect_container(name)
     except Exception as exc:  # narrowed below to Docker's transport errors
-        if not isinstance(exc, docker_state.DOCKER_ERRORS):
+        if not isinstance(exc, docker.DOCKER_ERRORS):
             raise
         refused = _answer(exc)
         if refused.status == 404:
@@ -621,7 +621,7 @@ def cmd_stop(ctx: cli.Context) -> int:
         try:
             client.api.stop(attrs["Id"], timeout=int(grace))
         except Exception as exc:  # narrowed below to Docker's transport errors
-            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            if not isinstance(exc, docker.DOCKER_ERRORS):
                 raise
             raise _fail(_answer(exc), f"container {name} could not be stopped") from None
     finally:
@@ -640,11 +640,11 @@ def cmd_retire(ctx: cli.Context) -> int:
         attrs = _inspect_own(client, name)
         labels = attrs["Config"].get("Labels") or {}
         workspace = workspace_of(labels)
-        slots = labels.get(docker_state.SLOTS_LABEL) or ""
+        slots = labels.get(docker.SLOTS_LABEL) or ""
         try:
             client.api.remove_container(attrs["Id"], force=True, v=True)
         except Exception as exc:  # narrowed below to Docker's transport errors
-            if not isinstance(exc, docker_state.DOCKER_ERRORS):
+            if not isinstance(exc, docker.DOCKER_ERRORS):
                 raise
             raise _fail(_answer(exc), f"container {name} could not be removed") from None
     finally:

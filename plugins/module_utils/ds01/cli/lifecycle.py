@@ -30,7 +30,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from .. import access_expiry, cli, events, fsutil, notify
+from .. import access_expiry, cli, docker, events, fsutil, notify
 from .. import lifecycle as lc
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,11 @@ def _parse_now(text: Optional[str]) -> dt.datetime:
 
 def docker_client() -> Any:
     try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:
-        raise cli.CommandError("the Python docker SDK is not installed in this environment", cli.EXIT_FAULT) from exc
-    try:
-        client = docker.from_env(timeout=30)
+        client = docker.client_from_env(30)
         client.ping()
-    except DockerException as exc:
+    except docker.DockerStateError as exc:
+        raise cli.CommandError(f"{exc}; nothing was changed", cli.EXIT_FAULT) from exc
+    except docker.DOCKER_ERRORS as exc:
         raise cli.CommandError(f"cannot reach Docker ({exc}); nothing was changed", cli.EXIT_FAULT) from exc
     return client
 

@@ -76,7 +76,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .. import cli, greetings, identity, quota_alerts, refusals
+from .. import cli, docker, event_views, greetings, identity, quota_alerts, refusals
 from .. import observe as ob
 
 log = logging.getLogger(__name__)
@@ -177,9 +177,8 @@ def _weights(config: Any, brief: bool, errors: list) -> tuple:
 
 
 def _docker(timeout: float) -> Any:
-    import docker
-
-    return docker.from_env(timeout=timeout)
+    """A reader of Docker (list and inspect): the standard-library engine client on a Unix socket."""
+    return docker.reader_from_env(timeout)
 
 
 def gather_holdings(config: Any, *, brief: bool, login: Optional[str], errors: list) -> tuple:
@@ -429,7 +428,7 @@ def cmd_alerts_run(ctx: cli.Context) -> int:
     now = dt.datetime.now(dt.timezone.utc)
     client = None
     try:
-        client = _docker(DOCKER_TIMEOUT_S)
+        client = docker.client_from_env(DOCKER_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - the Docker edge: the detector's inventory may still answer
         log.warning("cannot reach Docker: %s", exc)
     snap = ob.build_snapshot(config, None, docker_client=client, now=now, persist=not dry)
@@ -498,7 +497,7 @@ def make_observer(config: Any, docker_client: Any = None, inventory: Any = None)
         docker_client=docker_client,
         inventory=inventory,
         emit=ob.event_writer(config, "exporter"),
-        after=[quota_alerts_pass, _MappingSync(config), greetings.GreetingPass(config)],
+        after=[quota_alerts_pass, _MappingSync(config), greetings.GreetingPass(config), event_views.ViewPass(config)],
     )
     return observer
 

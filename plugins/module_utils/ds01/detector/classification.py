@@ -4,12 +4,11 @@ devices it can reach, and its inventory record; the time helpers the detector's 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .. import docker_state
+from .. import docker
 
 ORIGIN_INFRA = "infrastructure"
 ORIGIN_MANAGED = "ds01-managed"
@@ -32,18 +31,9 @@ def iso(when: dt.datetime) -> str:
 
 
 def parse_iso(text: Any) -> Optional[dt.datetime]:
-    """An ISO-8601 time (``Z`` or an offset; Docker's nanoseconds are cut to microseconds)."""
-    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
-        return None
-    value = text.strip().replace("Z", "+00:00")
-    match = re.match(r"^(.*?\.\d{6})\d*(.*)$", value)
-    if match:
-        value = match.group(1) + match.group(2)
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    """An ISO-8601 time (``Z`` or an offset; Docker's nanoseconds are cut to microseconds), through
+    ``docker.parse_time``, the one parser; None for anything but text."""
+    return docker.parse_time(text) if isinstance(text, str) else None
 
 
 def _truthy(value: Any) -> bool:
@@ -127,11 +117,11 @@ def _split_ids(text: str) -> list:
 def gpu_access(attrs: Mapping[str, Any]) -> GpuAccess:
     """Every way a container can reach NVIDIA GPUs, from its stored configuration.
 
-    The answer is ``docker_state.gpu_reach`` (the gateway asks the same function of a create
+    The answer is ``docker.gpu_reach`` (the gateway asks the same function of a create
     request); a count without ids (``--gpus 2``) is reported as ``all``, since the detector cannot
     know which GPUs the runtime picked.
     """
-    reach = docker_state.container_gpu_reach(attrs)
+    reach = docker.container_gpu_reach(attrs)
     access = GpuAccess()
     access.sources = list(reach.sources)
     access.devices = list(reach.devices)

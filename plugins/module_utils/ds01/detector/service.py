@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .. import allocator, docker_state, events, fsutil, gpu, identity
+from .. import allocator, docker, events, fsutil, gpu, identity
 from .host import ProcReader, gpu_process_reader
 from .source import DockerSource, DockerUnavailable
 from .state import INVENTORY_FILE, Detector, Emit
@@ -44,11 +44,11 @@ def owner_resolver(config: Any) -> Callable[[Mapping[str, Any]], tuple]:
 def allocator_hook(config: Any) -> Callable[[], None]:
     """The allocator's DCGM job-mapping sync (``allocator.sync_job_mapping``), called after events
     that change GPU holdings."""
-    cache = docker_state.InspectCache()  # a warm read is one list call plus inspects of new containers
+    cache = docker.InspectCache()  # a warm read is one list call plus inspects of new containers
 
     def hook() -> None:
         inventory = gpu.inventory_from_config(config)
-        holdings = docker_state.list_containers(docker_state.client_from_env(), inventory, cache=cache)
+        holdings = docker.list_containers(docker.reader_from_env(), inventory, cache=cache)
         allocator.sync_job_mapping(inventory, holdings, config.section("gpu_allocation")["mapping_dir"])
 
     return hook

@@ -5,31 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Optional
 
-try:
-    import docker
-    from docker.errors import DockerException, NotFound
-
-    HAS_DOCKER = True
-except ImportError:  # the core imports without the SDK; the commands then say what is missing
-    docker = None
-    HAS_DOCKER = False
-
-    class DockerException(Exception):  # type: ignore[no-redef]
-        pass
-
-    class NotFound(DockerException):  # type: ignore[no-redef]
-        pass
-
-
-try:  # requests' errors surface through the SDK's streaming calls
-    from requests.exceptions import RequestException
-except ImportError:  # pragma: no cover - requests comes with docker
-
-    class RequestException(Exception):  # type: ignore[no-redef]
-        pass
-
-
-DOCKER_ERRORS = (DockerException, RequestException, OSError)
+from .. import docker
+from ..docker.sdk import DOCKER_ERRORS, HAS_DOCKER, DockerException, NotFound, RequestException
 
 
 class DockerUnavailable(Exception):
@@ -37,7 +14,7 @@ class DockerUnavailable(Exception):
 
 
 class DockerSource:
-    """The detector's window on Docker: the full list through ``docker_state``, one container by
+    """The detector's window on Docker: the full list through the ``docker`` package, one container by
     id (after an event), and the event stream."""
 
     def __init__(self, timeout: float = 30.0) -> None:
@@ -49,8 +26,8 @@ class DockerSource:
     def client(self) -> Any:
         if self._client is None:
             try:
-                self._client = docker.from_env(timeout=self.timeout)
-            except DockerException as exc:
+                self._client = docker.client_from_env(self.timeout)
+            except docker.DockerStateError as exc:
                 raise DockerUnavailable(str(exc)) from exc
         return self._client
 
@@ -80,10 +57,10 @@ class DockerSource:
     def events(self) -> Any:
         """A new event stream (its own client: the stream blocks a connection)."""
         try:
-            client = docker.from_env(timeout=self.timeout)
+            client = docker.client_from_env(self.timeout)
             client.ping()
             return client, client.events(decode=True, filters={"type": "container"})
-        except (DockerException, RequestException, OSError) as exc:
+        except (docker.DockerStateError, DockerException, RequestException, OSError) as exc:
             raise DockerUnavailable(str(exc)) from exc
 
 

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .. import allocator, events, gpu
+from .. import allocator, docker, events, gpu
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,9 @@ class Admission:
         self._client: Any = None
 
     def client(self) -> Any:
-        """A docker SDK client on the daemon's own socket (the allocator reads holdings with it)."""
+        """A reader of the daemon's own socket (the allocator lists holdings with it: ``docker.Engine``)."""
         if self._client is None and self.upstream:
-            try:
-                import docker
-            except ImportError:
-                return None
-            self._client = docker.DockerClient(base_url=f"unix://{self.upstream}", timeout=30)
+            self._client = docker.Engine(self.upstream, timeout=30)
         return self._client
 
     def reservation(self, login: str, ask: Any, limits: Any, details: dict, admin: bool = False) -> Reservation:

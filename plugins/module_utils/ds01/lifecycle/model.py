@@ -4,10 +4,11 @@ context) and outputs (notices, actions, a decision), the event names and the tim
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .. import docker
 
 SUBDIR = "lifecycle"
 LAST_RUN_FILE = "last-run.json"
@@ -148,26 +149,7 @@ def iso(when: Optional[dt.datetime]) -> Optional[str]:
 
 
 def parse_time(value: Any) -> Optional[dt.datetime]:
-    """Docker's RFC 3339 text (nanoseconds, ``Z``), our ISO text, or an epoch → aware UTC; zero → None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.datetime.fromtimestamp(value, dt.timezone.utc) if value > 0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith("0001-01-01"):
-        return None
-    match = re.match(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", text)
-    if not match:
-        return None
-    base, frac, zone = match.groups()
-    micro = (frac[1:] + "000000")[:6] if frac else "000000"
-    zone = "+00:00" if zone in (None, "Z") else (zone if ":" in zone else zone[:3] + ":" + zone[3:])
-    try:
-        when = dt.datetime.fromisoformat(f"{base.replace(' ', 'T')}.{micro}{zone}")
-    except ValueError:
-        return None
-    return when.astimezone(dt.timezone.utc)
+    """Docker's RFC 3339 text (nanoseconds, ``Z``), our ISO text, or an epoch → aware UTC; zero → None
+    (``docker.parse_time``, the one parser, in UTC)."""
+    when = docker.parse_time(value)
+    return when.astimezone(dt.timezone.utc) if when else None

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from .. import config as config_mod
+from .. import docker
 from .model import OWNER_LABEL, TYPE_LABEL, WORKSPACE, ContainerFacts, parse_time
 
 
@@ -89,24 +90,20 @@ class DockerOps:
 
     def inspect(self, cid: str) -> Optional[dict]:
         """The inspect document, or None when the container was removed since the list call."""
-        from docker.errors import NotFound
-
         try:
             return self.api.inspect_container(cid)
-        except NotFound:
+        except docker.NotFound:
             return None
 
     def path_stat(self, cid: str, path: str) -> Optional[dict]:
         """``docker cp``'s stat of a path inside the container (no copy), or None when absent."""
-        from docker.errors import NotFound
-
         url = self.api._url("/containers/{0}/archive", cid)
         response = self.api.head(url, params={"path": path})
         if response.status_code == 404:
             return None
         try:
             self.api._raise_for_status(response)
-        except NotFound:
+        except docker.NotFound:
             return None
         header = response.headers.get("X-Docker-Container-Path-Stat")
         if not header:
@@ -122,30 +119,24 @@ class DockerOps:
 
     def kill(self, cid: str, signal: str) -> bool:
         """Signal the container's PID 1 (Docker signals nothing else); False when it is gone."""
-        from docker.errors import NotFound
-
         try:
             self.api.kill(cid, signal=signal)
-        except NotFound:
+        except docker.NotFound:
             return False
         return True
 
     def stop(self, cid: str, grace_s: float) -> bool:
         """SIGTERM to the container, SIGKILL after ``grace_s``; False when it is already gone."""
-        from docker.errors import NotFound
-
         try:
             self.api.stop(cid, timeout=round(grace_s))
-        except NotFound:
+        except docker.NotFound:
             return False
         return True
 
     def remove(self, cid: str) -> bool:
         """Remove a stopped container (its volumes stay); False when someone removed it first."""
-        from docker.errors import NotFound
-
         try:
             self.api.remove_container(cid, v=False, force=False)
-        except NotFound:
+        except docker.NotFound:
             return False
         return True

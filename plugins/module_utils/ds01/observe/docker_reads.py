@@ -1,28 +1,28 @@
-"""Holdings read from Docker (through ``docker_state``) when the detector's inventory is stale."""
+"""Holdings read from Docker (through the ``docker`` package) when the detector's inventory is stale."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from .. import docker_state
+from .. import docker
 from .. import lifecycle as lc
 from .records import Holding, iso, split_list, to_float, weigh
 
 
 def inspect_cache() -> Any:
-    """A ``docker_state.InspectCache`` for a long-lived reader (the exporter's ``Observer``)."""
-    return docker_state.InspectCache()
+    """A ``docker.InspectCache`` for a long-lived reader (the exporter's ``Observer``)."""
+    return docker.InspectCache()
 
 
 def docker_holdings(client: Any, weights: Mapping[str, float], inventory: Any = None, cache: Any = None) -> list:
-    """Holdings from ``docker_state.list_containers`` (one list call; inspects only of containers the
+    """Holdings from ``docker.list_containers`` (one list call; inspects only of containers the
     ``InspectCache`` does not know yet), slots resolved against the GPU inventory."""
-    return [holding_from_info(info, weights) for info in docker_state.list_containers(client, inventory, cache=cache)]
+    return [holding_from_info(info, weights) for info in docker.list_containers(client, inventory, cache=cache)]
 
 
 def holding_from_info(info: Any, weights: Mapping[str, float]) -> Holding:
-    """A ``Holding`` from a ``docker_state.ContainerInfo``: slots from its DeviceRequests (the record
+    """A ``Holding`` from a ``docker.ContainerInfo``: slots from its DeviceRequests (the record
     of what it holds), gpueq from the inventory's weights (the label when slots are unresolved)."""
     labels = dict(info.labels or {})
     slots = tuple(info.slots) or split_list(labels.get("ds01.gpu.slots"))
@@ -51,6 +51,4 @@ def holding_from_info(info: Any, weights: Mapping[str, float]) -> Holding:
 
 
 def docker_client_from_env(timeout: float = 10.0) -> Any:
-    import docker
-
-    return docker.from_env(timeout=timeout)
+    return docker.client_from_env(timeout)

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ... import docker_state, identity
+from ... import docker, identity
 
 POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
@@ -24,8 +24,8 @@ def gateway_label(key: str) -> bool:
 
 
 SAFE_RUNTIMES = ("", "runc", "io.containerd.runc.v2")
-NVIDIA_ENV = docker_state.NVIDIA_ENV
-NVIDIA_VOLUME_DIR = docker_state.NVIDIA_VOLUME_DIR
+NVIDIA_ENV = docker.NVIDIA_ENV
+NVIDIA_VOLUME_DIR = docker.NVIDIA_VOLUME_DIR
 # The oldest API version a user may speak: below 1.24 ``POST /containers/{id}/start`` takes a
 # HostConfig body that replaces the one checked at create.
 MIN_API_VERSION = (1, 24)

@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any, Optional
 
-from ... import docker_state
+from ... import docker
 from .base import (
     LOG_DRIVERS,
     LOG_OPTIONS,
@@ -37,17 +37,17 @@ def env_value(env: Optional[list], name: str) -> Optional[str]:
 
 
 def is_gpu_request_entry(entry: Any) -> bool:
-    return isinstance(entry, dict) and docker_state.device_request_reaches_gpu(entry)
+    return isinstance(entry, dict) and docker.device_request_reaches_gpu(entry)
 
 
 def gpu_ask(body: dict, image_env: Optional[list], default_runtime: str = "nvidia") -> Optional[GpuAsk]:
     """The GPU request of a create body in any of its forms; None when it asks for none.
 
-    The answer comes from ``docker_state.gpu_reach`` (the detector asks the same function of a
+    The answer comes from ``docker.gpu_reach`` (the detector asks the same function of a
     stored container). ``default_runtime`` is ``nvidia`` unless the daemon is known to use another
     one when ``Runtime`` is empty: an image's ``NVIDIA_VISIBLE_DEVICES`` then counts.
     """
-    reach = docker_state.gpu_reach(body, body.get("HostConfig"), image_env, default_runtime)
+    reach = docker.gpu_reach(body, body.get("HostConfig"), image_env, default_runtime)
     if not reach.reaches_gpu:
         return None
     source = reach.sources[0] if reach.sources else "device_requests"
@@ -194,7 +194,7 @@ def check_restart(policy: dict, host_paths: bool) -> Optional[Refusal]:
 
 def _check_device_requests(requests: list) -> Optional[Refusal]:
     for entry in requests:
-        if isinstance(entry, dict) and not docker_state.device_request_reaches_gpu(entry):
+        if isinstance(entry, dict) and not docker.device_request_reaches_gpu(entry):
             driver = str(entry.get("Driver") or "") or "(any)"
             caps = entry.get("Capabilities") or []
             return denied(
@@ -392,7 +392,7 @@ def own_cgroup_parents(ctx: CreateContext) -> tuple:
 
 
 def _check_device(path: str, ctx: CreateContext) -> Optional[Refusal]:
-    if docker_state.is_cdi_name(path):
+    if docker.is_cdi_name(path):
         return denied(
             f"--device {path} names a CDI device, which reaches hardware behind the GPU allocator's back; "
             "ask for GPUs with --gpus 1 (or --gpus device=<id>) instead."
