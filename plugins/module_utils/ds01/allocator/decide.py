@@ -95,7 +95,50 @@ def make_refusal(code: str, sentence: str, user: str, **details: Any) -> Refusal
     return Refusal(code, sentence, user, details)
 
 
-def _quota_refusal(limits: Any, usage: Usage, cost: float, n: int, what: str = "this request") -> Optional[Refusal]:
+WEIGHTS = "a whole GPU counts 1.0, a MIG slice its compute slices out of 7 (1g = 0.14, 3g = 0.43)"
+
+
+def _quota_todo(usage: Usage, cost: float, n: int, room: float, smallest: Optional[float]) -> str:
+    """What the user can do about a quota refusal: only what can succeed.
+
+    ``room``: GPU-equivalents left under the tightest quota; ``smallest``: the lightest slot this user
+    may have on this server (None when unknown). A smaller slice is offered only when one exists and fits.
+    """
+    options = []
+    if usage.holders:
+        options.append(f"stop and remove one (`docker rm -f {usage.holders[0].name}`)")
+    if smallest is not None:
+        fewer = n > 1 and (n - 1) * smallest <= room + EPS
+        smaller = cost / n > smallest + EPS and n * smallest <= room + EPS
+        whole = cost / n >= 1.0 - EPS
+        if fewer and smaller:
+            options.append(
+                ("ask for fewer GPUs or a MIG slice" if whole else "ask for fewer or smaller GPUs")
+                + " (`--gpus 1` takes the smallest free slot)"
+            )
+        elif fewer:
+            options.append("ask for fewer GPUs")
+        elif smaller:
+            options.append(
+                "ask for a MIG slice (`--gpus 1` takes the smallest free slot)"
+                if whole
+                else "ask for a smaller MIG slice (`--gpus 1` takes the smallest free slot)"
+            )
+    if not options:
+        lightest = "" if smallest is None else f" (the lightest slot you may have counts {format_gpueq(smallest)})"
+        return f"No request of yours fits the quota{lightest}: ask the admins for a larger quota."
+    text = " or ".join(options)
+    return text[0].upper() + text[1:] + ", then try again."
+
+
+def _quota_refusal(
+    limits: Any,
+    usage: Usage,
+    cost: float,
+    n: int,
+    what: str = "this request",
+    smallest: Optional[float] = None,
+) -> Optional[Refusal]:
     """The quota layer that ``usage.gpueq + cost`` breaks (aggregate first), or None."""
     aggregate = limits.aggregate.gpu_limit if limits.aggregate is not None else None
     personal = limits.max_gpu_equivalents
@@ -107,17 +150,9 @@ def _quota_refusal(limits: Any, usage: Usage, cost: float, n: int, what: str = "
         "requested_slots": n,
     }
     held, need = format_gpueq(usage.gpueq), format_gpueq(cost)
-    if usage.holders:
-        first = usage.holders[0].name
-        holding = f" (containers: {_names(usage.holders)})"
-        todo = (
-            f"Stop and remove one (`docker rm -f {first}`) or ask for a smaller MIG slice, then try again."
-            if n == 1
-            else f"Stop and remove one (`docker rm -f {first}`) or ask for fewer or smaller GPUs, then try again."
-        )
-    else:
-        holding = ""
-        todo = "Ask for fewer GPUs or a MIG slice (`--gpus 1`), then try again."
+    holding = f" (containers: {_names(usage.holders)})" if usage.holders else ""
+    room = min(x for x in (aggregate, personal, float("inf")) if x is not None) - usage.gpueq
+    todo = f"GPU-equivalents: {WEIGHTS}. " + _quota_todo(usage, cost, n, room, smallest)
     if aggregate is not None and total > aggregate + EPS:
         return make_refusal(
             AGGREGATE_GPU_QUOTA_EXCEEDED,
@@ -315,6 +350,10 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
             user,
             group=limits.group,
         )
+    smallest = min(
+        (s.gpueq for s in inventory.slots() if s.kind == gpu.KIND_MIG or (s.kind == gpu.KIND_GPU and allow_whole)),
+        default=None,
+    )
     eligible = [
         s
         for s in inventory.slots()
@@ -340,7 +379,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
     # Specific devices: quota, then availability.
     if named:
         cost = sum(s.gpueq for s in named)
-        refusal = _quota_refusal(limits, usage, cost, n)
+        refusal = _quota_refusal(limits, usage, cost, n, smallest=smallest)
         if refusal is not None:
             return refusal
         taken = [s for s in named if not is_free(s, occupied)]
@@ -362,7 +401,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
     # A count (or all): the cheapest possible, then what is free.
     cheapest = sum(sorted(s.gpueq for s in eligible)[:n]) if len(eligible) >= n else None
     if cheapest is not None:
-        refusal = _quota_refusal(limits, usage, cheapest, n)
+        refusal = _quota_refusal(limits, usage, cheapest, n, smallest=smallest)
         if refusal is not None:
             return refusal
     candidates = [s for s in free if s in eligible]
@@ -384,7 +423,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
             total += slot.gpueq
     if len(chosen) < n:  # free slots exist, but not ones that fit the quota
         cost = sum(sorted(s.gpueq for s in ordered)[:n])
-        refusal = _quota_refusal(limits, usage, cost, n, what="the free GPUs right now")
+        refusal = _quota_refusal(limits, usage, cost, n, what="the free GPUs right now", smallest=smallest)
         if refusal is not None:
             return refusal
         return _no_gpu(limits, request, n, len(chosen), eligible=eligible, free=free)  # pragma: no cover - defensive
