@@ -49,8 +49,8 @@ class Demo:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target, follow_symlinks=False)
 
-    def site(self, *extra: str) -> tuple:
-        """``(rc, the ansible.posix.json document, stderr)`` of one run of playbooks/site.yml."""
+    def site(self, *extra: str, playbook: str = "playbooks/site.yml") -> tuple:
+        """``(rc, the ansible.posix.json document, stderr)`` of one run of ``playbook`` (playbooks/site.yml)."""
         env = {
             **os.environ,
             "DEMO_ROOT": str(self.root),
@@ -61,7 +61,7 @@ class Demo:
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         proc = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", "inventory/demo", "playbooks/site.yml", *extra],
+            [str(BIN / "ansible-playbook"), "-i", "inventory/demo", playbook, *extra],
             cwd=self.collection,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -77,8 +77,8 @@ class Demo:
             ) from None
         return proc.returncode, data, proc.stderr
 
-    def converge(self, *extra: str) -> dict:
-        rc, data, stderr = self.site(*extra)
+    def converge(self, *extra: str, playbook: str = "playbooks/site.yml") -> dict:
+        rc, data, stderr = self.site(*extra, playbook=playbook)
         assert rc == 0, json.dumps(failed_results(data), indent=1) + stderr[-4000:]
         return data
 
