@@ -53,10 +53,10 @@ def facts_from_api(summary: Mapping[str, Any], inspect: Optional[Mapping[str, An
         finished = parse_time(st.get("FinishedAt"))
         pid = int(st.get("Pid") or 0) or None
         workspace = any((m.get("Destination") == WORKSPACE) for m in inspect.get("Mounts") or [])
-        for req in (inspect.get("HostConfig") or {}).get("DeviceRequests") or []:
-            caps = [c for group in (req.get("Capabilities") or []) for c in group]
-            if "gpu" in caps or req.get("Driver") == "nvidia":
-                device_gpu = True
+        device_gpu = any(
+            isinstance(req, Mapping) and docker.device_request_reaches_gpu(req)
+            for req in (inspect.get("HostConfig") or {}).get("DeviceRequests") or []
+        )
     return ContainerFacts(
         id=summary["Id"],
         name=name,
