@@ -31,11 +31,24 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from ds01 import events
 
-path, writer, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import os, time
+path, writer, count, flag = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 log = events.EventLog(path)
 sys.stdin.buffer.read(1)
-failed = sum(not log.write("test.rotation", user=f"w{writer}", source="stress", writer=writer, seq=seq)
-             for seq in range(count))
+
+def write(seqs):
+    return sum(not log.write("test.rotation", user=f"w{writer}", source="stress", writer=writer, seq=seq)
+               for seq in seqs)
+
+quarter = count // 4
+failed = write(range(quarter))  # before the rotation, for certain
+sys.stdout.write("h")
+sys.stdout.flush()
+failed += write(range(quarter, count - quarter))  # while logrotate runs, as it happens
+deadline = time.monotonic() + 300
+while not os.path.exists(flag) and time.monotonic() < deadline:
+    time.sleep(0.01)
+failed += write(range(count - quarter, count))  # after the rotation, for certain
 sys.exit(1 if failed else (2 if log.unlocked else 0))
 """
 
@@ -107,20 +120,26 @@ def test_writers_keep_the_chain_through_a_real_logrotate(tmp_path):
     assert "nocopytruncate" in rule.read_text().split()
     state = tmp_path / "logrotate.state"
 
+    flag = tmp_path / "rotated"
     children = [
         subprocess.Popen(
-            [sys.executable, "-S", "-c", CHILD, str(CORE_PARENT), str(path), str(w), str(EVENTS_EACH)],
+            [sys.executable, "-S", "-c", CHILD, str(CORE_PARENT), str(path), str(w), str(EVENTS_EACH), str(flag)],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         for w in range(WRITERS)
     ]
     for child in children:
         child.stdin.write(b"g")
         child.stdin.close()
-    while path.stat().st_size < 300 * 200:  # rotate while they write
-        pass
+    # Each writer has written its first quarter and goes on writing while logrotate runs; its last quarter
+    # waits for the rotation, so every writer has lines in both files however the machine schedules them.
+    assert [child.stdout.read(1) for child in children] == [b"h"] * WRITERS
     logrotate(rule, state)
+    flag.touch()
     assert [child.wait(timeout=300) for child in children] == [0] * WRITERS
+    for child in children:
+        child.stdout.close()
     rotated = [p for p in log_dir.iterdir() if p.name.startswith("events.jsonl-")]
     assert len(rotated) == 1 and path.exists()
 
@@ -130,7 +149,7 @@ def test_writers_keep_the_chain_through_a_real_logrotate(tmp_path):
     assert set(seen.values()) == {1} and len(seen) == WRITERS * EVENTS_EACH
     in_old = {json.loads(line)["details"]["writer"] for line in rotated[0].read_bytes().splitlines()[1:]}
     in_new = {json.loads(line)["details"]["writer"] for line in path.read_bytes().splitlines()}
-    assert in_old & in_new  # the rotation came while writers were writing
+    assert in_old == in_new == set(range(WRITERS))  # every writer wrote on both sides of the rotation
     first_new = path.read_bytes().splitlines()[0]
     assert events.chain_header(first_new)[::2] == (
         events.line_hash(rotated[0].read_bytes().splitlines()[-1]),
