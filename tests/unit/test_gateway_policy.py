@@ -365,6 +365,55 @@ def test_cpu_limit_above_the_host_is_capped_at_the_host():
     assert host["NanoCpus"] == 2_000_000_000
 
 
+def capped(host, **extra):
+    warnings = []
+    body = policy.rewrite_create(create(dict(host)), ctx(**extra), warnings)
+    return body["HostConfig"], warnings
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ({}, []),  # nothing asked: the limits are filled in, nothing was taken away
+        ({"Memory": 1 << 30, "NanoCpus": 1_000_000_000, "PidsLimit": 100, "ShmSize": 64 << 20}, []),
+        ({"Memory": 64 << 30}, ["memory 64 GiB asked, capped to your limit 4 GiB (group student)"]),
+        (
+            {"NanoCpus": 8_000_000_000, "ShmSize": 1536 << 20, "PidsLimit": 100000},
+            [
+                "CPUs 8 asked, capped to your limit 2 (group student)",
+                "shm 1.5 GiB asked, capped to your limit 1 GiB (group student)",
+                "pids 100000 asked, capped to your limit 512 (group student)",
+            ],
+        ),
+        (
+            {"MemorySwap": -1, "PidsLimit": -1},
+            [
+                "memory+swap unlimited asked, capped to your limit 6 GiB (group student)",
+                "pids unlimited asked, capped to your limit 512 (group student)",
+            ],
+        ),
+        ({"CpuPeriod": 100000, "CpuQuota": 400000}, ["CPUs 4 asked, capped to your limit 2 (group student)"]),
+    ],
+)
+def test_each_capped_limit_is_one_warning(asked, expected):
+    host, warnings = capped(asked)
+    assert warnings == expected
+    assert host["Memory"] <= 4 << 30 and host["PidsLimit"] <= 512
+
+
+def test_a_cpu_cap_from_the_host_says_so():
+    host, warnings = capped({"NanoCpus": 16_000_000_000}, max_cpus=32.0, host_cpus=2)
+    assert host["NanoCpus"] == 2_000_000_000
+    assert warnings == ["CPUs 16 asked, capped to 2, this host's CPU count"]
+
+
+def test_warnings_follow_the_daemons_own():
+    answer = policy.add_warnings({"Id": "abc", "Warnings": ["the daemon's"]}, ["memory capped"])
+    assert answer == {"Id": "abc", "Warnings": ["the daemon's", "memory capped"]}
+    assert policy.add_warnings({"Id": "abc", "Warnings": None}, ["x"])["Warnings"] == ["x"]
+    assert policy.add_warnings({"Id": "abc"}, []) == {"Id": "abc"}
+
+
 def test_unlimited_limits_leave_the_request_alone():
     loose = ctx(max_cpus=None, memory=None, memory_swap=None, shm_size=None, pids_limit=None)
     host = policy.rewrite_create(create({"Memory": 0}), loose)["HostConfig"]

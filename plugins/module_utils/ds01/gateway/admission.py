@@ -47,6 +47,7 @@ class AdmissionRefused(Exception):
 class Grant:
     uuids: list
     labels: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # sentences for the create answer's Warnings
 
 
 def _undecided(reason: str) -> AdmissionRefused:

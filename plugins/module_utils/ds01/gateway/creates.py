@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import stat
-from typing import Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .. import config as config_mod
@@ -20,6 +20,13 @@ from .policy import Refused
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
+
+
+def told(warnings: list) -> Optional[Callable[[Any], Any]]:
+    """The create answer's rewrite that adds ``warnings`` (None when there are none: the answer streams)."""
+    if not warnings:
+        return None
+    return lambda answer: policy.add_warnings(answer, warnings)
 
 
 class Creates:
@@ -94,7 +101,8 @@ class Creates:
                         )
                     )
             ask = policy.gpu_ask(body, image_env)
-            body = policy.rewrite_create(body, ctx)
+            warnings: list = []  # each capped limit, told in the create answer's Warnings
+            body = policy.rewrite_create(body, ctx, warnings)
             body = policy.no_copy_anonymous_volumes(body, (image or {}).get("Volumes"))
             plan = pins.plan_create(body)
             pins.finish_create(body, self.gw.run_dir(), plan)
@@ -106,12 +114,22 @@ class Creates:
             with self.pinned(plan, ctx):
                 if ask is None:
                     body = policy.neutralise_image_labels(policy.strip_gpu(body), (image or {}).get("Labels"))
-                    keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+                    keep, status, created = await self.forward(
+                        head, framing, route=route, body=body, capture=True, rewrite=told(warnings)
+                    )
                     if 200 <= status < 300:
                         await self.gw.record("container.create", caller, gpu=False, id=created, **details)
                     return keep
                 return await self.gpu_create(
-                    head, framing, route, body, ask, limits, details, image_labels=(image or {}).get("Labels")
+                    head,
+                    framing,
+                    route,
+                    body,
+                    ask,
+                    limits,
+                    details,
+                    image_labels=(image or {}).get("Labels"),
+                    warnings=warnings,
                 )
 
     async def gpu_create(
@@ -125,8 +143,10 @@ class Creates:
         details: dict,
         admin: bool = False,
         image_labels: Optional[dict] = None,
+        warnings: Optional[list] = None,
     ) -> bool:
-        """Place the GPU request through the allocator, holding its lock until the daemon answered."""
+        """Place the GPU request through the allocator, holding its lock until the daemon answered;
+        ``warnings`` (capped limits, what was granted) are added to the daemon's answer."""
         caller = self.caller
         if caller is None:  # identity is established before any request is handled
             raise AssertionError("request handled before the caller was identified")
@@ -141,7 +161,10 @@ class Creates:
             body = policy.apply_gpu_grant(body, grant.uuids, grant.labels)
             if not admin:
                 body = policy.neutralise_image_labels(body, image_labels)
-            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            notes = [*(warnings or []), *grant.warnings]
+            keep, status, created = await self.forward(
+                head, framing, route=route, body=body, capture=True, rewrite=told(notes)
+            )
             answered = True
         finally:
             await loop.run_in_executor(None, reservation.exit, answered)

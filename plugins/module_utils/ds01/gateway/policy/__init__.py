@@ -106,7 +106,7 @@ from .mounts import (
     referenced_volumes,
     unsafe_symlink,
 )
-from .rewrite import apply_gpu_grant, apply_limits, harden, rewrite_create, set_env, strip_gpu
+from .rewrite import add_warnings, apply_gpu_grant, apply_limits, harden, rewrite_create, set_env, strip_gpu
 from .routes import (
     ADMIN_PREFIXES,
     CONTAINER_ACTIONS,
@@ -166,6 +166,7 @@ __all__ = [
     "Refused",
     "Route",
     "add_label_filter",
+    "add_warnings",
     "admin_only",
     "api_version_refusal",
     "apply_gpu_grant",

@@ -31,36 +31,77 @@ def _clamp(value: Any, limit: Optional[float]) -> Any:
     return value
 
 
-def apply_limits(host: dict, ctx: CreateContext) -> dict:
-    """Per-container CPU, memory, swap, shm and pids limits, where the caller asked for more or nothing."""
+def _size_text(n_bytes: float) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n_bytes >= 1 << shift:
+            value = n_bytes / (1 << shift)
+            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def _capped(value: Any, limit: Optional[float]) -> bool:
+    """The caller asked for more than ``limit``, or for unlimited (-1), rather than leaving it unset."""
+    if limit is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return value < 0 or value > limit
+
+
+def cap_warning(
+    what: str, asked: float, limit: float, ctx: CreateContext, text: Any = _size_text, own: bool = True
+) -> str:
+    """One create ``Warning`` sentence: what was asked and the limit it was capped to, and whose limit."""
+    whose = f"your limit {text(limit)} (group {ctx.group})" if own else f"{text(limit)}, this host's CPU count"
+    shown = "unlimited" if asked < 0 else text(asked)
+    return f"{what} {shown} asked, capped to {whose}"
+
+
+def apply_limits(host: dict, ctx: CreateContext, warnings: Optional[list] = None) -> dict:
+    """Per-container CPU, memory, swap, shm and pids limits, where the caller asked for more or nothing.
+
+    ``warnings``: a sentence is appended for each value the caller asked for and did not get (the create
+    response's ``Warnings``, which the docker CLI prints), so a cap is never silent."""
+    notes: list = [] if warnings is None else warnings
     cpus = ctx.cpu_cap()
     if cpus is not None:
+        own = ctx.max_cpus is not None and cpus >= ctx.max_cpus
         max_nano = int(cpus * 1e9)
         period = host.get("CpuPeriod") or 0
         quota = host.get("CpuQuota") or 0
         if isinstance(period, int) and isinstance(quota, int) and period > 0 and quota > 0:
             if quota / period > cpus:
+                notes.append(cap_warning("CPUs", quota / period, cpus, ctx, _number_text, own))
                 host["CpuQuota"] = int(cpus * period)
         else:
             # -1 (or any non-positive quota) is "unlimited" to the kernel: the cap comes from NanoCpus
             host.pop("CpuQuota", None)
             host.pop("CpuPeriod", None)
+            if _capped(host.get("NanoCpus"), max_nano):
+                notes.append(cap_warning("CPUs", host["NanoCpus"] / 1e9, cpus, ctx, _number_text, own))
             host["NanoCpus"] = _clamp(host.get("NanoCpus"), max_nano)
-    if ctx.memory is not None:
-        host["Memory"] = _clamp(host.get("Memory"), ctx.memory)
-    if ctx.memory_swap is not None:
-        swap = _clamp(host.get("MemorySwap"), ctx.memory_swap)
-        memory = host.get("Memory") or 0
-        host["MemorySwap"] = max(swap, memory) if memory else swap
-    if ctx.shm_size is not None:
-        host["ShmSize"] = _clamp(host.get("ShmSize"), ctx.shm_size)
-    if ctx.pids_limit is not None:
-        host["PidsLimit"] = _clamp(host.get("PidsLimit"), ctx.pids_limit)
+    for key, what, limit in (
+        ("Memory", "memory", ctx.memory),
+        ("MemorySwap", "memory+swap", ctx.memory_swap),
+        ("ShmSize", "shm", ctx.shm_size),
+        ("PidsLimit", "pids", ctx.pids_limit),
+    ):
+        if limit is None:
+            continue
+        if _capped(host.get(key), limit):
+            notes.append(cap_warning(what, host[key], limit, ctx, _number_text if key == "PidsLimit" else _size_text))
+        host[key] = _clamp(host.get(key), limit)
+        if key == "MemorySwap":
+            memory = host.get("Memory") or 0
+            host["MemorySwap"] = max(host["MemorySwap"], memory) if memory else host["MemorySwap"]
     return host
 
 
-def rewrite_create(body: dict, ctx: CreateContext) -> dict:
-    """Stamp ownership, slice and limits on a create body already passed by ``check_create``."""
+def rewrite_create(body: dict, ctx: CreateContext, warnings: Optional[list] = None) -> dict:
+    """Stamp ownership, slice and limits on a create body already passed by ``check_create``;
+    each capped limit adds a sentence to ``warnings`` (``apply_limits``)."""
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict):
         labels = {}
@@ -79,7 +120,7 @@ def rewrite_create(body: dict, ctx: CreateContext) -> dict:
     host = body.get("HostConfig") or {}
     host["CgroupParent"] = host.get("CgroupParent") or ctx.slice_name
     harden(body, host, ctx)
-    body["HostConfig"] = apply_limits(host, ctx)
+    body["HostConfig"] = apply_limits(host, ctx, warnings)
     return body
 
 
@@ -141,3 +182,12 @@ def strip_gpu(body: dict) -> dict:
     """A container that asked for no GPU: hide every GPU from the NVIDIA runtime, whatever its image says."""
     set_env(body, NVIDIA_ENV, "void")
     return body
+
+
+def add_warnings(answer: Any, warnings: list) -> Any:
+    """The daemon's create answer with the gateway's ``warnings`` after its own."""
+    if not warnings or not isinstance(answer, dict):
+        return answer
+    own = answer.get("Warnings")
+    answer["Warnings"] = [*(own if isinstance(own, list) else []), *warnings]
+    return answer
