@@ -110,7 +110,7 @@ class Env:
         self.reports: list = []
         self.ops = lc.DockerOps(client, filters={"label": [f"ds01.test.run={self.run_id}"]})
         self.notifier = notify.Notifier(
-            client, spool_dir=notify.spool_dir(str(tmp_path / "state")), utmp_path=str(tmp_path / "no-utmp")
+            client, spool_dir=notify.spool_dir(str(tmp_path / "state")), sessions=lambda login: []
         )
         self.store = lc.StateStore(str(tmp_path / "state" / "lifecycle"))
 

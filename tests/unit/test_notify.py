@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pwd
 import stat
@@ -13,39 +15,59 @@ from ansible_collections.ds01.infra.plugins.module_utils.ds01 import lifecycle a
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import notify
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another uid (chown)")
+TEST_UID = 4321  # a uid that is nobody's on this machine: the "test user" a terminal is given to
 NOTICE = lc.Notice("WARNING", "IDLE CONTAINER WARNING", ("Your GPU container train will be stopped.", "Why: idle."))
 
 
-def write_utmp(path, records):
-    with open(path, "wb") as handle:
-        for rec in records:
-            handle.write(notify.pack_session(*rec))
+def sessions_of(table):
+    """A sessions source (``login -> TTY names``) from a dict: what logind would answer."""
+    return lambda login: list(table.get(login, []))
 
 
-def test_utmp_record_is_glibc_x86_64_size():
-    assert notify.UTMP_RECORD.size == 384
+# -- logind, the real library (no logind runs on this machine) ---------------------------------------
 
 
-def test_read_sessions_keeps_user_processes_only(tmp_path):
-    utmp = tmp_path / "utmp"
-    write_utmp(
-        utmp,
-        [
-            ("alice", "pts/3", 100, "10.0.0.1"),
-            ("LOGIN", "tty1", 5, "", 6),  # LOGIN_PROCESS
-            ("bob", "tty2", 7),
-            ("", "pts/9", 0, "", 8),  # DEAD_PROCESS
-        ],
-    )
-    sessions = notify.read_sessions(str(utmp))
-    assert [(s.user, s.line, s.pid, s.host) for s in sessions] == [
-        ("alice", "pts/3", 100, "10.0.0.1"),
-        ("bob", "tty2", 7, ""),
-    ]
+def test_logind_adapter_answers_no_sessions_when_logind_is_not_running(caplog):
+    caplog.set_level(logging.DEBUG, logger=notify.__name__)
+    logind = notify.Logind()
+    assert logind._load() is not None  # the real libsystemd.so.0 loads and has the sd-login calls
+    assert logind._lib.sd_booted() == 0 and logind.running() is False
+    assert logind.ttys("root") == [] and notify.logind_ttys("root") == []
+    assert "logind is not running" in caplog.text
 
 
-def test_missing_utmp_means_nobody_is_logged_in(tmp_path):
-    assert notify.read_sessions(str(tmp_path / "nope")) == []
+def test_logind_adapter_reads_the_real_library_without_errors():
+    logind = notify.Logind()
+    logind._load()
+    # No /run/systemd/users/<uid> here: sd-login reports zero sessions, which is not an error.
+    assert logind.sessions(os.getuid()) == []
+    assert logind._string("sd_session_get_tty", "c4242") is None  # no such session
+
+
+def test_a_negative_errno_from_sd_login_is_logged_and_means_no_sessions(caplog):
+    logind = notify.Logind()
+    logind._load()
+    caplog.set_level(logging.INFO, logger=notify.__name__)
+    # An invalid session id: the real library answers -EINVAL.
+    assert logind._string("sd_session_get_tty", "../etc") is None
+    assert "sd_session_get_tty(../etc)" in caplog.text and os.strerror(errno.EINVAL) in caplog.text
+
+
+def test_missing_libsystemd_means_no_terminals_but_the_notice_is_still_spooled(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger=notify.__name__)
+    logind = notify.Logind(library="libsystemd-absent.so.0")
+    assert logind.running() is False and logind.ttys("root") == []
+    assert "no libsystemd-absent.so.0" in caplog.text
+    spool = tmp_path / "notices"
+    entry = SimpleNamespace(pw_uid=os.getuid(), pw_gid=os.getgid(), pw_dir="/nonexistent")
+    notifier = notify.Notifier(None, spool_dir=str(spool), sessions=logind.ttys, passwd=lambda u: entry)
+    result = notifier.deliver("alice", None, NOTICE)
+    assert result["terminals"] == [] and result["file"] == str(spool / "alice.jsonl")
+    assert [r["title"] for r in notify.read_spool(result["file"])] == [NOTICE.title]
+
+
+def test_the_notifier_asks_logind_by_default():
+    assert notify.Notifier().sessions is notify.logind_ttys
 
 
 @pytest.mark.parametrize(
@@ -59,12 +81,15 @@ def test_missing_utmp_means_nobody_is_logged_in(tmp_path):
         (":0", False),
         ("console", False),
         ("pts/1x", False),
+        ("", False),
     ],
 )
-def test_only_pts_and_tty_lines_become_paths(tmp_path, line, accepted):
-    utmp = tmp_path / "utmp"
-    write_utmp(utmp, [("alice", line, 1)])
-    assert notify.terminals_of("alice", str(utmp), "/dev") == ([os.path.join("/dev", line)] if accepted else [])
+def test_only_pts_and_tty_lines_become_paths(line, accepted):
+    assert notify.terminal_paths([line], "/dev") == ([os.path.join("/dev", line)] if accepted else [])
+
+
+def test_a_terminal_named_twice_is_one_path():
+    assert notify.terminal_paths(["pts/3", "tty1", "pts/3"], "/dev") == ["/dev/pts/3", "/dev/tty1"]
 
 
 @pytest.fixture
@@ -86,12 +111,11 @@ def _read(master):
 
 def test_writes_to_the_users_own_terminal(tmp_path, pty):
     master, path = pty
-    owner = os.stat(path).st_uid
-    utmp = tmp_path / "utmp"
+    os.chown(path, TEST_UID, -1)  # the pty is the test user's, as login gives a terminal to its user
     line = os.path.relpath(path, "/dev")
-    write_utmp(utmp, [("someone", line, 1)])
-    entry = SimpleNamespace(pw_uid=owner, pw_gid=0, pw_dir=str(tmp_path / "nohome"))
-    notifier = notify.Notifier(None, utmp_path=str(utmp), dev_root="/dev", passwd=lambda u: entry)
+    entry = SimpleNamespace(pw_uid=TEST_UID, pw_gid=TEST_UID, pw_dir=str(tmp_path / "nohome"))
+    sessions = sessions_of({"someone": ["pts/999999x", line, line]})  # a name that is no terminal is skipped
+    notifier = notify.Notifier(None, sessions=sessions, dev_root="/dev", passwd=lambda u: entry)
     result = notifier.deliver("someone", None, NOTICE, "GPUs: 1/2 gpueq | Containers: 1/3")
     assert result["terminals"] == [path]
     text = _read(master)
@@ -101,11 +125,10 @@ def test_writes_to_the_users_own_terminal(tmp_path, pty):
 
 def test_terminal_owned_by_someone_else_is_not_written(tmp_path, pty):
     master, path = pty
-    utmp = tmp_path / "utmp"
-    write_utmp(utmp, [("mallory", os.path.relpath(path, "/dev"), 1)])
-    # utmp claims mallory is on this terminal, but the device belongs to another uid
+    sessions = sessions_of({"mallory": [os.path.relpath(path, "/dev")]})
+    # the source claims mallory is on this terminal, but the device belongs to another uid
     entry = SimpleNamespace(pw_uid=os.stat(path).st_uid + 4242, pw_gid=0, pw_dir="/nonexistent")
-    notifier = notify.Notifier(None, utmp_path=str(utmp), dev_root="/dev", passwd=lambda u: entry)
+    notifier = notify.Notifier(None, sessions=sessions, dev_root="/dev", passwd=lambda u: entry)
     assert notifier.deliver("mallory", None, NOTICE)["terminals"] == []
     assert _read(master) == ""
 
@@ -117,20 +140,18 @@ def test_symlinks_and_regular_files_under_dev_are_refused(tmp_path, pty):
     os.symlink(path, dev / "pts" / "5")  # a symlink to a real terminal: O_NOFOLLOW refuses it
     (dev / "tty7").write_text("")  # a regular file: not a character device
     os.chown(dev / "tty7", os.getuid(), -1)
-    utmp = tmp_path / "utmp"
-    write_utmp(utmp, [("root", "pts/5", 1), ("root", "tty7", 2)])
+    sessions = sessions_of({"root": ["pts/5", "tty7"]})
     entry = SimpleNamespace(pw_uid=os.stat(path).st_uid, pw_gid=0, pw_dir="/nonexistent")
-    notifier = notify.Notifier(None, utmp_path=str(utmp), dev_root=str(dev), passwd=lambda u: entry)
+    notifier = notify.Notifier(None, sessions=sessions, dev_root=str(dev), passwd=lambda u: entry)
     assert notifier.deliver("root", None, NOTICE)["terminals"] == []
     assert _read(master) == "" and (dev / "tty7").read_text() == ""
 
 
 def test_other_users_sessions_are_ignored(tmp_path, pty):
     master, path = pty
-    utmp = tmp_path / "utmp"
-    write_utmp(utmp, [("bob", os.path.relpath(path, "/dev"), 1)])
+    sessions = sessions_of({"bob": [os.path.relpath(path, "/dev")]})
     entry = SimpleNamespace(pw_uid=os.stat(path).st_uid, pw_gid=0, pw_dir="/nonexistent")
-    notifier = notify.Notifier(None, utmp_path=str(utmp), dev_root="/dev", passwd=lambda u: entry)
+    notifier = notify.Notifier(None, sessions=sessions, dev_root="/dev", passwd=lambda u: entry)
     assert notifier.deliver("alice", None, NOTICE)["terminals"] == []
     assert _read(master) == ""
 
@@ -139,7 +160,7 @@ def _spool(tmp_path, uid=4321, gid=4321):
     spool = tmp_path / "state" / "notices"
     (tmp_path / "state").mkdir()
     entry = SimpleNamespace(pw_uid=uid, pw_gid=gid, pw_dir="/nonexistent")
-    notifier = notify.Notifier(None, spool_dir=str(spool), utmp_path=str(tmp_path / "none"), passwd=lambda u: entry)
+    notifier = notify.Notifier(None, spool_dir=str(spool), sessions=sessions_of({}), passwd=lambda u: entry)
     return spool, notifier
 
 
@@ -220,7 +241,7 @@ def test_unknown_user_gets_no_terminal_and_no_spool_file(tmp_path):
     def no_user(name):
         raise KeyError(name)
 
-    notifier = notify.Notifier(None, utmp_path=str(tmp_path / "none"), passwd=no_user)
+    notifier = notify.Notifier(None, sessions=sessions_of({"ghost": ["pts/0"]}), passwd=no_user)
     assert notifier.deliver("ghost", None, NOTICE) == {"terminals": [], "file": None, "workspace": None}
 
 

@@ -1,7 +1,11 @@
 """Reaching a container's owner where they are: their terminals, and a file they will find.
 
-- **Terminals**: every login session of the user in utmp (``/var/run/utmp``, glibc x86_64 record
-  layout, 384 bytes, read with ``struct``). Each ``/dev/pts/N`` or ``/dev/ttyN`` is opened with
+- **Terminals**: every login session of the user that logind knows, read through its public API
+  (sd-login: ``sd_uid_get_sessions``, ``sd_session_get_state``, ``sd_session_get_tty``) in
+  ``libsystemd.so.0`` with ctypes; no utmp record layout is parsed. Where libsystemd is missing or
+  logind is not running (``sd_booted()`` is 0, or no ``/run/systemd/seats``) the user has no
+  terminals here, and the notice still reaches the spool and the workspace. Only a ``pts/N`` or
+  ``ttyN`` TTY becomes a path; each is opened with
   ``O_WRONLY | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW`` and written only when ``fstat`` of the open
   descriptor shows a character device owned by that user; a full terminal (EAGAIN) is skipped, not
   waited for. No ``wall``, no ``write(1)``, no subprocess.
@@ -18,12 +22,14 @@
   appended to ``/workspace/.ds01-alerts`` through the Docker archive API (``put_archive``; the file
   lands in the user's own workspace, owned by them, and survives the container's removal).
 
-The utmp path, the /dev root, the spool directory and the passwd lookup are constructor arguments so
-tests run against a temporary tree.
+The sessions source (``sessions(login) -> TTY names``, logind's by default), the /dev root, the spool
+directory and the passwd lookup are constructor arguments so tests run against a temporary tree.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
 import errno
 import fcntl
@@ -43,18 +49,12 @@ from typing import Any, Callable, Optional
 
 from . import docker, identity
 
-UTMP_PATH = "/var/run/utmp"
 DEV_ROOT = "/dev"
 ALERTS_NAME = ".ds01-alerts"
 WORKSPACE_ALERTS = "/workspace/" + ALERTS_NAME
 MAX_FILE_BYTES = 64 * 1024
 WIDTH = 72
 
-# glibc <bits/utmp.h> on x86_64: ut_type (short) + pad, ut_pid, ut_line[32], ut_id[4],
-# ut_user[32], ut_host[256], ut_exit {short, short}, ut_session (int32), ut_tv {int32, int32},
-# ut_addr_v6[4] (int32), __glibc_reserved[20] — 384 bytes.
-UTMP_RECORD = struct.Struct("<h2xi32s4s32s256shhiii4i20s")
-USER_PROCESS = 7
 _LINE_RE = re.compile(r"^(pts/\d{1,6}|tty\d{1,3})$")
 
 
@@ -67,67 +67,115 @@ class Message:
     lines: tuple
 
 
-@dataclass(frozen=True)
-class Session:
-    user: str
-    line: str
-    pid: int
-    host: str
-    login_time: float
+# -- login sessions: logind (sd-login) -------------------------------------------------------------
+SD_LOGIN_LIBRARY = "libsystemd.so.0"
+LOGIND_SEATS = "/run/systemd/seats"  # logind's own "is it running" test (sd-login's logind_running)
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+class Logind:
+    """A user's terminals as logind knows them, through sd-login in ``libsystemd.so.0`` (ctypes, no new
+    dependency). Never raises: where the library is missing, systemd did not boot this host or logind is not
+    running, ``ttys`` answers ``[]`` (logged at debug); a negative errno from sd-login is logged and counts as
+    no sessions. Every string sd-login returns is freed with libc ``free``."""
+
+    def __init__(self, library: str = SD_LOGIN_LIBRARY, seats_dir: str = LOGIND_SEATS) -> None:
+        self.library = library
+        self.seats_dir = seats_dir
+        self._lib: Any = None
+        self._free: Any = None
+        self._tried = False
+
+    def _load(self) -> Any:
+        if not self._tried:
+            self._tried = True
+            try:
+                lib = ctypes.CDLL(self.library)
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.sd_uid_get_sessions, lib.sd_session_get_tty, lib.sd_session_get_state  # noqa: B018
+            except (OSError, AttributeError) as exc:
+                _log().debug("no %s (%s): no login sessions are read", self.library, exc)
+                return None
+            pp = ctypes.POINTER(ctypes.c_void_p)
+            lib.sd_booted.argtypes, lib.sd_booted.restype = [], ctypes.c_int
+            lib.sd_uid_get_sessions.argtypes = [ctypes.c_uint, ctypes.c_int, ctypes.POINTER(pp)]
+            lib.sd_uid_get_sessions.restype = ctypes.c_int
+            for name in ("sd_session_get_tty", "sd_session_get_state"):
+                getattr(lib, name).argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+                getattr(lib, name).restype = ctypes.c_int
+            libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
+            self._lib, self._free = lib, libc.free
+        return self._lib
+
+    def running(self) -> bool:
+        """Whether sd-login can answer here: the library loads, systemd booted the host, logind runs."""
+        lib = self._load()
+        return lib is not None and lib.sd_booted() > 0 and os.path.isdir(self.seats_dir)
+
+    def sessions(self, uid: int) -> list:
+        """The ids of ``uid``'s sessions, active or not (``[]`` on an error, which is logged)."""
+        array = ctypes.POINTER(ctypes.c_void_p)()
+        count = self._lib.sd_uid_get_sessions(uid, 0, ctypes.byref(array))
+        out = []
+        if array:
+            index = 0
+            while array[index]:
+                out.append(ctypes.string_at(array[index]).decode("utf-8", errors="replace"))
+                self._free(array[index])
+                index += 1
+            self._free(array)
+        if count < 0:
+            _log().info("logind: sd_uid_get_sessions(%d): %s", uid, os.strerror(-count))
+            return []
+        return out
+
+    def _string(self, function: str, session: str) -> Optional[str]:
+        """One string property of a session (``sd_session_get_<what>``), or None where it has none."""
+        value = ctypes.c_void_p()
+        r = getattr(self._lib, function)(session.encode(), ctypes.byref(value))
+        try:
+            if r < 0 or not value.value:
+                if r < 0 and -r not in (errno.ENXIO, errno.ENODATA, errno.ENOENT):
+                    _log().info("logind: %s(%s): %s", function, session, os.strerror(-r))
+                return None
+            return ctypes.string_at(value.value).decode("utf-8", errors="replace")
+        finally:
+            if value.value:
+                self._free(value)
+
+    def ttys(self, login: str) -> list:
+        """The TTY names (``pts/3``, ``tty1`` …) of ``login``'s sessions that are not closing."""
+        if not self.running():
+            _log().debug("logind is not running here (or no %s): no terminals for %s", self.library, login)
+            return []
+        try:
+            uid = pwd.getpwnam(login).pw_uid
+        except KeyError:
+            return []
+        out = []
+        for session in self.sessions(uid):
+            if self._string("sd_session_get_state", session) == "closing":
+                continue  # logged out; processes linger, the terminal may be someone else's now
+            tty = self._string("sd_session_get_tty", session)
+            if tty and tty not in out:
+                out.append(tty)
+        return out
 
 
-def read_sessions(path: str = UTMP_PATH) -> list:
-    """The USER_PROCESS records of a utmp file (a missing file means nobody is logged in)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return []
-    sessions = []
-    size = UTMP_RECORD.size
-    for offset in range(0, len(data) - size + 1, size):
-        ut_type, pid, line, _id, user, host, _e1, _e2, _sess, tv_sec, _tv_usec, *_rest = UTMP_RECORD.unpack_from(
-            data, offset
-        )
-        if ut_type != USER_PROCESS:
-            continue
-        sessions.append(Session(_cstr(user), _cstr(line), pid, _cstr(host), float(tv_sec)))
-    return sessions
+LOGIND = Logind()
 
 
-def pack_session(user: str, line: str, pid: int = 1, host: str = "", ut_type: int = USER_PROCESS) -> bytes:
-    """One utmp record (for tests and demos)."""
-    return UTMP_RECORD.pack(
-        ut_type,
-        pid,
-        line.encode()[:32],
-        line[-4:].encode(),
-        user.encode()[:32],
-        host.encode()[:256],
-        0,
-        0,
-        0,
-        int(time.time()),
-        0,
-        0,
-        0,
-        0,
-        0,
-        b"",
-    )
+def logind_ttys(login: str) -> list:
+    """The default sessions source: ``login``'s TTY names according to logind (``Logind.ttys``)."""
+    return LOGIND.ttys(login)
 
 
-def terminals_of(user: str, utmp_path: str = UTMP_PATH, dev_root: str = DEV_ROOT) -> list:
-    """Paths of the user's terminals named by utmp (``pts/N`` or ``ttyN`` only), without duplicates."""
+def terminal_paths(ttys: Sequence[str], dev_root: str = DEV_ROOT) -> list:
+    """``dev_root`` paths of the TTY names that are ``pts/N`` or ``ttyN`` (others are skipped), without duplicates."""
     out: list = []
-    for session in read_sessions(utmp_path):
-        if session.user != user or not _LINE_RE.match(session.line):
+    for tty in ttys:
+        if not isinstance(tty, str) or not _LINE_RE.match(tty):
             continue
-        path = os.path.join(dev_root, session.line)
+        path = os.path.join(dev_root, tty)
         if path not in out:
             out.append(path)
     return out
@@ -193,14 +241,14 @@ class Notifier:
         docker_client: Any = None,
         *,
         spool_dir: Optional[str] = None,
-        utmp_path: str = UTMP_PATH,
+        sessions: Callable[[str], Sequence[str]] = logind_ttys,
         dev_root: str = DEV_ROOT,
         passwd: Callable[[str], Any] = pwd.getpwnam,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = docker_client
         self.spool = Spool(spool_dir) if spool_dir else None
-        self.utmp_path = utmp_path
+        self.sessions = sessions
         self.dev_root = dev_root
         self.passwd = passwd
         self.clock = clock
@@ -218,7 +266,7 @@ class Notifier:
             entry = None
         written = []
         if entry is not None:
-            for path in terminals_of(user, self.utmp_path, self.dev_root):
+            for path in terminal_paths(self.sessions(user), self.dev_root):
                 if write_terminal(path, entry.pw_uid, text):
                     written.append(path)
         kept = None
