@@ -22,19 +22,28 @@ SUITE=bookworm
 # python3-venv: ds01_common builds /opt/ds01/venv on the host; logrotate: the role's rule is verified.
 INCLUDE=python3,python3-apt,python3-venv,logrotate,systemd,systemd-sysv,dbus,cron,udev,procps,sudo
 # gcc + libc6-dev (the molecule host only): ds01_gpu_access compiles the CUDA notice library there.
-HOST_INCLUDE="$INCLUDE,gcc,libc6-dev"
+# libpam-systemd (the molecule host only): logins register with logind, whose sessions notify reads.
+HOST_INCLUDE="$INCLUDE,gcc,libc6-dev,libpam-systemd"
 # Units that cannot work (or only get in the way) inside a container.
 MASKED_UNITS=(
   systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket
-  getty.target console-getty.service systemd-logind.service
+  getty.target console-getty.service
 )
+# The molecule host runs logind (notices reach the terminals of its sessions); the slurm image keeps it masked.
+SLURM_MASKED_UNITS=("${MASKED_UNITS[@]}" systemd-logind.service)
 # molecule/slurm: a controller, a database and a GPU node in one systemd container.
 SLURM_INCLUDE="$INCLUDE,slurm-wlm,slurm-client,slurmdbd,munge,mariadb-server,iproute2"
 # The recipe's fingerprint: a cached tarball or image built from another recipe is rebuilt.
-recipe_of() { printf '%s\n' "$SUITE" "$@" "${MASKED_UNITS[@]}" | sha256sum | cut -c1-12; }
-RECIPE="$(recipe_of "$HOST_INCLUDE")"
+# recipe_of "MASKED UNITS" INCLUDE [MARK...]
+recipe_of() {
+  local masked="$1"
+  shift
+  # shellcheck disable=SC2086  # the unit list is split into words on purpose
+  printf '%s\n' "$SUITE" "$@" $masked | sha256sum | cut -c1-12
+}
+RECIPE="$(recipe_of "${MASKED_UNITS[*]}" "$HOST_INCLUDE")"
 ROOTFS_TAR="$IMAGE_CACHE/debian-systemd-$SUITE-$RECIPE.tar"
-SLURM_RECIPE="$(recipe_of "$SLURM_INCLUDE" keep-log-dirs)"
+SLURM_RECIPE="$(recipe_of "${SLURM_MASKED_UNITS[*]}" "$SLURM_INCLUDE" keep-log-dirs)"
 SLURM_ROOTFS_TAR="$IMAGE_CACHE/debian-slurm-$SUITE-$SLURM_RECIPE.tar"
 FORCE=0
 
@@ -51,10 +60,10 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# build_rootfs_tar INCLUDE TARBALL: debootstrap a rootfs with systemd (and INCLUDE) into a tarball
-# under .cache/images (kept across prunes).
+# build_rootfs_tar INCLUDE TARBALL "MASKED UNITS": debootstrap a rootfs with systemd (and INCLUDE) into a
+# tarball under .cache/images (kept across prunes).
 build_rootfs_tar() {
-  local include="$1" tarball="$2" rootfs mirror unit
+  local include="$1" tarball="$2" masked="$3" rootfs mirror unit
   need_root "debootstrap"
   command -v debootstrap >/dev/null || die "debootstrap not found: run 'make system-deps' first"
   mkdir -p "$IMAGE_CACHE"
@@ -69,7 +78,7 @@ build_rootfs_tar() {
     tail -n 30 "$IMAGE_CACHE/debootstrap.log" >&2
     die "debootstrap failed (full log: $IMAGE_CACHE/debootstrap.log)"
   fi
-  for unit in "${MASKED_UNITS[@]}"; do
+  for unit in $masked; do
     ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
   done
   # No apt caches, package lists or logs in the image (log directories stay: munged, slurmd and
@@ -86,11 +95,12 @@ build_rootfs_tar() {
   info "rootfs tarball: $tarball ($(du -h "$tarball" | cut -f1))"
 }
 
-# import_systemd_image INCLUDE TARBALL RECIPE IMAGE: from the cached tarball (debootstrapped when missing).
+# import_systemd_image INCLUDE TARBALL RECIPE IMAGE "MASKED UNITS": from the cached tarball (debootstrapped
+# when missing).
 import_systemd_image() {
-  local include="$1" tarball="$2" recipe="$3" image="$4"
+  local include="$1" tarball="$2" recipe="$3" image="$4" masked="$5"
   if [ ! -s "$tarball" ] || [ "$FORCE" -eq 1 ]; then
-    build_rootfs_tar "$include" "$tarball"
+    build_rootfs_tar "$include" "$tarball" "$masked"
   else
     info "reusing cached rootfs $tarball"
   fi
@@ -99,11 +109,11 @@ import_systemd_image() {
 }
 
 build_systemd_image() {
-  import_systemd_image "$HOST_INCLUDE" "$ROOTFS_TAR" "$RECIPE" "$DS01_IMAGE_SYSTEMD"
+  import_systemd_image "$HOST_INCLUDE" "$ROOTFS_TAR" "$RECIPE" "$DS01_IMAGE_SYSTEMD" "${MASKED_UNITS[*]}"
 }
 
 build_slurm_image() {
-  import_systemd_image "$SLURM_INCLUDE" "$SLURM_ROOTFS_TAR" "$SLURM_RECIPE" "$DS01_IMAGE_SLURM"
+  import_systemd_image "$SLURM_INCLUDE" "$SLURM_ROOTFS_TAR" "$SLURM_RECIPE" "$DS01_IMAGE_SLURM" "${SLURM_MASKED_UNITS[*]}"
 }
 
 build_empty_image() {
