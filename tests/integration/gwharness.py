@@ -83,6 +83,7 @@ gpu_allocation:
   topology: topology.yaml
 gateway:
   readonly_bind_prefixes: ["{data}"]
+  max_upload_bytes: 8m
 paths:
   state_dir: state
   log_dir: log

@@ -218,3 +218,33 @@ def test_classic_build_tags_are_claimed(attack_gw):
     again = h.cli(ATTACKER, "build", "--network", "none", "-t", tag, str(attacker_ctx), env={"DOCKER_BUILDKIT": "0"})
     assert again.returncode != 0 and "under your own name" in again.stderr
     assert _image_id(h, tag) == victims
+
+
+def test_uploads_over_the_limit_are_refused_with_the_answer_and_leave_nothing(attack_gw):
+    """A build context or an import tar over ``gateway.max_upload_bytes`` (8 MiB in this harness): the docker CLI
+    reads the refusal sentence (the gateway reads on and drops the rest in the same pass over the body, instead
+    of leaving the client to a broken pipe), and the daemon made nothing: no image under the tag, no build step
+    container of the user's."""
+    h = attack_gw
+    before = {c["Id"] for c in h.containers_of(VICTIM)}
+    context = h.scratch(VICTIM)
+    (context / "Dockerfile").write_text(f"FROM {EMPTY_IMAGE}\nCOPY big /big\n")
+    (context / "big").write_bytes(os.urandom(12 << 20))  # random: the CLI's context tar does not shrink it
+    tag = h.tag(VICTIM, "huge")
+    built = h.cli(VICTIM, "build", "--network", "none", "-t", tag, str(context), env={"DOCKER_BUILDKIT": "0"})
+    assert built.returncode != 0
+    assert "the build context is larger than 8M (gateway.max_upload_bytes)" in built.stderr, built.stderr
+    assert _image_id(h, tag) is None
+    tar_path = h.scratch(VICTIM) / "rootfs.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        data = os.urandom(12 << 20)
+        info = tarfile.TarInfo("big")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    os.chmod(tar_path, 0o644)
+    itag = h.tag(VICTIM, "hugeimport")
+    imported = h.cli(VICTIM, "import", str(tar_path), itag)
+    assert imported.returncode != 0
+    assert "the import is larger than 8M (gateway.max_upload_bytes)" in imported.stderr, imported.stderr
+    assert _image_id(h, itag) is None
+    assert {c["Id"] for c in h.containers_of(VICTIM)} == before

@@ -80,6 +80,7 @@ GATEWAY_KEYS: dict[str, tuple[Kind, Any]] = {
     "readonly_bind_prefixes": (Kind(string_list(_prefix, "a list of absolute paths")), ()),
     "allow_host_network": (Kind(boolean, nullable=False), False),
     "max_body_bytes": (Kind(size, nullable=False), 16 * 1024 * 1024),
+    "max_upload_bytes": (Kind(size, nullable=False), 8 << 30),
 }
 
 IMAGES_KEYS: dict[str, tuple[Kind, Any]] = {

@@ -11,11 +11,12 @@ import tempfile
 from typing import Any, Optional
 from urllib.parse import unquote
 
+from .. import config as config_mod
 from . import claims, dockerfile, http, objects, policy
 from .policy import Refused
 
-# A classic build's context is spooled to disk, and its Dockerfile checked, before the daemon sees it.
-MAX_BUILD_CONTEXT = 8 << 30
+# After a refusal, this much more of an upload is read and dropped, so a client still sending reads the answer.
+DRAIN_AFTER_REFUSAL = 64 * 1024 * 1024
 
 
 def sparse_member_refusal(spooled: Any) -> Optional[policy.Refusal]:
@@ -130,6 +131,10 @@ class ImageWrites:
             if refusal:
                 raise Refused(refusal)
 
+    def upload_limit(self) -> int:
+        """The largest build context or import tar: ``gateway.max_upload_bytes``."""
+        return int(self.gw.section()["max_upload_bytes"])
+
     async def spool_import(self, framing: http.Framing) -> Any:
         """A ``docker import`` body, read into a temp file before the daemon sees it: it must be a plain tar.
         The daemon would decompress a gzip, bzip2, xz or zstd one, and a few MB of those unpack to GBs of
@@ -138,12 +143,15 @@ class ImageWrites:
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
         spooled = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - the caller's `with` closes it
         size, head = 0, b""
+        limit = self.upload_limit()
         refusal: Optional[policy.Refusal] = None
         try:
             # a refused body is still read to its end (dropped), so the client reads the answer
             async for piece in http.iter_body(self.reader, framing):
                 size += len(piece)
                 if refusal is not None:
+                    if size > limit + DRAIN_AFTER_REFUSAL:
+                        break  # the answer goes out, then the connection closes on the unread rest
                     continue
                 if len(head) < 8:
                     head += piece[: 8 - len(head)]
@@ -155,9 +163,10 @@ class ImageWrites:
                             "import - NAME`)."
                         )
                         continue
-                if size > MAX_BUILD_CONTEXT:
+                if size > limit:
                     refusal = policy.denied(
-                        f"the import is larger than {MAX_BUILD_CONTEXT >> 30} GiB; split the image into smaller ones."
+                        f"the import is larger than {config_mod.format_size(limit)} (gateway.max_upload_bytes); "
+                        "split the image into smaller ones."
                     )
                     continue
                 spooled.write(piece)
@@ -182,18 +191,26 @@ class ImageWrites:
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
         spooled = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - the caller's `with` closes it
         size = 0
+        limit = self.upload_limit()
+        refusal: Optional[policy.Refusal] = None
         try:
+            # a refused body is still read (dropped) for a while, in this one pass over it, so the client reads
+            # the answer; past that the connection closes on the unread rest
             async for piece in http.iter_body(self.reader, framing):
                 size += len(piece)
-                if size > MAX_BUILD_CONTEXT:
-                    await self.drain(framing)
-                    raise Refused(
-                        policy.denied(
-                            f"the build context is larger than {MAX_BUILD_CONTEXT >> 30} GiB; leave large files out "
-                            "with a .dockerignore."
-                        )
+                if refusal is not None:
+                    if size > limit + DRAIN_AFTER_REFUSAL:
+                        break
+                    continue
+                if size > limit:
+                    refusal = policy.denied(
+                        f"the build context is larger than {config_mod.format_size(limit)} "
+                        "(gateway.max_upload_bytes); leave large files out with a .dockerignore."
                     )
+                    continue
                 spooled.write(reader.feed(piece))
+            if refusal is not None:
+                raise Refused(refusal)
             try:
                 spooled.write(reader.end())
             except objects.BodyRefused as exc:

@@ -16,6 +16,7 @@ gateway:
   readonly_bind_prefixes: []            # bind-mount sources allowed read-only (shared data sets)
   allow_host_network: false             # --network host (and build --network host)
   max_body_bytes: 16m                   # largest JSON request body the gateway reads to check it
+  max_upload_bytes: 8g                  # largest build context or `docker import` tar (spooled to disk first)
 ```
 """
 
