@@ -32,6 +32,7 @@ from typing import Any
 from .. import access_expiry, cli, events, fsutil, identity, profile
 from .. import config as config_mod
 from .. import grants as grants_mod
+from . import table
 
 SCHEMA_VERSION = "1"
 
@@ -212,11 +213,16 @@ def cmd_list(ctx: cli.Context) -> int:
     def human(_d: dict) -> str:
         if not grants:
             return "No bare-metal GPU grants."
-        return "\n".join(
-            f"{g.get('user'):<24} {'active ' if g['active'] else 'expired'}  until {g.get('expires_at') or 'permanent'}"
-            f"  (by {g.get('granted_by')})"
+        rows = [
+            (
+                g.get("user") or "-",
+                "active" if g["active"] else "expired",
+                g.get("expires_at") or "permanent",
+                g.get("granted_by") or "-",
+            )
             for g in grants
-        )
+        ]
+        return table.render(("USER", "STATE", "UNTIL", "GRANTED BY"), rows)
 
     ctx.emit(data, human)
     return cli.EXIT_OK

@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import cli
 from .. import config as config_mod
+from . import table
 
 SCHEMA_VERSION = "1"
 
@@ -152,9 +153,20 @@ def render_limits(limits: config_mod.Limits) -> str:
         "",
         "  Limits (source in brackets):",
     ]
-    width = max(len(k) for k in config_mod.LIMIT_KEYS)
-    for key in config_mod.LIMIT_KEYS:
-        lines.append(f"    {key:<{width}}  {_fmt(key, getattr(limits, key)):<12} [{limits.sources.get(key, '?')}]")
+    # the three key/value/source lists share one table, so their columns line up
+    limit_rows = [
+        (key, _fmt(key, getattr(limits, key)), f"[{limits.sources.get(key, '?')}]") for key in config_mod.LIMIT_KEYS
+    ]
+    aggregate_rows = [
+        (key, _fmt(key, value), f"[{limits.sources.get('aggregate.' + key, 'unset')}]")
+        for key, value in (limits.aggregate.as_dict().items() if limits.aggregate is not None else ())
+    ]
+    policy_rows = [
+        (key, _fmt(key, value), f"[{limits.sources.get('policies.' + key, 'builtin')}]")
+        for key, value in limits.policies.as_dict().items()
+    ]
+    laid = iter(table.lines(None, [*limit_rows, *aggregate_rows, *policy_rows]))
+    lines.extend("    " + next(laid) for _row in limit_rows)
     lines.append("")
     if limits.aggregate is None:
         lines.append("  Per-user totals (slice): none (no aggregate block: accounting only)")
@@ -163,19 +175,17 @@ def render_limits(limits: config_mod.Limits) -> str:
             "  Per-user totals (slice):"
             + ("" if limits.slice_caps else " NOT ENFORCED (enforcement.aggregate_limits is false: accounting only)")
         )
-        for key, value in limits.aggregate.as_dict().items():
-            lines.append(
-                f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('aggregate.' + key, 'unset')}]"
-            )
+        lines.extend("    " + next(laid) for _row in aggregate_rows)
     lines.append("")
     lines.append("  Lifecycle policies:")
-    for key, value in limits.policies.as_dict().items():
-        lines.append(f"    {key:<{width}}  {_fmt(key, value):<12} [{limits.sources.get('policies.' + key, 'builtin')}]")
+    lines.extend("    " + next(laid) for _row in policy_rows)
     lines.append("")
     lines.append("  Lifecycle by container type (value [where it is written]):")
-    for name, row in limits.lifecycle_table().items():
-        cells = [f"{key} {_fmt(key, row[key])} [{row[key + '_from']}]" for key in config_mod.TYPE_KEYS]
-        lines.append(f"    {name:<13} " + ", ".join(cells))
+    type_rows = [
+        (name, ", ".join(f"{key} {_fmt(key, row[key])} [{row[key + '_from']}]" for key in config_mod.TYPE_KEYS))
+        for name, row in limits.lifecycle_table().items()
+    ]
+    lines.extend("    " + line for line in table.lines(None, type_rows))
     lines.append("    " + config_mod.RULE)
     now = dt.datetime.now(dt.timezone.utc)
     if limits.exemptions:

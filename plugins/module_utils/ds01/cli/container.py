@@ -49,6 +49,7 @@ from typing import Any, Callable, Optional
 from .. import cli, docker, gpu, images
 from .. import config as config_mod
 from ..gateway import pins
+from . import table
 
 SCHEMA = "1"
 CONTAINER_TYPE = "ds01"
@@ -392,7 +393,7 @@ def list_text(doc: Mapping[str, Any]) -> str:
     rows = doc["containers"]
     if not rows:
         return "You have no containers. Make one with `ds01 container deploy NAME`."
-    table = [("NAME", "STATE", "TYPE", "GPU", "IDLE LIMIT", "RUNTIME LIMIT", "IMAGE")]
+    body = []
     for row in rows:
         lim = row["limits"]
         cells = []
@@ -404,9 +405,8 @@ def list_text(doc: Mapping[str, Any]) -> str:
             else:
                 cells.append(hours_text(lim[key]["hours"]))
         gpu = ",".join(row["gpu_slots"]) or ("yes" if row["gpu_uuids"] else "-")
-        table.append((row["name"], row["state"], row["type"], gpu, cells[0], cells[1], row["image"]))
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+        body.append((row["name"], row["state"], row["type"], gpu, cells[0], cells[1], row["image"]))
+    out = table.lines(("NAME", "STATE", "TYPE", "GPU", "IDLE LIMIT", "RUNTIME LIMIT", "IMAGE"), body)
     out.append("Idle and runtime limits stop only containers holding a GPU (-: holds none).")
     return "\n".join(out)
 

@@ -41,6 +41,7 @@ import time
 from typing import Any, Optional
 
 from .. import cli, detector
+from . import table
 
 SCHEMA_VERSION = "1"
 STALE_AFTER_S = 120.0  # four missed 30 s sweeps
@@ -352,7 +353,7 @@ def render_table(doc: dict, by_user: bool, wide: bool, now: Optional[float] = No
             "STATUS": w["status"] or "",
             "GPU": _gpu_cell(w),
             "AGE": format_age(_since(w["started_at"] or w["detected_at"], now)),
-            "IMAGE/COMMAND": (w["image"] or w["cmdline"] or "")[:60],
+            "IMAGE/COMMAND": w["image"] or w["cmdline"] or "",
             "HOW FOUND": ",".join(w["gpu_sources"]) + (f" owner:{w['owner_source']}" if w["owner_source"] else ""),
         }
         rows.append([cells[c] for c in columns])
@@ -360,15 +361,11 @@ def render_table(doc: dict, by_user: bool, wide: bool, now: Optional[float] = No
     if not rows:
         lines.append("No workloads match." if any(doc["filters"].values()) else "No workloads.")
     else:
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-
-        def fmt(cells: list) -> str:
-            return "  ".join(str(v).ljust(widths[i]) for i, v in enumerate(cells)).rstrip()
-
+        limits = [60 if c == "IMAGE/COMMAND" else None for c in columns]
+        header, *laid = table.lines(columns, rows, max_width=limits)
         if by_user:
-            user_col = columns.index("USER")
             current = object()
-            for w, r in zip(doc["workloads"], rows):
+            for w, line in zip(doc["workloads"], laid):
                 owner = w["user"] or "unknown"
                 if owner != current:
                     counts = doc["by_user"][owner]
@@ -378,14 +375,12 @@ def render_table(doc: dict, by_user: bool, wide: bool, now: Optional[float] = No
                         f"{owner}: {counts['workloads']} workloads, {counts['gpu']} with GPU"
                         + (f", {counts['unmanaged_gpu']} unmanaged" if counts["unmanaged_gpu"] else "")
                     )
-                    lines.append("  " + fmt(columns))
+                    lines.append("  " + header)
                     current = owner
-                cells = list(r)
-                cells[user_col] = owner
-                lines.append("  " + fmt(cells))
+                lines.append("  " + line)
         else:
-            lines.append(fmt(columns))
-            lines.extend(fmt(r) for r in rows)
+            lines.append(header)
+            lines.extend(laid)
     counts = doc["counts"]
     lines.append("")
     lines.append(

@@ -49,6 +49,7 @@ from .. import docker as docker_mod
 from .. import lifecycle as lc
 from ..observe import readers
 from . import events as events_cli
+from . import table
 
 SCHEMA_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -473,7 +474,7 @@ def run_checks(
 
 
 def render(data: Mapping[str, Any]) -> str:
-    lines = [f"{'ok  ' if c['ok'] else 'FAIL'}  {c['name']:<15} {c['message']}" for c in data["checks"]]
+    lines = table.lines(None, [("ok" if c["ok"] else "FAIL", c["name"], c["message"]) for c in data["checks"]])
     failed = sum(1 for c in data["checks"] if not c["ok"])
     lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
     return "\n".join(lines)

@@ -63,6 +63,7 @@ from typing import Any, Optional
 
 from .. import cli, event_views, events, identity
 from .. import config as config_mod
+from . import table
 
 SCHEMA_VERSION = "1"
 DEFAULT_LIMIT = 50
@@ -278,12 +279,7 @@ def render_table(data: dict) -> str:
         )
     if not rows:
         return "no matching events"
-    header = ("TIMESTAMP", "EVENT_TYPE", "USER", "CONTAINER", "DETAILS")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    lines = []
-    for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
-    return "\n".join(line.rstrip() for line in lines)
+    return table.render(("TIMESTAMP", "EVENT_TYPE", "USER", "CONTAINER", "DETAILS"), rows)
 
 
 # -- verify ------------------------------------------------------------------------------------------

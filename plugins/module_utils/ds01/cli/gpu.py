@@ -48,6 +48,7 @@ import pwd
 from typing import Any
 
 from .. import allocator, cli, docker, gpu, identity
+from . import table
 
 SCHEMA = "1"
 
@@ -158,20 +159,28 @@ def status_document(inventory: gpu.Inventory, holdings: list) -> dict:
 
 
 def _status_text(doc: dict) -> str:
+    rows = [
+        (
+            s["slot"],
+            s["kind"],
+            s["profile"] or "-",
+            _fmt(s["gpueq"]),
+            s["user"] or ("-" if s["free"] else "unknown"),
+            s["container"] or "free",
+        )
+        for s in doc["slots"]
+    ]
+    laid = table.lines(("SLOT", "KIND", "PROFILE", "GPUEQ", "USER", "CONTAINER"), rows, align="lllr")
     lines = [
         f"GPU slots: {doc['total_slots'] - doc['free_slots']}/{doc['total_slots']} held, "
         f"{_fmt(doc['allocated_gpueq'])}/{_fmt(doc['capacity_gpueq'])} GPU-equivalents ({doc['source']})",
-        f"{'SLOT':<6} {'KIND':<4} {'PROFILE':<10} {'GPUEQ':>5}  {'USER':<16} CONTAINER",
+        laid[0],
     ]
-    for s in doc["slots"]:
-        who = s["user"] or ("-" if s["free"] else "unknown")
-        lines.append(
-            f"{s['slot']:<6} {s['kind']:<4} {s['profile'] or '-':<10} {_fmt(s['gpueq']):>5}  "
-            f"{who:<16} {s['container'] or 'free'}"
-        )
+    for s, line in zip(doc["slots"], laid[1:]):
+        lines.append(line)
         if len(s.get("holders") or []) > 1:
             others = ", ".join(f"{h['container']} ({h['user'] or 'unknown'})" for h in s["holders"][1:])
-            lines.append(f"{'':<6} DOUBLE-BOOKED: also held by {others}; a slot is for one container: stop all but one")
+            lines.append(f"  DOUBLE-BOOKED: also held by {others}; a slot is for one container: stop all but one")
     for g in doc["unusable_gpus"]:
         lines.append(f"GPU {g['index']} ({g['uuid']}): {g['reason']}; nothing on it can be allocated")
     for f in doc["foreign_devices"]:
@@ -268,14 +277,20 @@ def users_document(config: Any, inventory: gpu.Inventory, holdings: list) -> dic
 
 
 def _users_text(doc: dict) -> str:
-    lines = [f"{'USER':<20} {'GROUP':<12} {'GPUEQ':>12} {'CONTAINERS':>10}  GPU CONTAINERS"]
+    rows = []
     for u in doc["users"]:
         cap = "-" if u["max_containers_per_user"] is None else u["max_containers_per_user"]
         flag = "  OVER QUOTA" if u["over_quota"] else ""
-        lines.append(
-            f"{u['user']:<20} {u['group']:<12} {_fmt(u['gpueq']) + '/' + _fmt(u['gpu_quota']):>12} "
-            f"{str(u['containers']) + '/' + str(cap):>10}  {', '.join(u['gpu_containers']) or '-'}{flag}"
+        rows.append(
+            (
+                u["user"],
+                u["group"],
+                f"{_fmt(u['gpueq'])}/{_fmt(u['gpu_quota'])}",
+                f"{u['containers']}/{cap}",
+                (", ".join(u["gpu_containers"]) or "-") + flag,
+            )
         )
+    lines = table.lines(("USER", "GROUP", "GPUEQ", "CONTAINERS", "GPU CONTAINERS"), rows, align="llrr")
     for c in doc["unknown_owner"]:
         lines.append(f"(owner unknown) container {c['container']} holds {', '.join(c['slots'])}")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from .. import access_expiry, cli, docker, events, fsutil, notify
 from .. import lifecycle as lc
+from . import table
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "lifecycle.lock"
@@ -146,12 +147,12 @@ def cmd_run(ctx: cli.Context) -> int:
 
 
 def _human(data: dict) -> str:
-    out = []
     head = "would" if data["dry_run"] else "did"
+    rows = []
     for item in data["containers"]:
         who = f"{item['name']} ({item['owner'] or 'no owner'}, {item['state']})"
-        for action in item["actions"]:
-            out.append(f"{head} {action['kind']:<6} {who}: {action['reason']}")
+        rows.extend((head, action["kind"], f"{who}: {action['reason']}") for action in item["actions"])
+    out = table.lines(None, rows, gap=" ")
     for error in data["errors"]:
         out.append(f"FAILED {error['step']} {error['container']}: {error['error']}")
     summary = data["summary"]

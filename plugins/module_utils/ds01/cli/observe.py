@@ -78,6 +78,7 @@ from typing import Any, Optional
 
 from .. import cli, docker, event_views, greetings, identity, quota_alerts, refusals
 from .. import observe as ob
+from . import table
 
 log = logging.getLogger(__name__)
 
@@ -411,14 +412,16 @@ def _why_text(data: dict) -> str:
             out.append(f"A suitable GPU slot is likely to free up by {est['expected_free_at']}.")
         else:
             out.append("No holder has a runtime cap or is idle, so nobody can say when a slot frees up.")
-        for h in est["holders"]:
-            who = h["container"] or "another user's container"
-            when = h["expected_free_at"] or "unknown"
-            out.append(f"  slot {','.join(h['slots'])}: {who} — free by {when} ({h['reason']})")
+        rows = [
+            (",".join(h["slots"]), h["container"] or "another user's", h["expected_free_at"] or "unknown", h["reason"])
+            for h in est["holders"]
+        ]
+        if rows:
+            out.append(table.render(("SLOT", "CONTAINER", "FREE BY", "REASON"), rows, indent="  "))
     if data["remove"]:
         out.append("To make room, remove (`docker rm -f NAME`):")
-        for c in data["remove"]:
-            out.append(f"  {c['name']} ({c['state']}, {c['gpueq']:g} gpueq)")
+        rows = [(c["name"], c["state"], f"{c['gpueq']:g}") for c in data["remove"]]
+        out.append(table.render(("NAME", "STATE", "GPUEQ"), rows, align="llr", indent="  "))
     return "\n".join(out)
 
 
