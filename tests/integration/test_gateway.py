@@ -403,7 +403,6 @@ ESCAPES = [
     ("network of bob", ["--network", "container:{b}"], "belongs to gwbob"),
     ("oom kill disable", ["--oom-kill-disable"], "--oom-kill-disable"),
     ("nvidia env all", ["-e", "NVIDIA_VISIBLE_DEVICES=all"], ""),
-    ("gpus all", ["--gpus", "all"], ""),
     ("nvidia runtime", ["--runtime", "nvidia", "-e", "NVIDIA_VISIBLE_DEVICES=all"], ""),
 ]
 

@@ -61,3 +61,28 @@ def test_a_create_within_the_limits_has_no_warning(attack_gw):
         assert h.stored(name)["HostConfig"]["Memory"] == 1 << 30
     finally:
         h.remove(name)
+
+
+def test_gpus_all_from_a_user_is_the_gpus_they_may_have(attack_gw):
+    """The student group may hold 1.0 GPU-equivalents, 1 slot per container: `--gpus all` gets one slot, says
+    which, and stores exactly that UUID; a second `--gpus all` finds no room in the quota and stores nothing."""
+    h = attack_gw
+    name, again = h.name("gpuall"), h.name("gpuall2")
+    try:
+        proc = h.cli(USER, "create", "--name", name, "--gpus", "all", IMAGE, "true")
+        assert proc.returncode == 0, proc.stderr
+        info = h.stored(name)
+        labels = info["Config"]["Labels"]
+        granted = labels["ds01.gpu.uuids"].split(",")
+        assert len(granted) == 1 and float(labels["ds01.gpu.gpueq"]) <= 1.0
+        requests = info["HostConfig"]["DeviceRequests"]
+        assert [(r["Count"], r["DeviceIDs"]) for r in requests] == [(0, granted)]
+        printed = [line for line in proc.stderr.splitlines() if "--gpus all" in line]
+        assert len(printed) == 1 and printed[0].startswith("WARNING: --gpus all: granted 1 GPU slot ("), proc.stderr
+        assert labels["ds01.gpu.slots"] in printed[0]
+
+        second = h.cli(USER, "create", "--name", again, "--gpus", "all", IMAGE, "true")
+        assert second.returncode != 0 and "GPU-equivalents" in second.stderr, second.stderr
+        assert h.stored(again) is None
+    finally:
+        h.remove(name, again)

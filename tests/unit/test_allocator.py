@@ -357,7 +357,41 @@ CASES = [
         Request(full_gpu=True),
         ("refuse", "NO_GPU_AVAILABLE", []),
     ),
-    ("all-for-non-admin", DEMO, {}, [], Request(all_gpus=True), ("refuse", "POLICY_DENIED", ["--gpus 1"])),
+    # `--gpus all` from a user: "the GPUs I may have" (issue 16)
+    ("all-for-user-per-container-limit", DEMO, {}, [], Request(all_gpus=True), ("grant", ("0", "1"), 2.0)),
+    (
+        "all-for-user-mig-only",
+        DEMO,
+        dict(**STUDENT_NO_FULL),
+        [],
+        Request(all_gpus=True),
+        ("grant", ("2.2", "2.3"), 2 / 7),
+    ),
+    ("all-for-user-quota-room", DEMO, {}, [held("a", "alice", "0")], Request(all_gpus=True), ("grant", ("1",), 1.0)),
+    (
+        "all-for-user-at-quota-is-refused-as-gpus-1",
+        DEMO,
+        {},
+        [held("a", "alice", "0", "1")],
+        Request(all_gpus=True),
+        ("refuse", "AGGREGATE_GPU_QUOTA_EXCEEDED", ["GPU-equivalents"]),
+    ),
+    (
+        "all-for-user-none-free",
+        WHOLE,
+        {"user": "dave"},
+        [held(f"o{s.slot_id}", "bob", s.slot_id, inventory=WHOLE) for s in WHOLE.slots()],
+        Request(all_gpus=True),
+        ("refuse", "NO_GPU_AVAILABLE", []),
+    ),
+    (
+        "all-and-devices",
+        DEMO,
+        {},
+        [],
+        Request(all_gpus=True, device_ids=("0",)),
+        ("refuse", "POLICY_DENIED", ["not both"]),
+    ),
     ("count-zero", DEMO, {}, [], Request(count=0), ("refuse", "POLICY_DENIED", ["at least one GPU"])),
     (
         "unknown-device",
@@ -407,6 +441,39 @@ def test_decision_table(inventory, lim, holdings, request_, expected):
         for phrase in phrases:
             assert phrase in outcome.sentence
         assert outcome.sentence.endswith("."), "a refusal is a full sentence"
+
+
+@pytest.mark.parametrize(
+    ("lim", "holdings", "warning"),
+    [
+        ({}, [], "--gpus all: granted 2 GPU slots (GPU 0, GPU 1), your limit per container"),
+        (
+            dict(**STUDENT_NO_FULL),
+            [],
+            "--gpus all: granted 2 GPU slots (MIG 1g.5gb (2.2), MIG 1g.5gb (2.3)), your limit per container",
+        ),
+        (
+            {},
+            [held("a", "alice", "0")],
+            "--gpus all: granted 1 GPU slot (GPU 1), what your GPU quota has room for (1.0 GPU-equivalents)",
+        ),
+        (
+            {"user": "dave"},
+            [held(s.slot_id, "bob", s.slot_id) for s in DEMO.slots() if s.slot_id != "3.6"],
+            "--gpus all: granted 1 GPU slot (MIG 1g.5gb (3.6)), every free slot you may use",
+        ),
+    ],
+)
+def test_gpus_all_from_a_user_says_what_was_granted(lim, holdings, warning):
+    outcome = allocator.decide(DEMO, holdings, limits(**lim), Request(all_gpus=True))
+    assert isinstance(outcome, allocator.Grant), outcome
+    assert outcome.warnings == (warning,)
+    assert not set(outcome.slots) & set(allocator.occupied_slots(holdings))
+
+
+def test_requests_other_than_all_carry_no_warning():
+    assert allocator.decide(DEMO, [], limits(), Request(count=2)).warnings == ()
+    assert allocator.decide(DEMO, [], limits("datasciencelab"), Request(all_gpus=True, admin=True)).warnings == ()
 
 
 def test_every_refusal_code_is_covered_by_the_table():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import policy
+from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import admission, policy
 
 HOME = "/home/alice"
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
@@ -541,3 +541,17 @@ def test_system_df_shows_only_own_containers():
         "Images": [],
     }
     assert [c["Id"] for c in policy.filter_system_df(body, "alice")["Containers"]] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("source", "where"), [("env", "environment"), ("image_env", "image"), ("runtime", "environment")]
+)
+def test_an_nvidia_all_env_is_not_read_as_gpus_all(source, where):
+    """Only `--gpus all` (a DeviceRequest) is "the GPUs I may have"; an image's or -e NVIDIA_VISIBLE_DEVICES=all
+    is refused before the allocator is asked."""
+    reservation = admission.Admission(store=None).reservation("alice", policy.GpuAsk(-1, (), source), None, {})
+    with pytest.raises(admission.AdmissionRefused) as refused:
+        reservation.enter()
+    assert refused.value.code == "POLICY_DENIED"
+    assert "NVIDIA_VISIBLE_DEVICES=all" in refused.value.sentence and where in refused.value.sentence
+    assert "--gpus all" in refused.value.sentence

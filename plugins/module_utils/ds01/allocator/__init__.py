@@ -7,8 +7,9 @@ list), the user's ``config.Limits`` and the ``Request``. Nothing else is read, n
 Layers, the same on every path (a count, specific devices, ``all``), in this order:
 
 1. ``POLICY_DENIED`` — a malformed request (count < 1, unknown device, a MIG-mode GPU named
-   whole, ``all`` from a non-admin: ``--gpus all`` would take the whole server, so a student is
-   told to ask ``--gpus 1``).
+   whole, ``all`` together with devices). ``all`` from a non-admin is "the GPUs I may have": as many
+   free slots as the quota and ``max_gpu_slots_per_container`` allow, with a Warning naming them
+   (``Grant.warnings``); when not even one fits, it is decided as ``--gpus 1``.
 2. ``CONTAINER_LIMIT`` — the user already has ``max_containers_per_user`` containers (any state).
 3. ``EXCEEDS_CONTAINER_LIMIT`` — the slots of *this* request exceed ``max_gpu_slots_per_container``
    (never compared with the user's total: reference §13 #14).

@@ -4,6 +4,7 @@ rule are in the package's docstring). No I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -205,14 +206,6 @@ def _mig_order(occupied: Mapping[str, Any], inventory: gpu.Inventory, preferred:
 
 
 def _validate(inventory: gpu.Inventory, request: Request, user: str) -> Optional[Refusal]:
-    if request.all_gpus and not request.admin:
-        return make_refusal(
-            POLICY_DENIED,
-            "`--gpus all` would take every GPU on the shared server, which only admins may do. "
-            "Ask for what you need instead, e.g. `--gpus 1`.",
-            user,
-            reason="all_gpus",
-        )
     if request.all_gpus and request.device_ids:
         return make_refusal(
             POLICY_DENIED, "Ask for `all` GPUs or for specific devices, not both.", user, reason="conflict"
@@ -320,6 +313,12 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
     # Which slots may this user have at all?
     allow_whole = bool(limits.allow_full_gpu)
     free = [s for s in inventory.slots() if is_free(s, occupied)]
+    if request.all_gpus and not request.admin:
+        # `--gpus all` from a user (devcontainer templates send it): "the GPUs I may have"
+        mine = _all_i_may_have(limits, usage, occupied, inventory, free, request)
+        if mine is not None:
+            return mine
+        request = dataclasses.replace(request, all_gpus=False, count=1)  # not even one: refused as `--gpus 1`
     if request.all_gpus:
         pool = [s for s in free if allow_whole or s.kind == gpu.KIND_MIG]
         n = max(1, len(pool))
@@ -428,6 +427,46 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
             return refusal
         return _no_gpu(limits, request, n, len(chosen), eligible=eligible, free=free)  # pragma: no cover - defensive
     return _grant(user, request, sorted(chosen, key=_slot_sort_key))
+
+
+def _all_i_may_have(
+    limits: Any, usage: Usage, occupied: Mapping[str, Any], inventory: gpu.Inventory, free: list, request: Request
+) -> Optional[Grant]:
+    """A non-admin's ``--gpus all``: as many free slots as the per-container limit and the quota allow, in
+    the order ``--gpus N`` takes them, with a Warning saying what was granted; None when not even one fits."""
+    allow_whole = bool(limits.allow_full_gpu)
+    ordered = sorted((s for s in free if s.kind == gpu.KIND_GPU and allow_whole), key=lambda s: s.gpu_index)
+    ordered += sorted(
+        (s for s in free if s.kind == gpu.KIND_MIG and not request.full_gpu),
+        key=_mig_order(occupied, inventory, request.mig_profile),
+    )
+    per_container = limits.max_gpu_slots_per_container
+    budget = _remaining(limits, usage)
+    chosen: list = []
+    total = 0.0
+    skipped = False  # a free slot left out because the quota had no room for it
+    for slot in ordered:
+        if per_container is not None and len(chosen) >= per_container:
+            break
+        if total + slot.gpueq <= budget + EPS:
+            chosen.append(slot)
+            total += slot.gpueq
+        else:
+            skipped = True
+    if not chosen:
+        return None
+    if per_container is not None and len(chosen) >= per_container and len(ordered) > len(chosen):
+        why = "your limit per container"
+    elif skipped:
+        why = f"what your GPU quota has room for ({format_gpueq(total)} GPU-equivalents)"
+    else:
+        why = "every free slot you may use"
+    chosen.sort(key=_slot_sort_key)
+    shown = ", ".join(
+        f"MIG {s.profile} ({s.slot_id})" if s.kind == gpu.KIND_MIG else f"GPU {s.slot_id}" for s in chosen
+    )
+    sentence = f"--gpus all: granted {_plural(len(chosen), 'GPU slot')} ({shown}), {why}"
+    return dataclasses.replace(_grant(limits.user, request, chosen), warnings=(sentence,))
 
 
 def _slot_sort_key(slot: gpu.Slot) -> tuple:

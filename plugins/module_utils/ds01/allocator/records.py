@@ -46,7 +46,8 @@ class Request:
     """What a container asks for.
 
     ``count`` slots (default 1); or ``device_ids`` (UUIDs, GPU indices, slot ids — the count is
-    their number); or ``all_gpus`` (admins only: every free slot they may have). ``full_gpu``:
+    their number); or ``all_gpus`` (every free slot they may have: for a non-admin, as many as the
+    quota and the per-container limit allow, at least one). ``full_gpu``:
     whole GPUs only. ``mig_profile``: preferred MIG profile (``1g.10gb``). ``container``: the
     name the container will get (messages, events). ``admin``: the caller is an admin.
     """
@@ -81,6 +82,7 @@ class Grant:
     profiles: tuple = ()  # per slot: the MIG profile, or None for a whole GPU
     container: Optional[str] = None
     intent: Optional[str] = None  # the write-ahead intent's token (``reserve`` sets it)
+    warnings: tuple = ()  # sentences for the create answer's Warnings (what ``--gpus all`` was read as)
 
     def as_dict(self) -> dict:
         return {

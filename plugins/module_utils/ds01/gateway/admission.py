@@ -73,7 +73,7 @@ class Reservation:
             raise self._refusal
         try:
             grant = self._manager.__enter__()
-            answer = Grant(list(grant.uuids), dict(allocator.grant_labels(grant)))
+            answer = Grant(list(grant.uuids), dict(allocator.grant_labels(grant)), list(grant.warnings))
         except allocator.AllocationRefused as exc:
             raise AdmissionRefused(exc.code, exc.sentence) from None
         except Exception as exc:  # the allocator's edge: whatever failed, the request is not forwarded
@@ -131,6 +131,16 @@ class Admission:
 
 def _reserve(store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any, admin: bool = False) -> Any:
     """``allocator.reserve(...)`` for this request: its context manager, entered by ``Reservation.enter``."""
+    if ask.count < 0 and not admin and ask.source != "device_requests":
+        # an image's or an -e NVIDIA_VISIBLE_DEVICES=all is not a request typed for GPUs: only `--gpus all`
+        # is read as "the GPUs I may have" (allocator.decide)
+        where = "in the image" if ask.source == "image_env" else "in the container's environment"
+        raise AdmissionRefused(
+            allocator.POLICY_DENIED,
+            f"NVIDIA_VISIBLE_DEVICES=all ({where}) would reach every GPU of the shared server. Ask with "
+            "`--gpus all` for the GPUs you may have, or `--gpus 1`; or run with `-e NVIDIA_VISIBLE_DEVICES=void` "
+            "for no GPU.",
+        )
     if ask.count < 0:
         request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None, admin=admin)
     elif ask.device_ids:
