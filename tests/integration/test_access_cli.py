@@ -195,7 +195,7 @@ def test_expiry_warns_an_hour_ahead_once_and_records_the_end_once(sandbox):
     periodic = ds01(
         sandbox, "lifecycle", "run", "--now", iso(end + 60), env={"DOCKER_HOST": "unix:///nonexistent.sock"}
     )
-    assert periodic.returncode == 3 and "cannot reach Docker" in periodic.stderr
+    assert periodic.returncode == 3 and "cannot reach the Docker engine" in periodic.stderr
     warning_again, ended = expiry_events()
     assert warning_again == warning
     assert ended["event_type"] == "access.expire" and ended["user"] == "acc1" and ended["source"] == "lifecycle"
