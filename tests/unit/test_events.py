@@ -918,3 +918,16 @@ def test_cli_verify_unreadable_is_a_fault(capsys, cli_config):
     os.mkdir(log_path)
     code, _out, err = run_cli(capsys, config_path, "events", "verify")
     assert code == 3 and "cannot read" in err
+
+
+def test_the_chain_lock_takes_the_log_directorys_group(tmp_path):
+    """Every file in the log directory has its group (the ds01_common permissions manifest); a lock file root
+    creates takes it too, so the next deploy finds nothing to change."""
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gid = 4 if os.geteuid() == 0 else os.getegid()  # adm, the admin group's stand-in, when root may chown
+    os.chown(log_dir, -1, gid)
+    log = events.EventLog(str(log_dir / "events.jsonl"))
+    assert log.write("test.lock", source="t")
+    info = os.stat(log.lock_path)
+    assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, 0o600)
