@@ -783,3 +783,115 @@ def test_reserve_refuses_when_the_lock_file_cannot_be_opened(tmp_path):
     with pytest.raises(allocator.AllocationRefused) as caught, _reserve(tmp_path, FakeClient([])):
         pytest.fail("granted without the lock")
     assert caught.value.code == "NO_GPU_AVAILABLE" and "allocator lock" in caught.value.sentence
+
+
+# ds01.gpu.request=full|<profile> (the gateway's request label) arrives as full_gpu or an only_profile request
+FULL_LABEL = {"full_gpu": True, "label": "ds01.gpu.request=full"}
+MIG3_LABEL = {"mig_profile": "3g.20gb", "only_profile": True, "label": "ds01.gpu.request=3g.20gb"}
+
+
+@pytest.mark.parametrize(
+    ("lim", "holdings", "ask", "slots", "warning"),
+    [
+        (
+            {},
+            [],
+            Request(**MIG3_LABEL),
+            ("2.0",),
+            "ds01.gpu.request=3g.20gb: granted MIG 3g.20gb (GPU 2, instance 1, slot 2.0)",
+        ),
+        (STUDENT_NO_FULL, [], Request(**MIG3_LABEL), ("2.0",), "granted MIG 3g.20gb (GPU 2, instance 1, slot 2.0)"),
+        ({}, [], Request(**FULL_LABEL), ("0",), "ds01.gpu.request=full: granted whole GPU 0"),
+        ({}, [held("a", "bob", "0")], Request(**FULL_LABEL), ("1",), "ds01.gpu.request=full: granted whole GPU 1"),
+        # with --gpus 2 (count) and with --gpus all: only slots of the asked kind
+        ({}, [], Request(count=2, **FULL_LABEL), ("0", "1"), "granted whole GPU 0, whole GPU 1"),
+        ({}, [], Request(all_gpus=True, **FULL_LABEL), ("0", "1"), "ds01.gpu.request=full: granted whole GPU 0"),
+        ({}, [], Request(all_gpus=True, **MIG3_LABEL), ("2.0",), "ds01.gpu.request=3g.20gb: granted MIG 3g.20gb"),
+        # a named device of the asked kind
+        ({}, [], Request(device_ids=(UUID["2.0"],), **MIG3_LABEL), ("2.0",), "granted MIG 3g.20gb"),
+        # 1g.5gb exists twice on GPU 2 and seven times on GPU 3: the packing order still applies
+        (
+            STUDENT_NO_FULL,
+            [],
+            Request(mig_profile="1g.5gb", only_profile=True, label="ds01.gpu.request=1g.5gb"),
+            ("2.2",),
+            "ds01.gpu.request=1g.5gb: granted MIG 1g.5gb (GPU 2, instance 13, slot 2.2)",
+        ),
+    ],
+)
+def test_request_label_gets_only_its_kind_and_says_which(lim, holdings, ask, slots, warning):
+    outcome = allocator.decide(DEMO, holdings, limits(**lim), ask)
+    assert isinstance(outcome, allocator.Grant), outcome
+    assert outcome.slots == slots
+    kinds = {DEMO.slot(s).kind for s in outcome.slots}
+    profiles = {DEMO.slot(s).profile for s in outcome.slots}
+    if ask.full_gpu:
+        assert kinds == {gpu.KIND_GPU}
+    else:
+        assert profiles == {ask.mig_profile}
+    assert any(warning in w for w in outcome.warnings), outcome.warnings
+    assert outcome.warnings[-1].startswith(ask.label + ": granted ")
+
+
+@pytest.mark.parametrize(
+    ("lim", "holdings", "ask", "code", "phrases"),
+    [
+        # an unknown profile names this server's profiles
+        (
+            {},
+            [],
+            Request(mig_profile="7g.80gb", only_profile=True, label="ds01.gpu.request=7g.80gb"),
+            "POLICY_DENIED",
+            ["ds01.gpu.request=7g.80gb", "no MIG profile '7g.80gb'", "1g.5gb, 2g.10gb, 3g.20gb", "`full`"],
+        ),
+        (
+            {},
+            [],
+            Request(mig_profile="banana", only_profile=True, label="ds01.gpu.request=banana"),
+            "POLICY_DENIED",
+            ["ds01.gpu.request=banana", "1g.5gb, 2g.10gb, 3g.20gb"],
+        ),
+        # full for a group without whole GPUs: the existing refusal
+        (STUDENT_NO_FULL, [], Request(**FULL_LABEL), "FULL_GPU_NOT_ALLOWED", ["may not use a whole GPU"]),
+        (
+            STUDENT_NO_FULL,
+            [],
+            Request(all_gpus=True, **FULL_LABEL),
+            "FULL_GPU_NOT_ALLOWED",
+            ["may not use a whole GPU"],
+        ),
+        # the one 3g.20gb is taken: no other profile instead
+        (
+            {},
+            [held("a", "bob", "2.0")],
+            Request(**MIG3_LABEL),
+            "NO_GPU_AVAILABLE",
+            ["MIG 3g.20gb slices", "0 free"],
+        ),
+        (
+            {},
+            [held("a", "bob", "2.0")],
+            Request(all_gpus=True, **MIG3_LABEL),
+            "NO_GPU_AVAILABLE",
+            ["MIG 3g.20gb slices"],
+        ),
+        # both whole GPUs taken: no MIG slice instead
+        ({}, [held("a", "bob", "0"), held("b", "bob", "1")], Request(**FULL_LABEL), "NO_GPU_AVAILABLE", ["whole GPUs"]),
+        # a named device of another kind
+        ({}, [], Request(device_ids=(UUID["2.2"],), **MIG3_LABEL), "POLICY_DENIED", ["not a MIG 3g.20gb instance"]),
+        ({}, [], Request(device_ids=(UUID["2.2"],), **FULL_LABEL), "POLICY_DENIED", ["not a whole GPU"]),
+    ],
+)
+def test_request_label_refusals(lim, holdings, ask, code, phrases):
+    outcome = allocator.decide(DEMO, holdings, limits(**lim), ask)
+    assert isinstance(outcome, allocator.Refusal), outcome
+    assert outcome.code == code, outcome.sentence
+    for phrase in phrases:
+        assert phrase in outcome.sentence
+    assert outcome.sentence.endswith(".")
+
+
+def test_request_label_is_only_on_a_server_without_that_kind_refused():
+    outcome = allocator.decide(WHOLE, [], limits(), Request(**MIG3_LABEL))
+    assert isinstance(outcome, allocator.Refusal)
+    assert "it has no MIG slices" in outcome.sentence

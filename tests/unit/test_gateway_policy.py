@@ -555,3 +555,159 @@ def test_an_nvidia_all_env_is_not_read_as_gpus_all(source, where):
     assert refused.value.code == "POLICY_DENIED"
     assert "NVIDIA_VISIBLE_DEVICES=all" in refused.value.sentence and where in refused.value.sentence
     assert "--gpus all" in refused.value.sentence
+
+
+# ---------------------------------------------------------------------------------------------
+# the request label ds01.gpu.request=full|<MIG profile>
+
+
+def labelled(value, host=None, **top):
+    return create(host, Labels={"ds01.gpu.request": value, "app": "x"}, **top)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # alone: one slot of that kind
+        (labelled("full"), (1, (), "label", "full")),
+        (labelled(" 3G.20GB "), (1, (), "label", "3g.20gb")),
+        # with --gpus N, --gpus all, device ids: the kind goes along
+        (
+            labelled("3g.20gb", {"DeviceRequests": [{"Count": 2, "Capabilities": [["gpu"]]}]}),
+            (2, (), "device_requests", "3g.20gb"),
+        ),
+        (
+            labelled("full", {"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}),
+            (-1, (), "device_requests", "full"),
+        ),
+        (
+            labelled("full", {"DeviceRequests": [{"DeviceIDs": ["0"], "Capabilities": [["gpu"]]}]}),
+            (1, ("0",), "device_requests", "full"),
+        ),
+        # an empty value is no label; an image's label is not a request
+        (labelled(""), None),
+        (create(), None),
+    ],
+)
+def test_request_label_is_a_gpu_ask_of_its_kind(body, expected):
+    ask = policy.gpu_ask(body, None)
+    assert (None if ask is None else (ask.count, ask.device_ids, ask.source, ask.kind)) == expected
+
+
+@pytest.mark.parametrize(
+    ("ask", "fields"),
+    [
+        (policy.GpuAsk(1, (), "label", "full"), {"full_gpu": True, "label": "ds01.gpu.request=full"}),
+        (
+            policy.GpuAsk(-1, (), "device_requests", "3g.20gb"),
+            {"mig_profile": "3g.20gb", "only_profile": True, "label": "ds01.gpu.request=3g.20gb"},
+        ),
+        (policy.GpuAsk(1, (), "device_requests"), {}),
+    ],
+)
+def test_request_label_becomes_the_allocators_request_fields(ask, fields):
+    assert admission.request_kind(ask) == fields
+
+
+def test_request_label_is_the_users_not_the_servers():
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01 import identity
+
+    assert not identity.server_label("ds01.gpu.request")
+    assert not identity.reserved_label("ds01.gpu.request")
+    # every other ds01.gpu.* label stays the server's
+    for key in ("ds01.gpu.slots", "ds01.gpu.uuids", "ds01.gpu.gpueq", "ds01.gpu.intent", "ds01.gpu.requests"):
+        assert identity.server_label(key)
+    # the user's label passes to the container as written; the gateway's own GPU labels do not
+    body = policy.rewrite_create(
+        create(Labels={"ds01.gpu.request": "full", "ds01.gpu.slots": "0", "ds01.gpu.uuids": "GPU-x"}), ctx(), []
+    )
+    assert body["Labels"]["ds01.gpu.request"] == "full"
+    assert "ds01.gpu.slots" not in body["Labels"] and "ds01.gpu.uuids" not in body["Labels"]
+
+
+@pytest.mark.parametrize("value", ["$(id)", "full gpu", "x" * 40, "3g.20gb;rm"])
+def test_request_label_value_that_is_no_kind_is_refused(value):
+    refusal = policy.check_create(labelled(value), ctx())
+    assert refusal is not None and refusal.code == policy.POLICY_DENIED
+    assert "ds01.gpu.request=" in refusal.sentence and "neither `full`" in refusal.sentence
+    assert "`ds01 gpu status`" in refusal.sentence
+
+
+@pytest.mark.parametrize("value", ["full", "3g.20gb", "1g.5gb+me", "7g.80gb"])
+def test_request_label_value_of_kind_shape_passes_the_policy(value):
+    assert policy.check_create(labelled(value), ctx()) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# every problem of one create at once
+
+
+def test_every_independent_problem_is_in_one_refusal():
+    host = {
+        "Privileged": True,
+        "CapAdd": ["SYS_ADMIN", "SYS_PTRACE"],
+        "NetworkMode": "host",
+        "SecurityOpt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "Devices": [{"PathOnHost": "/dev/sda"}],
+        "Binds": ["/etc:/x"],
+        "PidMode": "host",
+    }
+    alone = [policy.check_create(create({k: v}), ctx()) for k, v in host.items()]
+    alone += [policy.check_create(create({"CapAdd": [c]}), ctx()) for c in host["CapAdd"]]
+    alone += [policy.check_create(create({"SecurityOpt": [o]}), ctx()) for o in host["SecurityOpt"]]
+    sentences = {r.sentence for r in alone if r is not None and " problems; " not in r.sentence}
+    assert len(sentences) == 9
+    refusal = policy.check_create(create(host), ctx())
+    assert refusal.code == policy.POLICY_DENIED and refusal.status == 403
+    assert refusal.sentence.startswith("this request has 9 problems; fix them all, then try again: 1) ")
+    for sentence in sentences:
+        assert sentence in refusal.sentence
+    for n in range(1, 10):
+        assert f"{n}) " in refusal.sentence
+    assert "10) " not in refusal.sentence
+
+
+def test_one_problem_keeps_its_own_sentence():
+    alone = policy.check_create(create({"Privileged": True}), ctx())
+    assert alone.sentence.startswith("--privileged gives the container")
+
+
+@pytest.mark.parametrize(
+    ("refusals", "code", "status"),
+    [
+        ([policy.Refusal("NOT_OWNER", "a.", 404), policy.Refusal("NOT_OWNER", "b.", 404)], "NOT_OWNER", 404),
+        ([policy.Refusal("NOT_OWNER", "a.", 404), policy.denied("b.")], policy.POLICY_DENIED, 403),
+        (
+            [policy.denied("a."), policy.Refusal(policy.POLICY_DENIED, "bad shape", status=400)],
+            policy.POLICY_DENIED,
+            400,
+        ),
+    ],
+)
+def test_combined_code_and_status(refusals, code, status):
+    refusal = policy.combined(refusals)
+    assert (refusal.code, refusal.status) == (code, status)
+    if status == 400:  # a malformed body is answered alone
+        assert refusal.sentence == "bad shape"
+
+
+def test_a_malformed_mount_is_answered_alone():
+    refusal = policy.check_create(create({"Privileged": True, "Mounts": ["nope"]}), ctx())
+    assert (refusal.status, refusal.sentence) == (400, "a Mounts entry is not a JSON object")
+
+
+def test_a_volume_name_is_checked_only_after_its_driver():
+    body = create(
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": "bobvol",
+                    "Target": "/d",
+                    "VolumeOptions": {"DriverConfig": {"Name": "evil"}},
+                }
+            ]
+        }
+    )
+    refusal = policy.check_create(body, ctx())
+    assert " problems; " not in refusal.sentence

@@ -135,10 +135,16 @@ SERVER_LABELS = (
     "ds01.binds",
 )
 SERVER_LABEL_PREFIXES = ("ds01.gpu.", "ds01.gpu_", "ds01.lifecycle.", "aime.mlc")
+# Request labels: a user's input under a server prefix (``ds01.gpu.request=full|<MIG profile>``, the GPU
+# kind a client that cannot pass flags asks for). The gateway reads it from the create body as a request
+# and checks it like any input; it stays on the container as the user wrote it, and no reader takes it
+# for a fact (what a container holds is in ``ds01.gpu.slots``/``uuids`` and its DeviceRequests).
+GPU_REQUEST_LABEL = "ds01.gpu.request"
+REQUEST_LABELS = (GPU_REQUEST_LABEL,)
 
 
 def server_label(key: str) -> bool:
-    return key in SERVER_LABELS or key.startswith(SERVER_LABEL_PREFIXES)
+    return key not in REQUEST_LABELS and (key in SERVER_LABELS or key.startswith(SERVER_LABEL_PREFIXES))
 
 
 def reserved_label(key: str) -> bool:

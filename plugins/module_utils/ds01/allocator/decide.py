@@ -218,6 +218,18 @@ def _validate(inventory: gpu.Inventory, request: Request, user: str) -> Optional
             user,
             reason="count",
         )
+    if request.only_profile:
+        profiles = sorted({str(s.profile) for s in inventory.slots() if s.kind == gpu.KIND_MIG and s.profile})
+        if request.mig_profile not in profiles:
+            offer = f"its MIG profiles are {', '.join(profiles)}" if profiles else "it has no MIG slices"
+            return make_refusal(
+                POLICY_DENIED,
+                f"{request.label or request.mig_profile}: this server has no MIG profile '{request.mig_profile}'; "
+                f"{offer}. Ask for one of them, `full` for a whole GPU, or leave the label out.",
+                user,
+                reason="profile",
+                profiles=profiles,
+            )
     if request.mig_profile is not None:
         try:
             gpu.profile_compute_slices(request.mig_profile)
@@ -268,6 +280,14 @@ def _named_slots(inventory: gpu.Inventory, request: Request, user: str) -> Union
                 user,
                 reason="conflict",
             )
+        if request.only_profile and slot.profile != request.mig_profile:
+            return make_refusal(
+                POLICY_DENIED,
+                f"{device_id} is not a MIG {request.mig_profile} instance; name one, or drop the device or "
+                f"{request.label or 'the profile'}.",
+                user,
+                reason="conflict",
+            )
         if slot not in slots:
             slots.append(slot)
     return slots
@@ -278,8 +298,35 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
 
     ``holdings`` are ``docker.ContainerInfo`` (with ``slots`` resolved against the same
     inventory) for *all* containers, GPU or not: they give occupancy, the user's GPU-equivalents
-    and the user's container count. Pure: no I/O.
+    and the user's container count. Pure: no I/O. A grant for a request that came with a request
+    label (``request.label``) carries a warning naming the slots it got.
     """
+    decision = _decide(inventory, holdings, limits, request)
+    if isinstance(decision, Grant) and request.label:
+        slots = [inventory.slot(slot_id) for slot_id in decision.slots]
+        shown = ", ".join(slot_words(s) for s in slots)
+        decision = dataclasses.replace(decision, warnings=(*decision.warnings, f"{request.label}: granted {shown}"))
+    return decision
+
+
+def slot_words(slot: gpu.Slot) -> str:
+    """``MIG 3g.20gb (GPU 2, instance 1, slot 2.0)`` or ``whole GPU 0``: a slot in a user's sentence (the
+    instance is the GPU instance id ``nvidia-smi`` shows; the slot is the id ``ds01 gpu status`` shows)."""
+    if slot.kind == gpu.KIND_MIG:
+        instance = slot.gpu_instance_id if slot.gpu_instance_id is not None else slot.mig_index
+        return f"MIG {slot.profile} (GPU {slot.gpu_index}, instance {instance}, slot {slot.slot_id})"
+    return f"whole GPU {slot.gpu_index}"
+
+
+def _kind_fits(slot: gpu.Slot, request: Request, allow_whole: bool) -> bool:
+    """The slot is of a kind the request may get: whole GPUs when allowed and no MIG profile is required,
+    MIG slices unless whole GPUs are asked for (of the one profile when it is required)."""
+    if slot.kind == gpu.KIND_GPU:
+        return allow_whole and not request.only_profile
+    return not request.full_gpu and (not request.only_profile or slot.profile == request.mig_profile)
+
+
+def _decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, request: Request) -> Decision:
     holdings = list(holdings)
     user = limits.user
     refusal = _validate(inventory, request, user)
@@ -320,7 +367,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
             return mine
         request = dataclasses.replace(request, all_gpus=False, count=1)  # not even one: refused as `--gpus 1`
     if request.all_gpus:
-        pool = [s for s in free if allow_whole or s.kind == gpu.KIND_MIG]
+        pool = [s for s in free if _kind_fits(s, request, allow_whole)]
         n = max(1, len(pool))
     elif named:
         n = len(named)
@@ -353,11 +400,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
         (s.gpueq for s in inventory.slots() if s.kind == gpu.KIND_MIG or (s.kind == gpu.KIND_GPU and allow_whole)),
         default=None,
     )
-    eligible = [
-        s
-        for s in inventory.slots()
-        if (s.kind == gpu.KIND_GPU and allow_whole) or (s.kind == gpu.KIND_MIG and not request.full_gpu)
-    ]
+    eligible = [s for s in inventory.slots() if _kind_fits(s, request, allow_whole)]
     if not eligible and not named:
         if not allow_whole and inventory.slots():
             return make_refusal(
@@ -435,9 +478,11 @@ def _all_i_may_have(
     """A non-admin's ``--gpus all``: as many free slots as the per-container limit and the quota allow, in
     the order ``--gpus N`` takes them, with a Warning saying what was granted; None when not even one fits."""
     allow_whole = bool(limits.allow_full_gpu)
-    ordered = sorted((s for s in free if s.kind == gpu.KIND_GPU and allow_whole), key=lambda s: s.gpu_index)
+    ordered = sorted(
+        (s for s in free if s.kind == gpu.KIND_GPU and _kind_fits(s, request, allow_whole)), key=lambda s: s.gpu_index
+    )
     ordered += sorted(
-        (s for s in free if s.kind == gpu.KIND_MIG and not request.full_gpu),
+        (s for s in free if s.kind == gpu.KIND_MIG and _kind_fits(s, request, allow_whole)),
         key=_mig_order(occupied, inventory, request.mig_profile),
     )
     per_container = limits.max_gpu_slots_per_container
@@ -475,6 +520,8 @@ def _slot_sort_key(slot: gpu.Slot) -> tuple:
 
 def _no_gpu(limits: Any, request: Request, n: int, have: int, *, eligible: list, free: list) -> Refusal:
     kinds = "whole GPUs" if request.full_gpu else ("GPUs and MIG slices" if limits.allow_full_gpu else "MIG slices")
+    if request.only_profile:
+        kinds = f"MIG {request.mig_profile} slices"
     only_whole_free = not limits.allow_full_gpu and any(s.kind == gpu.KIND_GPU for s in free)
     extra = " (only whole GPUs are free, which your group may not use)" if only_whole_free and not have else ""
     return make_refusal(

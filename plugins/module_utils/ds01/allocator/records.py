@@ -48,8 +48,10 @@ class Request:
     ``count`` slots (default 1); or ``device_ids`` (UUIDs, GPU indices, slot ids — the count is
     their number); or ``all_gpus`` (every free slot they may have: for a non-admin, as many as the
     quota and the per-container limit allow, at least one). ``full_gpu``:
-    whole GPUs only. ``mig_profile``: preferred MIG profile (``1g.10gb``). ``container``: the
-    name the container will get (messages, events). ``admin``: the caller is an admin.
+    whole GPUs only. ``mig_profile``: preferred MIG profile (``1g.10gb``); with ``only_profile``, that
+    profile and nothing else. ``label``: the request label the kind came from
+    (``ds01.gpu.request=3g.20gb``): the grant's warning names it. ``container``: the name the container
+    will get (messages, events). ``admin``: the caller is an admin.
     """
 
     count: int = 1
@@ -57,6 +59,8 @@ class Request:
     all_gpus: bool = False
     full_gpu: bool = False
     mig_profile: Optional[str] = None
+    only_profile: bool = False
+    label: Optional[str] = None
     container: Optional[str] = None
     admin: bool = False
 
@@ -67,6 +71,8 @@ class Request:
             "all_gpus": self.all_gpus,
             "full_gpu": self.full_gpu,
             "mig_profile": self.mig_profile,
+            "only_profile": self.only_profile,
+            "label": self.label,
             "container": self.container,
         }
 
@@ -82,7 +88,7 @@ class Grant:
     profiles: tuple = ()  # per slot: the MIG profile, or None for a whole GPU
     container: Optional[str] = None
     intent: Optional[str] = None  # the write-ahead intent's token (``reserve`` sets it)
-    warnings: tuple = ()  # sentences for the create answer's Warnings (what ``--gpus all`` was read as)
+    warnings: tuple = ()  # sentences for the create answer's Warnings (what ``--gpus all`` or a label got)
 
     def as_dict(self) -> dict:
         return {

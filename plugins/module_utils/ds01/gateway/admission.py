@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import allocator, docker, events, gpu
+from ..identity import GPU_REQUEST_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +142,39 @@ def _reserve(store: Any, login: str, ask: Any, limits: Any, details: dict, clien
             "`--gpus all` for the GPUs you may have, or `--gpus 1`; or run with `-e NVIDIA_VISIBLE_DEVICES=void` "
             "for no GPU.",
         )
+    kind = request_kind(ask)
     if ask.count < 0:
-        request = allocator.Request(count=1, all_gpus=True, container=details.get("container") or None, admin=admin)
+        request = allocator.Request(
+            count=1, all_gpus=True, container=details.get("container") or None, admin=admin, **kind
+        )
     elif ask.device_ids:
         request = allocator.Request(
             count=len(ask.device_ids),
             device_ids=tuple(ask.device_ids),
             container=details.get("container") or None,
             admin=admin,
+            **kind,
         )
     else:
-        request = allocator.Request(count=max(1, ask.count), container=details.get("container") or None, admin=admin)
+        request = allocator.Request(
+            count=max(1, ask.count), container=details.get("container") or None, admin=admin, **kind
+        )
     config = store.get()
     if config is None:
         raise _undecided("no valid configuration has ever been loaded, so the allocator has no lock path")
     return allocator.reserve(login, request, config=config, limits=limits, client=client, source="gateway")
+
+
+def request_kind(ask: Any) -> dict:
+    """The allocator's Request fields for the request label's kind (``ask.kind``): ``full`` asks for whole
+    GPUs only, anything else for that MIG profile only; the label goes along for the grant's warning."""
+    kind = str(getattr(ask, "kind", "") or "")
+    if not kind:
+        return {}
+    label = f"{GPU_REQUEST_LABEL}={kind}"
+    if kind == "full":
+        return {"full_gpu": True, "label": label}
+    return {"mig_profile": kind, "only_profile": True, "label": label}
 
 
 def _inventory_uuids(store: Any) -> Optional[set]:

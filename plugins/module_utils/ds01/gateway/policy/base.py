@@ -93,6 +93,38 @@ def denied(sentence: str) -> Refusal:
     return Refusal(POLICY_DENIED, sentence)
 
 
+def combined(refusals: list) -> Optional[Refusal]:
+    """The refusals of one request's independent checks as one: a single one unchanged; several as one
+    sentence that numbers each original sentence, so the user fixes every problem in one go. Their code
+    and status when they share them, else ``POLICY_DENIED`` (403). A malformed body (status 400) is
+    answered alone: its other checks read a body that is not what the client meant."""
+    if not refusals:
+        return None
+    malformed = [r for r in refusals if r.status == 400]
+    if malformed:
+        return malformed[0]
+    unique: list = []
+    for refusal in refusals:
+        if refusal.sentence not in [r.sentence for r in unique]:
+            unique.append(refusal)
+    if len(unique) == 1:
+        return unique[0]
+    codes = {r.code for r in unique}
+    statuses = {r.status for r in unique}
+    events = {r.event_type for r in unique}
+    listed = " ".join(f"{n}) {_full_stop(r.sentence)}" for n, r in enumerate(unique, 1))
+    return Refusal(
+        codes.pop() if len(codes) == 1 else POLICY_DENIED,
+        f"this request has {len(unique)} problems; fix them all, then try again: {listed}",
+        status=statuses.pop() if len(statuses) == 1 else 403,
+        event_type=events.pop() if len(events) == 1 else "gateway.refused",
+    )
+
+
+def _full_stop(sentence: str) -> str:
+    return sentence if sentence.endswith((".", "!", "?")) else sentence + "."
+
+
 class Refused(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
@@ -109,11 +141,13 @@ def identity_refusal(reason: str) -> Refusal:
 
 @dataclass(frozen=True)
 class GpuAsk:
-    """A GPU request found in a create body. ``count`` -1 means all GPUs."""
+    """A GPU request found in a create body. ``count`` -1 means all GPUs. ``kind``: the request label's
+    value (``full`` or a MIG profile, ``identity.GPU_REQUEST_LABEL``), empty without one."""
 
     count: int
     device_ids: tuple = ()
-    source: str = "device_requests"  # device_requests | env | image_env | runtime
+    source: str = "device_requests"  # device_requests | env | image_env | runtime | label
+    kind: str = ""
 
     def describe(self) -> str:
         if self.device_ids:

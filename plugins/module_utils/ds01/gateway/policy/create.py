@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from typing import Any, Optional
 
-from ... import docker
+from ... import docker, identity
 from .base import (
     LOG_DRIVERS,
     LOG_OPTIONS,
@@ -19,6 +20,7 @@ from .base import (
     CreateContext,
     GpuAsk,
     Refusal,
+    combined,
     denied,
 )
 from .mounts import check_bind_source, check_target, check_volume_driver, check_volume_name, has_host_paths, parse_bind
@@ -40,25 +42,50 @@ def is_gpu_request_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and docker.device_request_reaches_gpu(entry)
 
 
+# what a request label's value may look like before the allocator reads it against the inventory
+GPU_REQUEST_VALUE = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,31}")
+
+
+def gpu_request_kind(body: dict) -> str:
+    """The value of the create body's request label (``ds01.gpu.request``): ``full``, a MIG profile, or
+    empty without one. Only the body's own labels count: an image's labels are not a request."""
+    labels = body.get("Labels") if isinstance(body, dict) else None
+    value = (labels or {}).get(identity.GPU_REQUEST_LABEL) if isinstance(labels, dict) else None
+    return str(value or "").strip().lower()
+
+
+def check_gpu_request_label(body: dict) -> Optional[Refusal]:
+    kind = gpu_request_kind(body)
+    if not kind or GPU_REQUEST_VALUE.fullmatch(kind):
+        return None
+    shown = kind if len(kind) <= 40 else kind[:37] + "..."
+    return denied(
+        f"the label {identity.GPU_REQUEST_LABEL}={shown} is neither `full` (a whole GPU) nor a MIG profile name "
+        "such as 3g.20gb; `ds01 gpu status` lists this server's profiles."
+    )
+
+
 def gpu_ask(body: dict, image_env: Optional[list], default_runtime: str = "nvidia") -> Optional[GpuAsk]:
     """The GPU request of a create body in any of its forms; None when it asks for none.
 
     The answer comes from ``docker.gpu_reach`` (the detector asks the same function of a
     stored container). ``default_runtime`` is ``nvidia`` unless the daemon is known to use another
-    one when ``Runtime`` is empty: an image's ``NVIDIA_VISIBLE_DEVICES`` then counts.
+    one when ``Runtime`` is empty: an image's ``NVIDIA_VISIBLE_DEVICES`` then counts. The request
+    label (``gpu_request_kind``) names the kind; alone, it asks for one slot of that kind.
     """
+    kind = gpu_request_kind(body)
     reach = docker.gpu_reach(body, body.get("HostConfig"), image_env, default_runtime)
     if not reach.reaches_gpu:
-        return None
+        return GpuAsk(1, (), "label", kind) if kind else None
     source = reach.sources[0] if reach.sources else "device_requests"
     source = {"device_request": "device_requests", "runtime_env": "runtime"}.get(source, source)
     if str((body.get("HostConfig") or {}).get("Runtime") or "") == "nvidia" and source in ("env", "image_env"):
         source = "runtime"
     if reach.all:
-        return GpuAsk(-1, (), source)
+        return GpuAsk(-1, (), source, kind)
     if reach.devices and not reach.count:
-        return GpuAsk(len(reach.devices), tuple(reach.devices), source)
-    return GpuAsk(len(reach.devices) + reach.count, (), source)
+        return GpuAsk(len(reach.devices), tuple(reach.devices), source, kind)
+    return GpuAsk(len(reach.devices) + reach.count, (), source, kind)
 
 
 def container_type(labels: dict) -> str:
@@ -232,158 +259,148 @@ def check_start_body(raw: bytes) -> Optional[Refusal]:
 
 
 def check_create(body: dict, ctx: CreateContext) -> Optional[Refusal]:
-    """The first host-escape setting in a create body, as a refusal; None if there is none."""
+    """Every host-escape setting in a create body, as one refusal (``combined``); None if there is none.
+
+    The checks are independent of each other, so all of them run and the user learns every problem
+    of the request at once; a body that is not the right shape is refused alone, before them."""
     if not isinstance(body, dict):
         return Refusal(POLICY_DENIED, "the create request body is not a JSON object", status=400)
     host = body.get("HostConfig") or {}
     if not isinstance(host, dict):
         return Refusal(POLICY_DENIED, "HostConfig is not a JSON object", status=400)
+    return combined([r for r in _create_problems(body, host, ctx) if r is not None])
 
-    refusal = (
-        check_user(str(body.get("User") or ""), ctx)
-        or _check_group_add(host.get("GroupAdd") or [], ctx)
-        or _check_log_config(host.get("LogConfig") or {})
-        or check_restart(host.get("RestartPolicy") or {}, has_host_paths(host))
-        or _check_device_requests(host.get("DeviceRequests") or [])
-    )
-    if refusal:
-        return refusal
-    refusal = _check_ports(host)
-    if refusal:
-        return refusal
+
+def _create_problems(body: dict, host: dict, ctx: CreateContext) -> Iterator[Optional[Refusal]]:
+    """Each refusal of a create body (and None for each check that passed), in the order of the settings."""
+    yield check_user(str(body.get("User") or ""), ctx)
+    yield _check_group_add(host.get("GroupAdd") or [], ctx)
+    yield _check_log_config(host.get("LogConfig") or {})
+    yield check_restart(host.get("RestartPolicy") or {}, has_host_paths(host))
+    yield _check_device_requests(host.get("DeviceRequests") or [])
+    yield check_gpu_request_label(body)
+    yield _check_ports(host)
     if str(host.get("CgroupnsMode") or "") == "host":
-        return denied("--cgroupns host shows the container the host's whole cgroup tree; run without it.")
+        yield denied("--cgroupns host shows the container the host's whole cgroup tree; run without it.")
     for item in host.get("Links") or []:
         ref = str(item).split(":", 1)[0].lstrip("/")
-        refusal = ownership(ctx.login, ref, ctx.container_owners.get(ref), "link to (--link)")
-        if refusal:
-            return refusal
+        yield ownership(ctx.login, ref, ctx.container_owners.get(ref), "link to (--link)")
     if host.get("Privileged"):
-        return denied(
+        yield denied(
             "--privileged gives the container every capability and every host device; it is not available. "
             "Ask for GPUs with --gpus and for single capabilities with --cap-add."
         )
     for cap in list(host.get("CapAdd") or []) + list(host.get("Capabilities") or []):
-        name = capability(cap)
-        if name == "ALL":
-            return denied("--cap-add ALL is the same as --privileged; add only the capabilities you need.")
-        if name in NEVER_CAPABILITIES:
-            return denied(
-                f"--cap-add {name} would let the container make setuid files or device nodes that keep their power "
-                "on the host through a mounted directory; it is not available."
-            )
-        if name not in {capability(c) for c in ctx.allowed_capabilities}:
-            return denied(
-                f"--cap-add {name} reaches into the host kernel and is not allowed; allowed are: "
-                + ", ".join(sorted(capability(c) for c in ctx.allowed_capabilities))
-                + "."
-            )
+        yield _check_capability(capability(cap), ctx)
     for key, flag in (("PidMode", "--pid"), ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("UsernsMode", "--userns")):
-        refusal = _mode_refusal(str(host.get(key) or ""), key, flag, ctx)
-        if refusal:
-            return refusal
+        yield _mode_refusal(str(host.get(key) or ""), key, flag, ctx)
     network = str(host.get("NetworkMode") or "")
     if network == "host" and not ctx.allow_host_network:
-        return denied(
+        yield denied(
             "--network host exposes every service on the host's loopback (including other users' notebooks) "
             "to the container; publish ports with -p instead, or use --network none."
         )
     if network.startswith("container:"):
-        refusal = _mode_refusal(network, "NetworkMode", "--network", ctx)
-        if refusal:
-            return refusal
+        yield _mode_refusal(network, "NetworkMode", "--network", ctx)
     for item in host.get("VolumesFrom") or []:
         ref = str(item).split(":", 1)[0]
-        refusal = ownership(ctx.login, ref, ctx.container_owners.get(ref), "mount the volumes of (--volumes-from)")
-        if refusal:
-            return refusal
+        yield ownership(ctx.login, ref, ctx.container_owners.get(ref), "mount the volumes of (--volumes-from)")
     runtime = str(host.get("Runtime") or "")
     if runtime not in SAFE_RUNTIMES and runtime != "nvidia":
-        return denied(f"the runtime '{runtime}' is not available to users; leave --runtime unset.")
+        yield denied(f"the runtime '{runtime}' is not available to users; leave --runtime unset.")
     if host.get("CgroupParent") and host["CgroupParent"] not in own_cgroup_parents(ctx):
-        return denied(
+        yield denied(
             f"--cgroup-parent {host['CgroupParent']} is not your slice; your containers always run in "
             f"{ctx.slice_name}. Leave --cgroup-parent unset."
         )
     for opt in host.get("SecurityOpt") or []:
-        text = str(opt)
-        if re.fullmatch(r"no-new-privileges[:=]false", text):
-            return denied(
-                "--security-opt no-new-privileges:false would let setuid programs in the container gain privileges; "
-                "every container runs with no-new-privileges. Remove the option."
-            )
-        if SECURITY_OPT_OK.fullmatch(text):
-            continue
-        key = re.split(r"[:=]", text, maxsplit=1)[0]
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        return denied(
-            f"--security-opt {shown} weakens the container's confinement ({key}) and is not allowed; "
-            "remove it (no-new-privileges is fine)."
-        )
+        yield _check_security_opt(str(opt))
     if host.get("MaskedPaths") is not None or host.get("ReadonlyPaths") is not None:
-        return denied(
+        yield denied(
             "changing the masked or read-only kernel paths (--security-opt systempaths=unconfined) "
             "exposes host kernel interfaces; remove it."
         )
     if host.get("DeviceCgroupRules"):
-        return denied("--device-cgroup-rule opens host devices to the container; it is not available to users.")
+        yield denied("--device-cgroup-rule opens host devices to the container; it is not available to users.")
     for device in host.get("Devices") or []:
         path = str((device or {}).get("PathOnHost") or "") if isinstance(device, dict) else str(device)
-        refusal = _check_device(path, ctx)
-        if refusal:
-            return refusal
+        yield _check_device(path, ctx)
     if host.get("OomKillDisable"):
-        return denied("--oom-kill-disable can leave the host out of memory; remove it.")
+        yield denied("--oom-kill-disable can leave the host out of memory; remove it.")
     if isinstance(host.get("OomScoreAdj"), int) and host["OomScoreAdj"] < 0:
-        return denied("a negative --oom-score-adj shields the container from the OOM killer; remove it.")
+        yield denied("a negative --oom-score-adj shields the container from the OOM killer; remove it.")
     driver = str(host.get("VolumeDriver") or "")
     if driver not in ("", "local"):
-        return denied(f"--volume-driver {driver} is not available to users; use local named volumes.")
+        yield denied(f"--volume-driver {driver} is not available to users; use local named volumes.")
 
     for target in [*(host.get("Tmpfs") or {}), *(body.get("Volumes") or {})]:
-        refusal = check_target(str(target))
-        if refusal:
-            return refusal
+        yield check_target(str(target))
     for spec in host.get("Binds") or []:
         source, target, readonly = parse_bind(str(spec))
-        refusal = check_target(target)
-        if refusal:
-            return refusal
-        refusal = check_bind_source(source, readonly, ctx) if source.startswith("/") else check_volume_name(source, ctx)
-        if refusal:
-            return refusal
+        yield check_target(target)
+        yield check_bind_source(source, readonly, ctx) if source.startswith("/") else check_volume_name(source, ctx)
     for mount in host.get("Mounts") or []:
-        if not isinstance(mount, dict):
-            return Refusal(POLICY_DENIED, "a Mounts entry is not a JSON object", status=400)
-        kind = str(mount.get("Type") or "volume")
-        refusal = check_target(str(mount.get("Target") or ""))
-        if refusal:
-            return refusal
-        readonly = bool(mount.get("ReadOnly"))
-        if kind == "bind":
-            propagation = str((mount.get("BindOptions") or {}).get("Propagation") or "")
-            if propagation not in ("", "private", "rprivate"):
-                return denied(
-                    f"bind propagation '{propagation}' would carry mounts between the container and the host; "
-                    "leave bind-propagation unset."
-                )
-            refusal = check_bind_source(str(mount.get("Source") or ""), readonly, ctx)
-        elif kind == "volume":
-            options = mount.get("VolumeOptions") or {}
-            config = options.get("DriverConfig") or {}
-            name = str(mount.get("Source") or "(anonymous)")
-            refusal = check_volume_driver(
-                str(config.get("Name") or ""), config.get("Options") or {}, readonly, ctx, name
-            )
-            if refusal is None and mount.get("Source"):
-                refusal = check_volume_name(name, ctx)
-        elif kind == "tmpfs":
-            refusal = None
-        else:
-            refusal = denied(f"mounts of type '{kind}' are not available to users; use bind, volume or tmpfs.")
-        if refusal:
-            return refusal
+        yield from _mount_problems(mount, ctx)
+
+
+def _check_capability(name: str, ctx: CreateContext) -> Optional[Refusal]:
+    if name == "ALL":
+        return denied("--cap-add ALL is the same as --privileged; add only the capabilities you need.")
+    if name in NEVER_CAPABILITIES:
+        return denied(
+            f"--cap-add {name} would let the container make setuid files or device nodes that keep their power "
+            "on the host through a mounted directory; it is not available."
+        )
+    if name not in {capability(c) for c in ctx.allowed_capabilities}:
+        return denied(
+            f"--cap-add {name} reaches into the host kernel and is not allowed; allowed are: "
+            + ", ".join(sorted(capability(c) for c in ctx.allowed_capabilities))
+            + "."
+        )
     return None
+
+
+def _check_security_opt(text: str) -> Optional[Refusal]:
+    if re.fullmatch(r"no-new-privileges[:=]false", text):
+        return denied(
+            "--security-opt no-new-privileges:false would let setuid programs in the container gain privileges; "
+            "every container runs with no-new-privileges. Remove the option."
+        )
+    if SECURITY_OPT_OK.fullmatch(text):
+        return None
+    key = re.split(r"[:=]", text, maxsplit=1)[0]
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return denied(
+        f"--security-opt {shown} weakens the container's confinement ({key}) and is not allowed; "
+        "remove it (no-new-privileges is fine)."
+    )
+
+
+def _mount_problems(mount: Any, ctx: CreateContext) -> Iterator[Optional[Refusal]]:
+    if not isinstance(mount, dict):
+        yield Refusal(POLICY_DENIED, "a Mounts entry is not a JSON object", status=400)
+        return
+    kind = str(mount.get("Type") or "volume")
+    yield check_target(str(mount.get("Target") or ""))
+    readonly = bool(mount.get("ReadOnly"))
+    if kind == "bind":
+        propagation = str((mount.get("BindOptions") or {}).get("Propagation") or "")
+        if propagation not in ("", "private", "rprivate"):
+            yield denied(
+                f"bind propagation '{propagation}' would carry mounts between the container and the host; "
+                "leave bind-propagation unset."
+            )
+        yield check_bind_source(str(mount.get("Source") or ""), readonly, ctx)
+    elif kind == "volume":
+        options = mount.get("VolumeOptions") or {}
+        config = options.get("DriverConfig") or {}
+        name = str(mount.get("Source") or "(anonymous)")
+        refusal = check_volume_driver(str(config.get("Name") or ""), config.get("Options") or {}, readonly, ctx, name)
+        if refusal is None and mount.get("Source"):  # the name is checked once the driver is known to be local
+            refusal = check_volume_name(name, ctx)
+        yield refusal
+    elif kind != "tmpfs":
+        yield denied(f"mounts of type '{kind}' are not available to users; use bind, volume or tmpfs.")
 
 
 def own_cgroup_parents(ctx: CreateContext) -> tuple:
