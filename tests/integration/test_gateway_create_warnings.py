@@ -6,7 +6,7 @@ The harness's student group: 1.5 CPUs, 2 GiB memory, 3 GiB memory+swap, 256 MiB 
 
 from __future__ import annotations
 
-from gwharness import IMAGE, VICTIM
+from gwharness import GPU_UUIDS, IMAGE, MIG_UUIDS, VICTIM
 
 USER = VICTIM  # an ordinary user with room for containers (the attacker's limit is 3)
 
@@ -86,3 +86,80 @@ def test_gpus_all_from_a_user_is_the_gpus_they_may_have(attack_gw):
         assert h.stored(again) is None
     finally:
         h.remove(name, again)
+
+
+def _granted_request(h, name):
+    """The stored container's GPU DeviceRequests as (count, ids), and its granted UUIDs label."""
+    info = h.stored(name)
+    requests = [(r["Count"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"] or []]
+    return requests, info["Config"]["Labels"]
+
+
+def test_request_label_alone_gets_one_mig_slice_of_that_profile(attack_gw):
+    """Without the label this user's `--gpus 1` gets whole GPU 0 (whole GPUs come first); with
+    ds01.gpu.request=3g.20gb and no flag at all, the stored request is exactly one 3g.20gb instance."""
+    h = attack_gw
+    name = h.name("mig3g")
+    try:
+        proc = h.cli(USER, "create", "--name", name, "--label", "ds01.gpu.request=3g.20gb", IMAGE, "true")
+        assert proc.returncode == 0, proc.stderr
+        requests, labels = _granted_request(h, name)
+        assert len(requests) == 1 and requests[0][0] == 0 and len(requests[0][1]) == 1, requests
+        assert requests[0][1][0] in MIG_UUIDS
+        assert labels["ds01.gpu.uuids"] == requests[0][1][0]
+        assert labels["ds01.gpu.request"] == "3g.20gb"  # kept as the user wrote it; nothing reads it as a fact
+        printed = [line for line in proc.stderr.splitlines() if "ds01.gpu.request" in line]
+        assert printed == [
+            f"WARNING: ds01.gpu.request=3g.20gb: granted MIG 3g.20gb (GPU 2, instance "
+            f"{labels['ds01.gpu.slots'].split('.')[1]}, slot {labels['ds01.gpu.slots']})"
+        ], proc.stderr
+    finally:
+        h.remove(name)
+
+
+def test_request_label_full_with_gpus_n_gets_a_whole_gpu(attack_gw):
+    h = attack_gw
+    name = h.name("full")
+    try:
+        proc = h.cli(USER, "create", "--name", name, "--gpus", "1", "--label", "ds01.gpu.request=full", IMAGE, "true")
+        assert proc.returncode == 0, proc.stderr
+        requests, labels = _granted_request(h, name)
+        assert len(requests) == 1 and requests[0][1][0] in GPU_UUIDS and len(requests[0][1]) == 1, requests
+        assert f"WARNING: ds01.gpu.request=full: granted whole GPU {labels['ds01.gpu.slots']}" in proc.stderr
+    finally:
+        h.remove(name)
+
+
+def test_request_label_with_a_profile_this_server_lacks_is_refused_and_stores_nothing(attack_gw):
+    h = attack_gw
+    name = h.name("nokind")
+    proc = h.cli(USER, "create", "--name", name, "--gpus", "1", "--label", "ds01.gpu.request=1g.10gb", IMAGE, "true")
+    try:
+        assert proc.returncode != 0
+        assert "POLICY_DENIED" in proc.stderr and "no MIG profile '1g.10gb'" in proc.stderr, proc.stderr
+        assert "its MIG profiles are 3g.20gb" in proc.stderr, proc.stderr
+        assert h.stored(name) is None
+    finally:
+        h.remove(name)
+
+
+def test_every_problem_of_a_create_is_told_at_once(attack_gw):
+    """One refused create names each problem (each sentence as it reads alone), and the daemon stores nothing."""
+    h = attack_gw
+    name = h.name("many")
+    flags = ["--privileged", "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--pid", "host"]
+    proc = h.cli(USER, "create", "--name", name, *flags, IMAGE, "true")
+    try:
+        assert proc.returncode != 0
+        text = " ".join(proc.stderr.split())
+        assert "POLICY_DENIED: this request has 4 problems; fix them all, then try again: 1) " in text, text
+        for part in (
+            "--privileged gives the container every capability",
+            "--cap-add SYS_ADMIN reaches into the host kernel",
+            "--pid=host (PidMode) shares the host's namespace",
+            "--security-opt seccomp=unconfined weakens the container's confinement",
+        ):
+            assert part in text, text
+        assert h.stored(name) is None
+    finally:
+        h.remove(name)
