@@ -4,8 +4,9 @@
   (sd-login: ``sd_uid_get_sessions``, ``sd_session_get_state``, ``sd_session_get_tty``) in
   ``libsystemd.so.0`` with ctypes; no utmp record layout is parsed. Where libsystemd is missing or
   logind is not running (``sd_booted()`` is 0, or no ``/run/systemd/seats``) the user has no
-  terminals here, and the notice still reaches the spool and the workspace. Only a ``pts/N`` or
-  ``ttyN`` TTY becomes a path; each is opened with
+  terminals here, and the notice still reaches the spool and the workspace. A closing session (logged
+  out, processes lingering) is skipped, and only a ``pts/N`` or ``ttyN`` TTY becomes a path; each is
+  opened with
   ``O_WRONLY | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW`` and written only when ``fstat`` of the open
   descriptor shows a character device owned by that user; a full terminal (EAGAIN) is skipped, not
   waited for. No ``wall``, no ``write(1)``, no subprocess.
