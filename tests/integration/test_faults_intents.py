@@ -29,7 +29,7 @@ from typing import Optional
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, events, gpu, intents
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, events, fsutil, gpu, intents
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow]
 
@@ -547,7 +547,7 @@ def test_sigkill_of_the_lock_holder_at_each_step_never_double_books(docker_clien
             child.wait(30)
             killed_at = time.monotonic()
 
-            probe = allocator.AllocatorLock(lock_path)  # the kernel dropped the dead holder's lock
+            probe = fsutil.FileLock(lock_path)  # the kernel dropped the dead holder's lock
             assert probe.acquire(0.0), f"the allocator lock is still held after the holder was killed at {step}"
             probe.release()
 
@@ -598,6 +598,6 @@ def test_sigkill_of_the_lock_holder_at_each_step_never_double_books(docker_clien
     assert ("gpu.release", f"{prefix}granted") in kinds  # the dead intent, with its reason
     assert ("gpu.intent_recovered", f"{prefix}in_flight") in kinds
     assert ("gpu.intent_recovered", f"{prefix}created") in kinds
-    probe = allocator.AllocatorLock(lock_path)
+    probe = fsutil.FileLock(lock_path)
     assert probe.acquire(0.0), "the allocator lock is held after every holder was killed"
     probe.release()

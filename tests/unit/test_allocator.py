@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, fsutil, gpu
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
@@ -682,7 +682,7 @@ def test_reserve_raises_refusals_instead_of_yielding(tmp_path):
 
 
 def test_reserve_refuses_when_the_lock_stays_taken(tmp_path):
-    other = allocator.AllocatorLock(str(tmp_path / "run" / "gpu-allocator.lock"))
+    other = fsutil.FileLock(str(tmp_path / "run" / "gpu-allocator.lock"))
     assert other.acquire(1.0)
     try:
         with (
@@ -723,7 +723,7 @@ def test_reserve_logs_a_release_when_the_create_fails(tmp_path):
     with pytest.raises(RuntimeError), _reserve(tmp_path, FakeClient([]), event_log=events):
         raise RuntimeError("docker create failed")
     assert [e[0] for e in events.events] == ["gpu.allocate", "gpu.release"]
-    lock = allocator.AllocatorLock(str(tmp_path / "run" / "gpu-allocator.lock"))
+    lock = fsutil.FileLock(str(tmp_path / "run" / "gpu-allocator.lock"))
     assert lock.acquire(0.1)
     lock.release()
 

@@ -71,7 +71,6 @@ first use, so ``ds01 gpu plan``, which only decides, does not import them.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .decide import Usage, decide, is_free, make_refusal, occupied_slots, slot_weight, user_usage
@@ -104,7 +103,6 @@ from .records import (
 _RESERVE_NAMES = (
     "DEFAULT_LOCK_TIMEOUT_S",
     "LOCK_NAME",
-    "AllocatorLock",
     "create_answered",
     "lock_path_of",
     "reserve",
@@ -113,8 +111,11 @@ _RESERVE_NAMES = (
 
 
 def __getattr__(name: str) -> Any:
+    """The reservation's names, loaded on first use (``ds01 gpu plan`` only decides, and skips its imports)."""
     if name in _RESERVE_NAMES:
-        return getattr(importlib.import_module(f"{__name__}.reservation"), name)
+        from . import reservation
+
+        return getattr(reservation, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -135,7 +136,6 @@ __all__ = [
     "POLICY_DENIED",
     "USER_AT_LIMIT",
     "AllocationRefused",
-    "AllocatorLock",
     "Decision",
     "Grant",
     "Refusal",

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import logging
 import os
 import pwd
-import random
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from .. import config as config_mod
-from .. import docker, events, gpu, identity, intents, refusals
+from .. import docker, events, fsutil, gpu, identity, intents, refusals
 from .decide import decide, make_refusal
 from .jobs import sync_job_mapping
 from .records import (
@@ -41,53 +37,6 @@ DEFAULT_LOCK_TIMEOUT_S = 10.0
 # --------------------------------------------------------------------------------------------
 # The lock
 # --------------------------------------------------------------------------------------------
-
-
-class AllocatorLock:
-    """The host-wide allocator lock: ``flock`` on a root-owned 0600 file, polled with LOCK_NB.
-
-    A holder that dies loses the lock with its file descriptor (kernel semantics); nothing is
-    left to clean up.
-    """
-
-    def __init__(self, path: str, poll_s: float = 0.01) -> None:
-        self.path = path
-        self.poll_s = poll_s
-        self._fd: Optional[int] = None
-
-    def acquire(self, timeout_s: float) -> bool:
-        """True once held; False after ``timeout_s``. ``OSError`` when the file cannot be opened."""
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return True
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.close(fd)
-                return False
-            time.sleep(min(left, self.poll_s * (0.5 + random.random())))  # noqa: S311 - jitter, not crypto
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +226,7 @@ def reserve(
         _record_refusal(config, refusal)
         return AllocationRefused(refusal)
 
-    lock = AllocatorLock(lock_path)
+    lock = fsutil.FileLock(lock_path)  # the host-wide allocator lock: root's 0600, polled with jitter
     own_client = None
     try:
         got = lock.acquire(timeout)
