@@ -1,7 +1,7 @@
 """The one door to Docker: every module of ds01 that reads or changes Docker goes through here.
 
 - ``records``: ``ContainerInfo``, the one record of a container (allocator, detector, lifecycle,
-  exporter, the gateway's questions), built from list summaries, inspect documents or cached
+  observe and the exporter, the gateway's questions), built from list summaries, inspect documents or cached
   create-time facts; ``parse_time``, the one parser of Docker's timestamps; the GPU labels.
 - ``reach``: ``gpu_reach``, the one answer to "does this request or container reach a GPU"
   (the gateway asks it of a create body, the detector and the allocator of a stored container).
@@ -18,7 +18,6 @@ are reachable from this package but loaded on first use, so importing it stays c
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .engine import Engine, EngineError, EngineNotFound, engine_from_env
@@ -45,8 +44,10 @@ from .records import (
     GPUEQ_LABEL,
     LEGACY_UUID_LABEL,
     SLOTS_LABEL,
+    TYPE_LABEL,
     UUIDS_LABEL,
     VISIBLE_DEVICES_ENV,
+    WORKSPACE_MOUNT,
     ContainerInfo,
     DockerStateError,
     GpuClaim,
@@ -76,7 +77,8 @@ _SDK_NAMES = {
 def __getattr__(name: str) -> Any:
     """The SDK's names, imported on first use (``from .docker import NotFound`` works too)."""
     if name in _SDK_NAMES:
-        sdk = importlib.import_module(f"{__name__}.sdk")
+        from . import sdk  # the SDK costs ~150 ms to import: one-shot readers never load it
+
         return getattr(sdk, _SDK_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -97,8 +99,10 @@ __all__ = [
     "NVIDIA_ENV",
     "NVIDIA_VOLUME_DIR",
     "SLOTS_LABEL",
+    "TYPE_LABEL",
     "UUIDS_LABEL",
     "VISIBLE_DEVICES_ENV",
+    "WORKSPACE_MOUNT",
     "APIError",
     "ContainerInfo",
     "DockerException",
