@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, docker
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import lifecycle as lc
 
 UTC = dt.timezone.utc
@@ -97,21 +97,22 @@ def mkfacts(
     created=T0 - dt.timedelta(minutes=1),
     labels=None,
 ):
-    base = {"ds01.user": owner} if owner else {}
+    base = {"ds01.container_type": ctype}
+    if gpu:
+        base.update({"ds01.gpu.slots": "0", "ds01.gpu.uuids": "GPU-0", "ds01.gpu.gpueq": "1.0"})
+    if owner:
+        base["ds01.user"] = owner
     base.update(labels or {})
-    return lc.ContainerFacts(
+    return docker.ContainerInfo(
         id=CID,
         name=name,
         state=state,
         owner=owner,
-        container_type=ctype,
+        owner_method="label" if owner else "unknown",
         labels=base,
-        created_at=created,
+        created=created,
         started_at=started,
         finished_at=finished,
-        gpu_slots=("0",) if gpu else (),
-        gpu_uuids=("GPU-0",) if gpu else (),
-        gpueq=1.0 if gpu else 0.0,
     )
 
 
@@ -616,12 +617,13 @@ class FakeOps:
         self.ids, self.broken, self.gone = ids, set(broken), set(gone)
         self.removed = []
 
-    def list_containers(self):
+    def list_containers(self, on_error=None):
         created = int(T0.timestamp())
-        return [
+        summaries = [
             {"Id": cid, "Names": [f"/c{n}"], "State": "created", "Created": created, "Labels": {"ds01.user": "alice"}}
             for n, cid in enumerate(self.ids)
         ]
+        return [docker.container_info(summary) for summary in summaries]
 
     def remove(self, cid):
         if cid in self.broken:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, docker
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import lifecycle as lc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,19 +203,17 @@ def limits_json(path: Path, login: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def facts(owner: str, ctype: str, name: str) -> lc.ContainerFacts:
-    return lc.ContainerFacts(
+def facts(owner: str, ctype: str, name: str) -> docker.ContainerInfo:
+    labels = {"ds01.user": owner, "ds01.container_type": ctype, "ds01.gpu.slots": "0", "ds01.gpu.uuids": "GPU-0"}
+    return docker.ContainerInfo(
         id="b" * 64,
         name=name,
         state="running",
         owner=owner,
-        container_type=ctype,
-        labels={"ds01.user": owner},
-        created_at=T0,
+        owner_method="label",
+        labels={**labels, "ds01.gpu.gpueq": "1.0"},
+        created=T0,
         started_at=T0,
-        gpu_slots=("0",),
-        gpu_uuids=("GPU-0",),
-        gpueq=1.0,
     )
 
 

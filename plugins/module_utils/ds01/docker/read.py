@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from .. import fsutil
 from .engine import Engine, EngineError, EngineNotFound, engine_from_env
@@ -162,13 +162,17 @@ def list_containers(
     client: Any,
     inventory: Any = None,
     cache: Optional[InspectCache] = None,
-    detail: bool = False,
+    detail: Union[bool, Callable[[Mapping[str, Any]], bool]] = False,
     filters: Optional[Mapping[str, Any]] = None,
+    on_error: Optional[Callable[[Mapping[str, Any], DockerStateError], None]] = None,
 ) -> list:
     """Every container (all states) as ``ContainerInfo``: one list call, then inspects of the
-    containers the cache does not know (all of them with ``detail=True``, which also fills
-    ``started_at``/``pid`` and ``attrs``). ``client``: an ``Engine`` or an SDK client. A cache with
-    a file is flushed after the read. ``DockerStateError`` when Docker does not answer."""
+    containers the cache does not know, and of every container ``detail`` asks for (True: all of
+    them; a function: those whose list summary it answers True for), which also fills
+    ``started_at``/``finished_at``/``pid``/``exit_code``/``restart_count`` and ``attrs``.
+    ``client``: an ``Engine`` or an SDK client. A cache with a file is flushed after the read.
+    ``DockerStateError`` when Docker does not answer; a container whose inspect fails is left out
+    and given to ``on_error`` when there is one (else the whole read fails)."""
     errors = _errors(client)
     try:
         summaries = client.api.containers(all=True, filters=filters) if filters else client.api.containers(all=True)
@@ -177,7 +181,8 @@ def list_containers(
     out = []
     for summary in summaries:
         cid = summary["Id"]
-        facts = None if (detail or cache is None) else cache.get(cid)
+        full = bool(detail(summary)) if callable(detail) else bool(detail)
+        facts = None if (full or cache is None) else cache.get(cid)
         inspect = None
         if facts is None:
             try:
@@ -185,11 +190,15 @@ def list_containers(
             except errors as exc:
                 if _not_found(exc):
                     continue  # removed between the list and the inspect
-                raise DockerStateError(f"cannot inspect container {summary.get('Names')} ({exc})") from exc
+                failure = DockerStateError(f"cannot inspect container {summary.get('Names')} ({exc})")
+                if on_error is None:
+                    raise failure from exc
+                on_error(summary, failure)
+                continue
             facts = create_facts(inspect)
             if cache is not None:
                 cache.put(cid, facts)
-        out.append(container_info(summary, inspect if detail else None, inventory, facts=facts))
+        out.append(container_info(summary, inspect if full else None, inventory, facts=facts))
     if cache is not None and not filters:
         cache.keep_only(s["Id"] for s in summaries)
         cache.flush()

@@ -31,7 +31,9 @@ SLOTS_LABEL = "ds01.gpu.slots"
 UUIDS_LABEL = "ds01.gpu.uuids"
 LEGACY_UUID_LABEL = "ds01.gpu.uuid"
 GPUEQ_LABEL = "ds01.gpu.gpueq"
+TYPE_LABEL = "ds01.container_type"
 VISIBLE_DEVICES_ENV = NVIDIA_ENV
+WORKSPACE_MOUNT = "/workspace"
 
 # Where a container's GPU ids were found (``ContainerInfo.gpu.source``).
 GPU_FROM_DEVICE_REQUESTS = "device_requests"
@@ -109,9 +111,11 @@ class ContainerInfo:
 
     ``slots``/``uuids`` are filled when an inventory was given (``attach_slots``); ``unknown_ids``
     lists device ids the inventory does not know (another host's UUID, a removed MIG instance).
-    ``started_at``/``finished_at``/``pid`` need a full inspect (``detail=True``), else None.
-    ``facts``: the create-time part of its inspect document (``create_facts``), when it was read
-    or cached; ``attrs``: the whole inspect document, when it was read.
+    ``started_at``/``finished_at``/``pid``/``exit_code``/``restart_count`` need a full inspect
+    (``detail``), else None. ``facts``: the create-time part of its inspect document
+    (``create_facts``), when it was read or cached; ``attrs``: the whole inspect document, when it
+    was read. The ``labelled_*`` properties are what the ds01 labels say, as written (the gateway
+    stamps them); ``gpu``/``slots``/``uuids`` are what Docker's records hold.
     """
 
     id: str
@@ -125,6 +129,8 @@ class ContainerInfo:
     started_at: Optional[dt.datetime] = None
     finished_at: Optional[dt.datetime] = None
     pid: Optional[int] = None
+    exit_code: Optional[int] = None
+    restart_count: Optional[int] = None
     cgroup_parent: str = ""
     gpu: GpuClaim = GpuClaim()
     slots: tuple = ()
@@ -145,6 +151,52 @@ class ContainerInfo:
     @property
     def managed(self) -> bool:
         return self.labels.get("ds01.managed") == "true"
+
+    @property
+    def labelled_owner(self) -> Optional[str]:
+        """The ``ds01.user`` label as written, or None (``owner`` is the whole resolver chain)."""
+        return self.labels.get(identity.OWNER_LABEL) or None
+
+    @property
+    def type_label(self) -> str:
+        """The ``ds01.container_type`` label as written ("" without one)."""
+        return str(self.labels.get(TYPE_LABEL) or "")
+
+    @property
+    def labelled_slots(self) -> tuple:
+        """The slot ids of the ``ds01.gpu.slots`` label."""
+        return split_ids([self.labels.get(SLOTS_LABEL) or ""])
+
+    @property
+    def labelled_uuids(self) -> tuple:
+        """The UUIDs of the ``ds01.gpu.uuids`` label (legacy ``ds01.gpu.uuid``)."""
+        return split_ids([self.labels.get(UUIDS_LABEL) or self.labels.get(LEGACY_UUID_LABEL) or ""])
+
+    @property
+    def labelled_gpueq(self) -> float:
+        """The ``ds01.gpu.gpueq`` label as a number (0.0 without one, or when it is not a number)."""
+        try:
+            return float(self.labels.get(GPUEQ_LABEL) or 0.0)
+        except ValueError:
+            return 0.0
+
+    @property
+    def requests_gpu(self) -> bool:
+        """One of its DeviceRequests asks for a GPU (``reach.device_request_reaches_gpu``)."""
+        host = (self.attrs or self.facts or {}).get("HostConfig") or {}
+        return any(
+            isinstance(req, Mapping) and device_request_reaches_gpu(req) for req in host.get("DeviceRequests") or []
+        )
+
+    @property
+    def mount_destinations(self) -> tuple:
+        doc = self.attrs or self.facts or {}
+        return tuple(str(m.get("Destination") or "") for m in doc.get("Mounts") or [] if isinstance(m, Mapping))
+
+    @property
+    def workspace_mounted(self) -> bool:
+        """Something is mounted at ``/workspace`` (a notice can be left there)."""
+        return WORKSPACE_MOUNT in self.mount_destinations
 
     @property
     def reach(self) -> GpuReach:
@@ -277,6 +329,10 @@ def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
     return dataclasses.replace(info, **_resolve(info.gpu, inventory))
 
 
+def _int_or_none(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def container_info(
     summary: Optional[Mapping[str, Any]] = None,
     inspect: Optional[Mapping[str, Any]] = None,
@@ -286,7 +342,8 @@ def container_info(
     facts: Optional[Mapping[str, Any]] = None,
 ) -> ContainerInfo:
     """A ``ContainerInfo`` from a list summary, an inspect document and/or cached create facts (any
-    may be absent; the summary's labels, name and state win, the inspect's times and pid)."""
+    may be absent; the summary's labels and name win, the inspect's state (the later reading),
+    times, pid, exit code and restart count)."""
     summary = summary or {}
     inspect = inspect or {}
     config = inspect.get("Config") or {}
@@ -295,7 +352,7 @@ def container_info(
     names = summary.get("Names") or []
     name = (names[0] if names else inspect.get("Name") or "").lstrip("/")
     cid = summary.get("Id") or inspect.get("Id") or ""
-    state = str(summary.get("State") or state_doc.get("Status") or "").lower()
+    state = str(state_doc.get("Status") or summary.get("State") or "").lower()
     owner, method = identity.container_owner({"Labels": labels, "Name": name})
     if facts is None and inspect:
         facts = create_facts(inspect)
@@ -315,6 +372,8 @@ def container_info(
         started_at=parse_time(state_doc.get("StartedAt")),
         finished_at=parse_time(state_doc.get("FinishedAt")),
         pid=int(state_doc.get("Pid") or 0) or None,
+        exit_code=_int_or_none(state_doc.get("ExitCode")),
+        restart_count=_int_or_none(inspect.get("RestartCount")),
         cgroup_parent=cgroup_parent,
         gpu=claim,
         facts=facts,

@@ -4,8 +4,9 @@ and long-stopped containers are removed — every action scoped to the one conta
 Two halves:
 
 - **Policy** (pure): ``decide(facts, limits, prior, sample, ctx) -> Decision``. Data in (one
-  container's facts, its owner's ``Limits``, the state kept from earlier sweeps, this sweep's
-  activity sample, the sweep context with ``now``), actions with reasons out, plus the new state.
+  container as ``docker.ContainerInfo``, the one record; its owner's ``Limits``; the state kept from
+  earlier sweeps; this sweep's activity sample; the sweep context with ``now``), actions with reasons
+  out, plus the new state.
   No clock, no Docker, no files: every case is a table row in ``tests/unit/test_lifecycle_policy.py``.
 - **Executor** (edge): ``run_sweep(...)`` lists containers once, reads activity for the running GPU
   holders straight from the kernel (cgroup CPU counter, ``/proc/<pid>/net/dev``, process states;
@@ -72,18 +73,17 @@ from .model import (
     TYPE_LABEL,
     WORKSPACE,
     Action,
-    ContainerFacts,
     Decision,
     Notice,
     Sample,
     SweepContext,
+    container_type_of,
+    holds_gpu,
     iso,
     parse_time,
 )
 from .ops import (
     DockerOps,
-    container_type_of,
-    facts_from_api,
 )
 from .policy import (
     ACTIVE,
@@ -136,7 +136,6 @@ __all__ = [
     "UNKNOWN",
     "WORKSPACE",
     "Action",
-    "ContainerFacts",
     "Decision",
     "DockerOps",
     "EmitFn",
@@ -153,8 +152,8 @@ __all__ = [
     "container_type_of",
     "decide",
     "effective_timeout",
-    "facts_from_api",
     "gpu_probe_from_config",
+    "holds_gpu",
     "is_protected",
     "iso",
     "iter_actions",

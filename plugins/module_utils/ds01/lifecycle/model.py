@@ -1,5 +1,6 @@
-"""The lifecycle's data: the policy's inputs (a container's facts, an activity sample, the sweep
-context) and outputs (notices, actions, a decision), the event names and the time helpers."""
+"""The lifecycle's data: the policy's inputs (a container as ``docker.ContainerInfo``, the one record,
+read through the docker package; an activity sample; the sweep context) and outputs (notices,
+actions, a decision), the event names and the time helpers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .. import config as config_mod
 from .. import docker
 
 SUBDIR = "lifecycle"
@@ -16,8 +18,8 @@ STATE_VERSION = "1"
 EXEMPT_LABEL = "ds01.lifecycle.exempt"
 MONITORING_LABEL = "ds01.monitoring"
 OWNER_LABEL = "ds01.user"
-TYPE_LABEL = "ds01.container_type"
-WORKSPACE = "/workspace"
+TYPE_LABEL = docker.TYPE_LABEL
+WORKSPACE = docker.WORKSPACE_MOUNT
 
 RUNNING_STATES = ("running", "paused")
 STOPPED_STATES = ("exited", "dead")
@@ -33,33 +35,25 @@ EV_REMOVE = "container.remove"
 EV_FAILED = "maintenance.action_failed"
 
 
-@dataclass(frozen=True)
-class ContainerFacts:
-    """What Docker says about one container, as the policy needs it (times are aware UTC)."""
+EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)  # a container without a create time: created long ago
 
-    id: str
-    name: str
-    state: str  # created | running | paused | restarting | removing | exited | dead
-    owner: Optional[str]
-    container_type: str
-    labels: Mapping[str, str]
-    created_at: dt.datetime
-    started_at: Optional[dt.datetime] = None
-    finished_at: Optional[dt.datetime] = None
-    gpu_slots: tuple = ()
-    gpu_uuids: tuple = ()
-    gpueq: float = 0.0
-    device_request_gpu: bool = False
-    pid: Optional[int] = None
-    workspace_mounted: bool = False
 
-    @property
-    def holds_gpu(self) -> bool:
-        return bool(self.gpu_slots or self.gpu_uuids or self.device_request_gpu)
+def container_type_of(labels: Mapping[str, str]) -> str:
+    """The container's type for the limits: its ``ds01.container_type`` label when it names one of
+    the config's types, else devcontainer/compose by their tools' labels, else unknown."""
+    value = labels.get(TYPE_LABEL)
+    if value in config_mod.CONTAINER_TYPES:
+        return value
+    if any(k.startswith("devcontainer.") for k in labels):
+        return "devcontainer"
+    if "com.docker.compose.project" in labels:
+        return "compose"
+    return "unknown"
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
+
+def holds_gpu(info: docker.ContainerInfo) -> bool:
+    """The GPU rules apply: its ds01 GPU labels name a slot or UUID, or a DeviceRequest asks for a GPU."""
+    return bool(info.labelled_slots or info.labelled_uuids or info.requests_gpu)
 
 
 @dataclass(frozen=True)
@@ -123,7 +117,7 @@ class Action:
 
 @dataclass
 class Decision:
-    container: ContainerFacts
+    container: docker.ContainerInfo
     actions: list = field(default_factory=list)
     state: Optional[dict] = None  # None: keep no state for this container
     skipped: Optional[str] = None  # why no rule looked at it (protected, no owner)
@@ -134,10 +128,10 @@ class Decision:
         return {
             "id": facts.id,
             "name": facts.name,
-            "owner": facts.owner,
+            "owner": facts.labelled_owner,
             "state": facts.state,
-            "type": facts.container_type,
-            "gpu": facts.holds_gpu,
+            "type": container_type_of(facts.labels),
+            "gpu": holds_gpu(facts),
             "actions": [a.as_dict() for a in self.actions],
             "notes": list(self.notes),
             "skipped": self.skipped,

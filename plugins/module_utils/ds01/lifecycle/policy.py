@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
+from .. import docker
 from .model import (
+    EPOCH,
     EV_EXEMPT_NOTICE,
     EV_IDLE_STOP,
     EV_IDLE_WARNING,
@@ -22,11 +24,12 @@ from .model import (
     STATE_VERSION,
     STOPPED_STATES,
     Action,
-    ContainerFacts,
     Decision,
     Notice,
     Sample,
     SweepContext,
+    container_type_of,
+    holds_gpu,
     iso,
     parse_time,
 )
@@ -54,7 +57,7 @@ def _clock(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def is_protected(facts: ContainerFacts, ctx: SweepContext) -> Optional[str]:
+def is_protected(facts: docker.ContainerInfo, ctx: SweepContext) -> Optional[str]:
     """Why the lifecycle must never touch this container, or None."""
     labels = facts.labels
     for label in (ctx.protected_label, "ds01.protected", MONITORING_LABEL):
@@ -65,11 +68,11 @@ def is_protected(facts: ContainerFacts, ctx: SweepContext) -> Optional[str]:
     return None
 
 
-def _label_exempt(facts: ContainerFacts) -> bool:
+def _label_exempt(facts: docker.ContainerInfo) -> bool:
     return str(facts.labels.get(EXEMPT_LABEL, "")).lower() in _TRUE
 
 
-def _exemption(facts: ContainerFacts, limits: config_mod.Limits, key: str, now: dt.datetime) -> Optional[str]:
+def _exemption(facts: docker.ContainerInfo, limits: config_mod.Limits, key: str, now: dt.datetime) -> Optional[str]:
     """A sentence naming the exemption that covers ``key`` for this container now, or None."""
     if _label_exempt(facts):
         return f"the container carries the admin label {EXEMPT_LABEL}=true"
@@ -135,7 +138,7 @@ def classify(sample: Sample, prior: Mapping[str, Any], pol: config_mod.Policies,
 
 
 def decide(
-    facts: ContainerFacts,
+    facts: docker.ContainerInfo,
     limits: Optional[config_mod.Limits],
     prior: Optional[Mapping[str, Any]],
     sample: Optional[Sample],
@@ -147,7 +150,7 @@ def decide(
     if why:
         decision.skipped = f"protected ({why}): never touched"
         return decision
-    if not facts.owner or limits is None:
+    if not facts.labelled_owner or limits is None:
         decision.skipped = "no owner (no ds01.user label): left alone"
         return decision
     state = carry_state(prior or {}, facts)
@@ -157,7 +160,7 @@ def decide(
     elif facts.state in STOPPED_STATES:
         _rule_stopped(decision, limits, state, ctx)
     elif facts.state in RUNNING_STATES:
-        if not facts.holds_gpu:
+        if not holds_gpu(facts):
             decision.notes.append("holds no GPU: idle and runtime rules do not apply")
         else:
             done = _rule_runtime(decision, limits, state, ctx)
@@ -167,9 +170,9 @@ def decide(
     return decision
 
 
-def carry_state(prior: Mapping[str, Any], facts: ContainerFacts) -> dict:
+def carry_state(prior: Mapping[str, Any], facts: docker.ContainerInfo) -> dict:
     state = dict(prior)
-    state.update(version=STATE_VERSION, id=facts.id, name=facts.name, owner=facts.owner)
+    state.update(version=STATE_VERSION, id=facts.id, name=facts.name, owner=facts.labelled_owner)
     started = iso(facts.started_at)
     if facts.started_at is not None:
         first = parse_time(state.get("first_started_at"))
@@ -190,7 +193,7 @@ def _rule_created(decision: Decision, limits: config_mod.Limits, ctx: SweepConte
     if timeout_m is None:
         decision.notes.append("created containers are kept (created_container_timeout_m: null)")
         return
-    age = ctx.now - facts.created_at
+    age = ctx.now - (facts.created or EPOCH)
     limit = dt.timedelta(minutes=timeout_m)
     if age < limit:
         decision.notes.append(f"created, never started, for {_minutes(age)} of {_minutes(limit)}")
@@ -213,8 +216,8 @@ def _rule_created(decision: Decision, limits: config_mod.Limits, ctx: SweepConte
     )
 
 
-def _gpu_clause(facts: ContainerFacts) -> str:
-    return ", which also frees the GPU it reserved" if facts.holds_gpu else ""
+def _gpu_clause(facts: docker.ContainerInfo) -> str:
+    return ", which also frees the GPU it reserved" if holds_gpu(facts) else ""
 
 
 def _rule_stopped(decision: Decision, limits: config_mod.Limits, state: dict, ctx: SweepContext) -> None:
@@ -230,7 +233,7 @@ def _rule_stopped(decision: Decision, limits: config_mod.Limits, state: dict, ct
         return
     stopped_for = ctx.now - facts.finished_at
     rules = []
-    if facts.holds_gpu:
+    if holds_gpu(facts):
         rules.append(("gpu_hold", "gpu_hold_after_stop_h", limits.gpu_hold_after_stop_h, "gpu_hold_expired"))
     rules.append(("exited", "container_hold_after_stop_h", limits.container_hold_after_stop_h, "hold_expired"))
     for rule, key, hold_h, code in rules:
@@ -274,9 +277,10 @@ def _rule_runtime(decision: Decision, limits: config_mod.Limits, state: dict, ct
     """Max runtime since the first start; returns True when this sweep stops the container."""
     facts = decision.container
     pol = limits.policies
-    hours = effective_timeout(limits, facts.container_type, "max_runtime_h")
+    ctype = container_type_of(facts.labels)
+    hours = effective_timeout(limits, ctype, "max_runtime_h")
     if hours is None:
-        decision.notes.append(f"max runtime: none for type {facts.container_type} / user {facts.owner}")
+        decision.notes.append(f"max runtime: none for type {ctype} / user {facts.labelled_owner}")
         return False
     first = parse_time(state.get("first_started_at"))
     if first is None:
@@ -312,7 +316,7 @@ def _rule_runtime(decision: Decision, limits: config_mod.Limits, state: dict, ct
         since=first,
         limit=limit,
         fractions=pol.runtime_warning_fractions,
-        grace_s=sigterm_grace(limits, facts.container_type),
+        grace_s=sigterm_grace(limits, container_type_of(facts.labels)),
         describe=lambda at: (
             f"running {_minutes(ctx.now - first)} since its first start; max runtime {_hours(hours)}"
             + ("" if at is None else f", stop at {_clock(at)}")
@@ -338,11 +342,12 @@ def _rule_idle(
         verdict, reasons, readings = UNKNOWN, ["no activity reading"], {}
     if stopping:
         return
-    base_h = effective_timeout(limits, facts.container_type, "idle_timeout_h")
+    ctype = container_type_of(facts.labels)
+    base_h = effective_timeout(limits, ctype, "idle_timeout_h")
     if base_h is None:
-        decision.notes.append(f"idle rule off for type {facts.container_type} / user {facts.owner}")
+        decision.notes.append(f"idle rule off for type {ctype} / user {facts.labelled_owner}")
         return
-    started = parse_time(state.get("started_at")) or facts.created_at
+    started = parse_time(state.get("started_at")) or (facts.created or EPOCH)
     grace_end = started + dt.timedelta(minutes=pol.grace_period_m)
     if ctx.now < grace_end:
         decision.notes.append(f"idle: in the start grace period until {_clock(grace_end)}")
@@ -398,7 +403,7 @@ def _rule_idle(
         since=since,
         limit=limit,
         fractions=pol.idle_warning_fractions,
-        grace_s=sigterm_grace(limits, facts.container_type),
+        grace_s=sigterm_grace(limits, container_type_of(facts.labels)),
         describe=lambda at: (
             f"idle {_minutes(idle_for)} (GPU, CPU, network and processes at or below thresholds); "
             f"idle timeout {_hours(hours)}{demand_note}" + ("" if at is None else f", stop at {_clock(at)}")
@@ -560,5 +565,5 @@ def _stop(
         event,
         notice,
         grace_s=grace_s,
-        details={**details, "container_type": facts.container_type, "grace_s": grace_s},
+        details={**details, "container_type": container_type_of(facts.labels), "grace_s": grace_s},
     )

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
-from .. import fsutil
+from .. import docker, fsutil
 from .model import (
     EV_FAILED,
     LAST_RUN_FILE,
     RUNNING_STATES,
     STATE_VERSION,
     SUBDIR,
-    ContainerFacts,
     Decision,
     Sample,
     SweepContext,
+    container_type_of,
+    holds_gpu,
     iso,
 )
-from .ops import DockerOps, facts_from_api
+from .ops import DockerOps
 from .policy import decide, is_protected
 from .readers import GpuProbe, HostReader
 from .store import StateStore
@@ -102,27 +103,17 @@ def run_sweep(
     monitoring = config.section("monitoring")
     report = SweepReport(now=now, dry_run=dry_run)
 
-    summaries = docker_ops.list_containers()
-    facts_list: list = []
-    for summary in summaries:
-        try:
-            state = str(summary.get("State") or "").lower()
-            inspect = None
-            if state != "created":
-                inspect = docker_ops.inspect(summary["Id"])
-                if inspect is None:
-                    continue  # removed between the list call and now: nothing to do
-            facts_list.append(facts_from_api(summary, inspect))
-        except Exception as exc:  # noqa: BLE001 - one container's fault (removed mid-sweep…) never stops the sweep
-            _fail(report, summary.get("Id", "?"), summary.get("Id", "?")[:12], "read", exc)
+    facts_list = docker_ops.list_containers(
+        on_error=lambda summary, exc: _fail(report, summary.get("Id", "?"), summary.get("Id", "?")[:12], "read", exc)
+    )
 
     held: dict = {}
     total_alloc = 0.0
     for facts in facts_list:
-        if facts.owner:
-            count, gpueq = held.get(facts.owner, (0, 0.0))
-            held[facts.owner] = (count + 1, gpueq + facts.gpueq)
-        total_alloc += facts.gpueq
+        if facts.labelled_owner:
+            count, gpueq = held.get(facts.labelled_owner, (0, 0.0))
+            held[facts.labelled_owner] = (count + 1, gpueq + facts.labelled_gpueq)
+        total_alloc += facts.labelled_gpueq
     capacity = gpu.capacity_gpueq()
     report.demand = round(total_alloc / capacity, 4) if capacity else None
     ctx = SweepContext(
@@ -138,16 +129,16 @@ def run_sweep(
         seen.add(facts.id)
         try:
             limits = None
-            if facts.owner:
-                if facts.owner not in limits_cache:
-                    limits_cache[facts.owner] = resolve(facts.owner)
-                limits = limits_cache[facts.owner]
+            if facts.labelled_owner:
+                if facts.labelled_owner not in limits_cache:
+                    limits_cache[facts.labelled_owner] = resolve(facts.labelled_owner)
+                limits = limits_cache[facts.labelled_owner]
             prior = store.load(facts.id)
             sample = None
             if (
                 limits is not None
                 and facts.state in RUNNING_STATES
-                and facts.holds_gpu
+                and holds_gpu(facts)
                 and not is_protected(facts, ctx)
             ):
                 sample = _sample(docker_ops, host, gpu, facts, limits.policies)
@@ -163,7 +154,7 @@ def run_sweep(
             elif decision.state != prior:
                 store.save(facts.id, decision.state)
         except Exception as exc:  # noqa: BLE001 - the sweep edge: log, record, next container
-            _fail(report, facts.id, facts.name, "decide", exc, emit=emit, owner=facts.owner)
+            _fail(report, facts.id, facts.name, "decide", exc, emit=emit, owner=facts.labelled_owner)
 
     if not dry_run:
         for cid in store.ids():
@@ -183,7 +174,7 @@ def run_sweep(
 
 
 def _sample(
-    docker_ops: DockerOps, host: HostReader, gpu: GpuProbe, facts: ContainerFacts, pol: config_mod.Policies
+    docker_ops: DockerOps, host: HostReader, gpu: GpuProbe, facts: docker.ContainerInfo, pol: config_mod.Policies
 ) -> Sample:
     cgroup = host.cgroup_dir(facts.pid) if facts.pid else None
     keepalive = None
@@ -196,7 +187,7 @@ def _sample(
         cpu_ns=host.cpu_ns(cgroup),
         net_bytes=host.net_bytes(facts.pid) if facts.pid else None,
         busy_processes=host.busy_processes(cgroup),
-        gpu_util=gpu.utilization(facts.gpu_uuids) if facts.gpu_uuids else None,
+        gpu_util=gpu.utilization(facts.labelled_uuids) if facts.labelled_uuids else None,
         keepalive_mtime=keepalive,
     )
 
@@ -216,11 +207,11 @@ def _execute(
     removed = False
     for action in decision.actions:
         if action.notice is not None and notifier is not None and limits is not None:
-            count, gpueq = held.get(facts.owner, (0, 0.0))
+            count, gpueq = held.get(facts.labelled_owner, (0, 0.0))
             try:
-                notifier.deliver(facts.owner, facts, action.notice, quota_line(limits, gpueq, count))
+                notifier.deliver(facts.labelled_owner, facts, action.notice, quota_line(limits, gpueq, count))
             except Exception as exc:  # noqa: BLE001 - delivery is best effort; the action still happens
-                log.warning("could not notify %s about %s: %s", facts.owner, facts.name, exc)
+                log.warning("could not notify %s about %s: %s", facts.labelled_owner, facts.name, exc)
         try:
             present = True
             if action.kind == "signal":
@@ -233,22 +224,22 @@ def _execute(
                 log.info("%s vanished before %s; nothing left to do", facts.name, action.kind)
                 return True
         except Exception as exc:  # noqa: BLE001 - Docker refused or failed: recorded, retried next sweep
-            _fail(report, facts.id, facts.name, action.kind, exc, emit=emit, owner=facts.owner)
+            _fail(report, facts.id, facts.name, action.kind, exc, emit=emit, owner=facts.labelled_owner)
             return removed  # the rest (e.g. remove after a failed stop) waits for the next sweep
         removed = removed or action.kind == "remove"
-        log.info("%s %s (%s): %s", action.kind, facts.name, facts.owner, action.reason)
+        log.info("%s %s (%s): %s", action.kind, facts.name, facts.labelled_owner, action.reason)
         if emit is not None and action.event:
             details = {
                 "container": facts.name,
                 "container_id": facts.short_id,
-                "container_type": facts.container_type,
+                "container_type": container_type_of(facts.labels),
                 "rule": action.rule,
                 "reason": action.reason,
-                "gpu_slots": list(facts.gpu_slots),
+                "gpu_slots": list(facts.labelled_slots),
             }
             for key, value in action.details.items():
                 details["code" if key == "reason" else key] = value
-            _emit(emit, action.event, facts.owner, details)
+            _emit(emit, action.event, facts.labelled_owner, details)
     return removed
 
 
