@@ -347,6 +347,73 @@ def test_a_cache_others_may_write_is_not_trusted(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+class RunningApi(Api):
+    """``a`` has run (exited 3 after one restart); ``b`` is only created; ``c``'s inspect fails."""
+
+    def containers(self, all=False):
+        states = {"a": "exited", "b": "created", "c": "running"}
+        return [
+            {"Id": d["Id"], "Names": [d["Name"]], "State": states[d["Name"][1]], "Labels": d["Config"]["Labels"]}
+            for d in self.docs
+        ]
+
+    def inspect_container(self, cid):
+        if cid.startswith("c"):
+            raise docker.EngineError(500, "the daemon said no")
+        return super().inspect_container(cid)
+
+
+def test_detail_reads_times_of_chosen_containers_and_a_failed_inspect_goes_to_on_error():
+    ran = doc("a", GPU_UUID)
+    ran["State"] = {"Status": "exited", "StartedAt": "2026-11-22T08:00:00.5Z", "FinishedAt": "2026-11-22T09:00:00Z"}
+    ran["State"]["ExitCode"], ran["RestartCount"] = 3, 1
+    client = Client([])
+    client.api = RunningApi([ran, doc("b", MIG_UUID), doc("c", GPU_UUID)])
+    failed = []
+    infos = docker.list_containers(
+        client,
+        DEMO,
+        docker.InspectCache(),
+        detail=lambda summary: summary["State"] != "created",
+        on_error=lambda summary, exc: failed.append((summary["Id"], str(exc))),
+    )
+    assert [i.name for i in infos] == ["a", "b"]
+    assert failed == [("c" * 64, "cannot inspect container ['/c'] (500 the daemon said no)")]
+    a, b = infos
+    assert a.started_at == dt.datetime(2026, 11, 22, 8, 0, 0, 500000, tzinfo=dt.timezone.utc)
+    assert a.finished_at == dt.datetime(2026, 11, 22, 9, tzinfo=dt.timezone.utc)
+    assert (a.exit_code, a.restart_count, a.attrs is not None) == (3, 1, True)
+    assert (b.started_at, b.exit_code, b.attrs, b.state) == (None, None, None, "created")
+    assert b.slots == docker.container_info(inspect=doc("b", MIG_UUID), inventory=DEMO).slots != ()  # facts still read
+    with pytest.raises(docker.DockerStateError, match="cannot inspect container"):
+        docker.list_containers(client, DEMO, docker.InspectCache())
+
+
+def test_the_label_views_and_the_create_facts_views():
+    labels = {
+        "ds01.user": "alice",
+        "ds01.container_type": "devcontainer",
+        "ds01.gpu.slots": "0,1.2",
+        "ds01.gpu.uuid": GPU_UUID,
+        "ds01.gpu.gpueq": "1.5",
+    }
+    info = docker.container_info({"Id": "d" * 64, "Names": ["/d"], "State": "running", "Labels": labels})
+    assert (info.labelled_owner, info.type_label) == ("alice", "devcontainer")
+    assert (info.labelled_slots, info.labelled_uuids, info.labelled_gpueq) == (("0", "1.2"), (GPU_UUID,), 1.5)
+    assert (info.requests_gpu, info.workspace_mounted) == (False, False)  # no create facts were read
+    bad = docker.container_info({"Id": "e" * 64, "Labels": {"ds01.gpu.gpueq": "lots"}})
+    assert (bad.labelled_owner, bad.type_label, bad.labelled_gpueq, bad.labelled_slots) == (None, "", 0.0, ())
+    read = docker.container_info(inspect=doc("a", GPU_UUID))
+    assert (read.requests_gpu, read.workspace_mounted, read.mount_destinations) == (True, True, ("/workspace",))
+    fpga = doc("f", GPU_UUID)
+    fpga["HostConfig"]["DeviceRequests"] = [req(Driver="fpga", DeviceIDs=["0"], Capabilities=[["fpga"]])]
+    assert docker.container_info(inspect=fpga).requests_gpu is False
+    stopped = doc("s", GPU_UUID)
+    stopped["State"] = {"Status": "exited"}
+    listed = {"Id": "s" * 64, "Names": ["/s"], "State": "running", "Labels": {}}
+    assert docker.container_info(listed, stopped).state == "exited"  # the inspect is the later reading
+
+
 # ---------------------------------------------------------------------------------------------
 # The engine reader on a real Unix socket
 
