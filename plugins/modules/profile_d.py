@@ -64,9 +64,9 @@ options:
     default: true
   cuda_notice:
     description:
-      - The CUDA notice library (an rtld audit module the M(ds01.infra.profile_d) deterrent adds to C(LD_AUDIT) of
-        logins whose GPUs are hidden): a program that loads the CUDA driver then tells the user why it finds no
-        GPU and what to run instead. Added only while the file is readable at login. Omit it for no notice.
+      - The CUDA notice library, an rtld audit module that the deterrent adds to C(LD_AUDIT) of logins whose GPUs
+        are hidden. A program that loads the CUDA driver then tells the user why it finds no GPU and what to run
+        instead. Added only while the file is readable at login. Omit it for no notice.
       - Absolute, made of letters, digits and C(_ . / + -).
     type: path
   ds01_bin:
