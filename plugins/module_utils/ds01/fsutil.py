@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import random
-import tempfile
 import time
 from typing import Any, Optional, Union
 
@@ -32,6 +31,8 @@ def atomic_write(
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=dir_mode, exist_ok=True)
     data = content.encode("utf-8") if isinstance(content, str) else content
+    import tempfile  # deferred: most ds01 commands write nothing, and every one imports this module
+
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -8,7 +8,6 @@ and two sanitisers that disagreed).
 from __future__ import annotations
 
 import grp
-import hashlib
 import os
 import pwd
 import re
@@ -41,12 +40,14 @@ def sanitize_username(login: str) -> str:
     """
     local = login.split("@", 1)[0]
     name = _UNDERSCORES.sub("_", _INVALID.sub("_", local)).strip("_")
+    if name and len(name) <= SLICE_NAME_MAX:
+        return name
+    import hashlib  # deferred: only long or empty names need it, and every ds01 command imports this module
+
     digest = hashlib.sha256(login.encode("utf-8")).hexdigest()[:_HASH_LEN]
     if not name:
         return f"u_{digest}"
-    if len(name) > SLICE_NAME_MAX:
-        name = name[: SLICE_NAME_MAX - _HASH_LEN - 1].rstrip("_") + "_" + digest
-    return name
+    return name[: SLICE_NAME_MAX - _HASH_LEN - 1].rstrip("_") + "_" + digest
 
 
 def slice_unit(group: str, sanitized: str) -> str:

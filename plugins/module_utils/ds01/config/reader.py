@@ -7,7 +7,6 @@ and what was expected) and every deprecation warning, so ``load`` can report the
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,9 +19,13 @@ try:
     import yaml
 
     HAS_YAML = True
+    # libyaml's parser where PyYAML was built with it (Debian's python3-yaml, the PyPI wheels): the same safe
+    # constructor and resolver, so the same data and node marks, parsed several times faster.
+    SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 except ImportError:  # pragma: no cover - yaml ships with ansible and with the runtime venv
     yaml = None
     HAS_YAML = False
+    SAFE_LOADER = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +119,7 @@ class Reader:
             self.problems.append(Problem(file, "", "PyYAML is not installed in this Python"))
             return None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+            node, data = parse_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
@@ -153,6 +155,17 @@ class Reader:
                 self._index(file, item, sub)
 
 
+def parse_yaml(text: str) -> tuple:
+    """``(node, data)`` of one YAML document: its node tree (for line numbers) and what ``yaml.safe_load`` gives,
+    from one parse (the data is constructed from the node tree, as ``safe_load`` does)."""
+    loader = SAFE_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def dotted(path: Iterable) -> str:
     out = ""
     for part in path:
@@ -161,6 +174,8 @@ def dotted(path: Iterable) -> str:
 
 
 def did_you_mean(key: str, choices: Iterable[str]) -> str:
+    import difflib  # deferred: only a config with a wrong key needs it
+
     close = difflib.get_close_matches(str(key), list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

@@ -16,13 +16,11 @@ validated again like any config (relative paths still resolve against the real c
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -64,15 +62,21 @@ def save_last_good(config: Config) -> bool:
     if not os.path.isdir(state_dir) or not os.access(state_dir, os.W_OK):
         return False
     files = {os.path.relpath(file, config.directory): text for file, text in config.texts.items()}
-    digest = hashlib.sha256(json.dumps([config.path, config.base_dir, files], sort_keys=True).encode()).hexdigest()
     target = last_good_path(state_dir)
     try:
         with open(target, encoding="utf-8") as handle:
             saved = json.load(handle)
-        if isinstance(saved, dict) and saved.get("digest") == digest:
+        if isinstance(saved, dict) and (saved.get("config_path"), saved.get("base_dir"), saved.get("files")) == (
+            config.path,
+            config.base_dir,
+            files,
+        ):
             return False
     except (OSError, ValueError):
         pass  # none yet, or damaged: write it
+    import hashlib  # deferred: only a changed bundle is written, and every ds01 command calls this
+
+    digest = hashlib.sha256(json.dumps([config.path, config.base_dir, files], sort_keys=True).encode()).hexdigest()
     private = False
     for file in config.texts:
         try:
@@ -155,6 +159,8 @@ def _load_bundle(bundle_path: str, bundle: Mapping[str, Any]) -> Config:
     files, main, base_dir = bundle.get("files"), bundle.get("main"), bundle.get("base_dir")
     if not (isinstance(files, dict) and isinstance(main, str) and main in files and isinstance(base_dir, str)):
         raise ConfigError([Problem(bundle_path, "", "is not a ds01 last-good bundle")])
+    import tempfile  # deferred: only a broken config falls back to the bundle
+
     with tempfile.TemporaryDirectory(prefix="ds01-last-good-") as tmp:
         for name, text in files.items():
             allowed = name in (main, OVERRIDES_FILE, EXEMPTIONS_FILE) or _MEMBERS_NAME_RE.match(name)
