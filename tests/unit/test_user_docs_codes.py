@@ -29,4 +29,3 @@ def test_the_refusals_page_lists_every_code_once_and_no_other():
     documented = HEADING.findall(PAGE.read_text())
     assert len(documented) == len(set(documented)), "a code has two headings"
     assert set(documented) == defined_codes()
-

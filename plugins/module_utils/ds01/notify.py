@@ -140,7 +140,7 @@ class Logind:
                 return None
             return ctypes.string_at(value.value).decode("utf-8", errors="replace")
         finally:
-            if value.value:
+            if value.value is not None:
                 self._free(value)
 
     def ttys(self, login: str) -> list:

@@ -176,7 +176,9 @@ def list_containers(
     errors = _errors(client)
     try:
         summaries = client.api.containers(all=True, filters=filters) if filters else client.api.containers(all=True)
-    except errors as exc:
+    except Exception as exc:
+        if not isinstance(exc, errors):
+            raise
         raise DockerStateError(f"cannot list the containers ({exc})") from exc
     out = []
     for summary in summaries:
@@ -187,7 +189,9 @@ def list_containers(
         if facts is None:
             try:
                 inspect = client.api.inspect_container(cid)
-            except errors as exc:
+            except Exception as exc:
+                if not isinstance(exc, errors):
+                    raise
                 if _not_found(exc):
                     continue  # removed between the list and the inspect
                 failure = DockerStateError(f"cannot inspect container {summary.get('Names')} ({exc})")

@@ -64,3 +64,17 @@ def device_request(device_ids: list, capabilities: Any = (("gpu",),)) -> Any:
     if not HAS_DOCKER:
         raise DockerStateError("the docker Python SDK is not installed, so Docker cannot be asked")
     return docker.types.DeviceRequest(device_ids=list(device_ids), capabilities=[list(c) for c in capabilities])
+
+
+__all__ = [
+    "DOCKER_ERRORS",
+    "HAS_DOCKER",
+    "APIError",
+    "DockerException",
+    "ImageNotFound",
+    "NotFound",
+    "RequestException",
+    "client_from_env",
+    "device_request",
+    "docker",
+]
