@@ -34,13 +34,7 @@ UNITS = (
 def run_remove() -> dict:
     """One run of playbooks/remove.yml from the controller; the ansible.posix.json document."""
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    # only the JSON document on stdout: molecule's own callbacks (profile_tasks' timings) are turned off
-    env = {
-        **os.environ,
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CALLBACKS_ENABLED": "",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
+    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_FORCE_COLOR": "0"}
     config = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.cfg"
     if "ANSIBLE_CONFIG" not in env and config.is_file():
         env["ANSIBLE_CONFIG"] = str(config)
@@ -54,7 +48,9 @@ def run_remove() -> dict:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    # the JSON document, then whatever molecule's own callbacks print after it (profile_tasks' timings)
+    document, _end = json.JSONDecoder().raw_decode(proc.stdout, proc.stdout.index("{"))
+    return document
 
 
 def changed(data: dict) -> list:
