@@ -26,6 +26,7 @@ Utilisation of a MIG instance is unknown on real hardware (NVML answers NotSuppo
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -33,15 +34,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-try:
-    import yaml
+from . import yamlcache
 
-    HAS_YAML = True
-    # libyaml's parser where PyYAML has it: the same safe constructor, parsed several times faster.
-    _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-except ImportError:  # pragma: no cover - PyYAML is a runtime dependency
-    yaml = None
-    HAS_YAML = False
+# PyYAML is a runtime dependency, imported when a topology file is first parsed (one kept in ``yamlcache`` is not).
+HAS_YAML = importlib.util.find_spec("yaml") is not None
 
 _UNLOADED: Any = object()
 # The NVML binding, imported when an NVML backend is first made (``nvml_module``): the fake backend,
@@ -338,11 +334,22 @@ class FakeBackend:
             raise GpuInventoryError("PyYAML is not installed, so the fake GPU topology cannot be read")
         try:
             with open(self.path, encoding="utf-8") as handle:
-                doc = yaml.load(handle, Loader=_SAFE_LOADER)
+                text = handle.read()
         except OSError as exc:
             raise GpuInventoryError(f"cannot read the GPU topology file {self.path}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise GpuInventoryError(f"the GPU topology file {self.path} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise GpuInventoryError(f"the GPU topology file {self.path} is not UTF-8 text") from exc
+        kept = yamlcache.lookup(self.path, text)
+        if kept is not None:
+            doc = kept[0]
+        else:
+            import yaml
+
+            try:  # libyaml's parser where PyYAML has it: the same safe constructor, several times faster
+                doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loaders
+            except yaml.YAMLError as exc:
+                raise GpuInventoryError(f"the GPU topology file {self.path} is not valid YAML: {exc}") from exc
+            yamlcache.remember(self.path, text, doc, [])
         if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list):
             raise GpuInventoryError(f"the GPU topology file {self.path} must be a mapping with a list 'gpus'")
         return doc["gpus"]

@@ -7,25 +7,26 @@ and what was expected) and every deprecation warning, so ``load`` can report the
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Optional
 
+from .. import yamlcache
 from .schema import UNIT_IN_OLD_NAME
 from .units import SECONDS, UNIT_WORD, Kind, parse_duration_text
 
-try:
+# PyYAML ships with ansible and with the runtime venv. It is imported on first use (``yaml_module``): a command
+# whose files are all kept in ``yamlcache`` never pays for importing it.
+HAS_YAML = importlib.util.find_spec("yaml") is not None
+
+
+def yaml_module() -> Any:
+    """PyYAML (imported on the first call; callers check ``HAS_YAML`` first)."""
     import yaml
 
-    HAS_YAML = True
-    # libyaml's parser where PyYAML was built with it (Debian's python3-yaml, the PyPI wheels): the same safe
-    # constructor and resolver, so the same data and node marks, parsed several times faster.
-    SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-except ImportError:  # pragma: no cover - yaml ships with ansible and with the runtime venv
-    yaml = None
-    HAS_YAML = False
-    SAFE_LOADER = None
+    return yaml
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,9 +116,15 @@ class Reader:
             self.problems.append(Problem(file, "", "is not UTF-8 text"))
             return None
         self.texts[file] = text
+        kept = yamlcache.lookup(file, text)
+        if kept is not None:  # parsed before, from exactly this text, with no problem found on the way
+            data, lines = kept
+            self.lines.update(((file, key), line) for key, line in lines)
+            return data
         if not HAS_YAML:
             self.problems.append(Problem(file, "", "PyYAML is not installed in this Python"))
             return None
+        yaml = yaml_module()
         try:
             node, data = parse_yaml(text)
         except yaml.YAMLError as exc:
@@ -126,11 +133,17 @@ class Reader:
             problem = getattr(exc, "problem", None) or str(exc)
             self.problems.append(Problem(file, "", f"is not valid YAML: {problem}", line))
             return None
+        before = len(self.problems)
         if node is not None:
             self._index(file, node, ())
+        if len(self.problems) == before:
+            yamlcache.remember(
+                file, text, data, [(key, line) for (name, key), line in self.lines.items() if name == file]
+            )
         return data
 
     def _index(self, file: str, node: Any, path: tuple) -> None:
+        yaml = yaml_module()
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key_node, value_node in node.value:
@@ -158,7 +171,10 @@ class Reader:
 def parse_yaml(text: str) -> tuple:
     """``(node, data)`` of one YAML document: its node tree (for line numbers) and what ``yaml.safe_load`` gives,
     from one parse (the data is constructed from the node tree, as ``safe_load`` does)."""
-    loader = SAFE_LOADER(text)
+    yaml = yaml_module()
+    # libyaml's parser where PyYAML was built with it (Debian's python3-yaml, the PyPI wheels): the same safe
+    # constructor and resolver, so the same data and node marks, parsed several times faster.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         return node, (loader.construct_document(node) if node is not None else None)

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from .. import fsutil
 from .load import load_config
 from .model import Config, Limits, safe_limits
-from .reader import HAS_YAML, ConfigError, Problem, yaml
+from .reader import HAS_YAML, ConfigError, Problem, yaml_module
 from .schema import EXEMPTIONS_FILE, MEMBERS_DIR, OVERRIDES_FILE
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def _paths_block(text: str) -> Any:
         if line[:1] not in ("", " ", "\t", "#"):
             break
         block.append(line)
+    yaml = yaml_module()
     try:
         return yaml.safe_load("\n".join(block)) if block else None
     except yaml.YAMLError:
@@ -126,6 +127,7 @@ def _lenient_state_dir(path: str) -> Optional[str]:
             text = handle.read()
     except (OSError, UnicodeDecodeError):
         return None
+    yaml = yaml_module()
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
