@@ -108,9 +108,9 @@ def main():
                 h.id: {
                     "id": h.id,
                     "name": h.name,
-                    "user": h.user,
+                    "user": h.owner,
                     "status": h.state,
-                    "gpu_slots": list(h.slots),
+                    "gpu_slots": list(ob.held_slots(h)),
                     "gpu_devices": list(h.uuids),
                     "origin": "ds01-managed",
                     "container_type": "docker",

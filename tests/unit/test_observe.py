@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, events
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, docker, events
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import observe as ob
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
@@ -18,9 +18,22 @@ SLOTS = [
 ]
 
 
-def _h(name, user, state="running", slots=(), uuids=(), gpueq=0.0, **kw):
-    return ob.Holding(
-        id="a" * 64, name=name, user=user, state=state, type="docker", slots=slots, uuids=uuids, gpueq=gpueq, **kw
+WEIGHTS = ob.slot_weights(SLOTS)
+
+
+def _h(name, user, state="running", slots=(), uuids=(), **times):
+    """A container as Docker's records give it (slots resolved), times as Docker writes them."""
+    return docker.ContainerInfo(
+        id="a" * 64,
+        name=name,
+        state=state,
+        owner=user,
+        owner_method="ds01.user",
+        labels={"ds01.container_type": "docker"},
+        slots=slots,
+        uuids=uuids,
+        facts={},
+        **{key: docker.parse_time(value) for key, value in times.items()},
     )
 
 
@@ -48,9 +61,11 @@ def test_inventory_records_weigh_slots_with_the_inventory():
             }
         }
     }
-    (h,) = ob.holdings_from_inventory(doc, ob.slot_weights(SLOTS))
-    assert h.gpueq == pytest.approx(3 / 7) and h.type == "devcontainer" and h.uuids == ("MIG-a",)
-    assert ob.user_totals([h, _h("p", "bob")]) == {"bob": {"gpueq": pytest.approx(3 / 7), "slots": 1, "containers": 2}}
+    (h,) = ob.containers_from_inventory(doc)
+    assert ob.container_gpueq(h, WEIGHTS) == pytest.approx(3 / 7) and ob.container_type(h) == "devcontainer"
+    assert h.uuids == ("MIG-a",)
+    totals = ob.user_totals([h, _h("p", "bob")], WEIGHTS)
+    assert totals == {"bob": {"gpueq": pytest.approx(3 / 7), "slots": 1, "containers": 2}}
 
 
 @pytest.mark.parametrize(
@@ -103,14 +118,15 @@ def _limits(tmp_path, extra=""):
 def test_release_is_the_earliest_of_runtime_cap_and_idle_stop(tmp_path):
     limits = _limits(tmp_path)
     holder = _h("t", "alice", slots=("0",), started_at="2026-11-22T00:00:00Z")
-    rel = ob.estimate_release(holder, limits, {"first_started_at": "2026-11-21T20:00:00Z"}, NOW)
+    rel = ob.estimate_release(holder, limits, {"first_started_at": "2026-11-21T20:00:00Z"}, NOW, WEIGHTS)
     # runtime: first start 20:00 + 24 h + 0.25 h GPU hold + one sweep
     assert rel.at == dt.datetime(2026, 11, 22, 20, 20, tzinfo=dt.timezone.utc) and "max runtime" in rel.reason
     idle = {"first_started_at": "2026-11-21T20:00:00Z", "idle_streak": 2, "last_active": "2026-11-22T11:30:00Z"}
-    rel = ob.estimate_release(holder, limits, idle, NOW)
+    rel = ob.estimate_release(holder, limits, idle, NOW, WEIGHTS)
     assert rel.at == dt.datetime(2026, 11, 22, 12, 35, tzinfo=dt.timezone.utc) and rel.reason.startswith("idle")
     stopped = _h("s", "alice", state="exited", slots=("0",), finished_at="2026-11-22T11:55:00Z")
-    assert ob.estimate_release(stopped, limits, {}, NOW).at == dt.datetime(2026, 11, 22, 12, 15, tzinfo=dt.timezone.utc)
+    at = ob.estimate_release(stopped, limits, {}, NOW, WEIGHTS).at
+    assert at == dt.datetime(2026, 11, 22, 12, 15, tzinfo=dt.timezone.utc)
 
 
 def test_an_exempt_holder_has_no_runtime_estimate(tmp_path):
@@ -118,19 +134,20 @@ def test_an_exempt_holder_has_no_runtime_estimate(tmp_path):
         "exemptions:\n  - {username: alice, exempt_from: [max_runtime_h], expires_on: 2099-01-01T00:00:00Z}\n"
     )
     limits = _limits(tmp_path)
-    rel = ob.estimate_release(_h("t", "alice", slots=("0",)), limits, {"first_started_at": "2026-11-21T20:00:00Z"}, NOW)
+    state = {"first_started_at": "2026-11-21T20:00:00Z"}
+    rel = ob.estimate_release(_h("t", "alice", slots=("0",)), limits, state, NOW, WEIGHTS)
     assert rel.at is None
 
 
 def test_removal_advice_frees_just_enough_stopped_first(tmp_path):
     limits = _limits(tmp_path)
     mine = [
-        _h("run", "alice", slots=("1.0",), gpueq=3 / 7),
-        _h("old", "alice", state="exited", slots=("1.1",), gpueq=2 / 7),
+        _h("run", "alice", slots=("1.0",)),  # 3/7 by the inventory's weights
+        _h("old", "alice", state="exited", slots=("1.1",)),  # 2/7
     ]
-    got = ob.removal_advice("AGGREGATE_GPU_QUOTA_EXCEEDED", mine, {"requested_gpueq": 2 / 7 + 0.1}, limits)
+    got = ob.removal_advice("AGGREGATE_GPU_QUOTA_EXCEEDED", mine, {"requested_gpueq": 2 / 7 + 0.1}, limits, WEIGHTS)
     assert [h.name for h in got] == ["old"]
-    got = ob.removal_advice("CONTAINER_LIMIT", mine, {}, limits)
+    got = ob.removal_advice("CONTAINER_LIMIT", mine, {}, limits, WEIGHTS)
     assert [h.name for h in got] == ["old"]
 
 
@@ -157,7 +174,8 @@ def test_brief_line_is_one_line_with_alerts(tmp_path):
     limits = _limits(tmp_path)
     report = ob.limits_report(
         limits,
-        mine=[_h("t", "alice", slots=("0",), gpueq=1.0)],
+        mine=[_h("t", "alice", slots=("0",))],  # 1.0 by the inventory's weights
+        weights=WEIGHTS,
         slice_usage=None,
         alerts={"gpu": {"level": 100, "used": 1.0, "limit": 1.0, "sent_at": "2026-11-22T11:00:00Z"}},
         grant=None,
@@ -176,13 +194,15 @@ def test_every_holder_of_a_slot_is_counted():
 
     slots = [{"slot": "0", "uuid": "GPU-0"}, {"slot": "1", "uuid": "GPU-1"}, {"slot": "2", "uuid": "GPU-2"}]
     holdings = [
-        ob.Holding(
-            id="a1", name="a", user="alice", state="running", type="docker", slots=("0",), uuids=("GPU-0",), gpueq=1.0
+        docker.ContainerInfo(
+            id="a1", name="a", owner="alice", owner_method="ds01.user", state="running", slots=("0",), uuids=("GPU-0",)
         ),
-        ob.Holding(
-            id="b1", name="b", user="bob", state="created", type="docker", slots=(), uuids=("GPU-0",), gpueq=1.0
+        docker.ContainerInfo(
+            id="b1", name="b", owner="bob", owner_method="ds01.user", state="created", slots=(), uuids=("GPU-0",)
         ),
-        ob.Holding(id="c1", name="c", user="carol", state="running", type="docker", slots=("1",), uuids=(), gpueq=1.0),
+        docker.ContainerInfo(
+            id="c1", name="c", owner="carol", owner_method="ds01.user", state="running", slots=("1",), uuids=()
+        ),
     ]
     rows = {r["slot"]: r for r in ob.assign_holders(slots, holdings)}
     assert (rows["0"]["holders"], rows["0"]["container"]) == (2, "a")
@@ -210,3 +230,54 @@ def test_gpu_status_text_marks_a_double_booked_slot():
     assert "DOUBLE-BOOKED: also held by b (bob)" in text
     doc["slots"][0]["holders"] = [holder]
     assert "DOUBLE-BOOKED" not in cli_gpu._status_text(doc)
+
+
+def test_an_inventory_entry_reads_back_as_the_same_entry():
+    from ansible_collections.ds01.infra.plugins.module_utils.ds01.detector import classification
+
+    attrs = {
+        "Id": "f" * 64,
+        "Name": "/nb",
+        "Created": "2026-11-22T08:00:00.123456789Z",
+        "State": {"Status": "running", "Running": True, "StartedAt": "2026-11-22T08:00:01.987654321Z", "Pid": 42},
+        "Config": {
+            "Image": "local/empty",
+            "Labels": {"ds01.user": "bob", "ds01.gpu.slots": "1.0", "ds01.managed": "true"},
+        },
+        "HostConfig": {"DeviceRequests": [{"Driver": "nvidia", "DeviceIDs": ["MIG-a"], "Capabilities": [["gpu"]]}]},
+    }
+    record = classification.container_record(attrs, "bob", "ds01.user", NOW)
+    record["gpu_shared_with"] = []
+    info = docker.ContainerInfo.from_inventory(json.loads(json.dumps(record)))
+    assert json.dumps(info.to_inventory()) == json.dumps(record)
+    assert (info.owner, info.state, info.slots, info.uuids, info.pid) == ("bob", "running", ("1.0",), ("MIG-a",), 42)
+    assert info.started_at == dt.datetime(2026, 11, 22, 8, 0, 1, 987654, tzinfo=dt.timezone.utc)
+    assert ob.container_gpueq(info, WEIGHTS) == pytest.approx(3 / 7) and not ob.unmanaged_gpu(info)
+
+
+def test_a_list_summary_is_weighed_by_its_labels():
+    labelled = {"ds01.user": "bob", "ds01.gpu.slots": "1.0,1.1", "ds01.gpu.uuids": "MIG-a,MIG-b"}
+    summaries = [
+        {"Id": "a" * 64, "Names": ["/x"], "State": "Exited", "Labels": {**labelled, "ds01.gpu.gpueq": "0.5"}},
+        {"Id": "b" * 64, "Names": ["/y"], "State": "running", "Labels": labelled},
+        {"Id": "c" * 64, "Names": [], "State": "", "Labels": {"ds01.gpu.gpueq": "1"}},
+    ]
+    x, y, z = ob.containers_from_summaries(summaries)
+    assert (x.state, ob.container_gpueq(x, WEIGHTS), ob.held_slots(x), x.uuids) == (
+        "exited",
+        0.5,
+        ("1.0", "1.1"),
+        ("MIG-a", "MIG-b"),
+    )
+    assert ob.container_gpueq(y, WEIGHTS) == pytest.approx(5 / 7)  # no gpueq label: its labelled slots weighed
+    assert (z.name, z.state, z.owner, ob.container_gpueq(z, WEIGHTS), ob.holds_gpu(z)) == (
+        "c" * 12,
+        "unknown",
+        None,
+        1.0,
+        False,
+    )
+    assert ob.user_totals([x, y, z], WEIGHTS) == {
+        "bob": {"gpueq": pytest.approx(0.5 + 5 / 7), "slots": 4, "containers": 2}
+    }
+    assert not any(ob.unmanaged_gpu(c) for c in (x, y, z))

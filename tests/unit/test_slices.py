@@ -192,6 +192,7 @@ def test_aggregate_limits_false_leaves_slices_uncapped_and_says_so(tmp_path):
     report = observe.limits_report(
         off.resolve("zoe"),
         mine=[],
+        weights={},
         slice_usage={},
         alerts={},
         grant=None,

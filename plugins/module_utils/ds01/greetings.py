@@ -68,10 +68,11 @@ def notice_times(state_dir: str, login: str, now: dt.datetime) -> list:
 def greeting_for(config: Any, login: str, snap: Mapping[str, Any], now: dt.datetime) -> str:
     """``login``'s greeting file text from the exporter's snapshot (its holdings and slice usage)."""
     limits = (snap.get("_limits") or {}).get(login) or config.resolve(login)
-    mine = [h for h in snap.get("_holdings") or [] if h.user == login]
+    mine = [h for h in snap.get("_holdings") or [] if h.owner == login]
     report = ob.limits_report(
         limits,
         mine=mine,
+        weights=ob.slot_weights(snap.get("_slot_table") or []),
         slice_usage=(snap.get("slices") or {}).get(login),
         alerts=quota_alerts.load_state(config.paths.state_dir, login),
         grant=None,

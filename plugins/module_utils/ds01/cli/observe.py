@@ -68,6 +68,7 @@ answers with what it could read and lists the failure in ``errors``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -183,13 +184,12 @@ def _docker(timeout: float) -> Any:
 
 
 def gather_holdings(config: Any, *, brief: bool, login: Optional[str], errors: list) -> tuple:
-    """(holdings, source, slot table or None): the detector's fresh inventory, else one Docker list
-    call (filtered to ``login``'s label when given)."""
+    """(containers as ``docker.ContainerInfo``, source, slot table or None, slot → gpueq weights):
+    the detector's fresh inventory, else one Docker list call (filtered to ``login``'s label when given)."""
     weights, table = _weights(config, brief, errors)
     doc, _stamp = ob.read_detector_inventory(config, time.time())
     if doc is not None:
-        holdings = ob.holdings_from_inventory(doc, weights)
-        return holdings, "detector", table
+        return ob.containers_from_inventory(doc), "detector", table, weights
     try:
         client = _docker(BRIEF_DOCKER_TIMEOUT_S if brief else DOCKER_TIMEOUT_S)
         try:
@@ -200,8 +200,8 @@ def gather_holdings(config: Any, *, brief: bool, login: Optional[str], errors: l
     except Exception as exc:  # noqa: BLE001 - the Docker edge: answer with what else is known
         log.info("Docker unavailable: %s", exc)
         errors.append(f"Docker: {exc}")
-        return [], "none", table
-    return ob.holdings_from_summaries(summaries, weights), "docker", table
+        return [], "none", table, weights
+    return ob.containers_from_summaries(summaries), "docker", table, weights
 
 
 def _slice_usage(limits: Any, brief: bool, errors: list) -> Optional[dict]:
@@ -219,14 +219,15 @@ def build_limits(ctx: cli.Context, login: str, brief: bool) -> dict:
     now = dt.datetime.now(dt.timezone.utc)
     errors: list = []
     limits = config.resolve(login)
-    holdings, source, _table = gather_holdings(config, brief=brief, login=login, errors=errors)
-    mine = [h for h in holdings if h.user == login]
+    holdings, source, _table, weights = gather_holdings(config, brief=brief, login=login, errors=errors)
+    mine = [h for h in holdings if h.owner == login]
     usage = _slice_usage(limits, brief, errors)
     alerts = quota_alerts.load_state(config.paths.state_dir, login)
     grant = ob.read_grant(config, login, now.timestamp())
     report = ob.limits_report(
         limits,
         mine=mine,
+        weights=weights,
         slice_usage=usage,
         alerts=alerts,
         grant=grant,
@@ -312,16 +313,16 @@ def cmd_why(ctx: cli.Context) -> int:
     code = str(record.get("code") or "")
     details = record.get("details") if isinstance(record.get("details"), dict) else {}
     errors: list = []
-    holdings, _source, table = gather_holdings(config, brief=False, login=None, errors=errors)
+    holdings, _source, table, weights = gather_holdings(config, brief=False, login=None, errors=errors)
     limits = config.resolve(login)
-    mine = [h for h in holdings if h.user == login]
+    mine = [h for h in holdings if h.owner == login]
     out["explanation"] = explain(code, record, limits)
     if code == "NO_GPU_AVAILABLE":
-        out["estimate"] = _estimate(config, holdings, table, details, now=now, admin=admin, me=login)
+        out["estimate"] = _estimate(config, holdings, table, weights, details, now=now, admin=admin, me=login)
     elif code in ob.QUOTA_CODES:
         out["remove"] = [
-            {"name": h.name, "state": h.state, "gpueq": h.gpueq, "slots": list(h.slots)}
-            for h in ob.removal_advice(code, mine, details, limits)
+            {"name": h.name, "state": h.state, "gpueq": ob.container_gpueq(h, weights), "slots": list(ob.held_slots(h))}
+            for h in ob.removal_advice(code, mine, details, limits, weights)
         ]
     ctx.emit(out, _why_text)
     return cli.EXIT_OK
@@ -350,35 +351,40 @@ def explain(code: str, record: dict, limits: Any) -> str:
 
 
 def _estimate(
-    config: Any, holdings: list, table: Optional[list], details: dict, *, now: Any, admin: bool, me: str
+    config: Any,
+    holdings: list,
+    table: Optional[list],
+    weights: dict,
+    details: dict,
+    *,
+    now: Any,
+    admin: bool,
+    me: str,
 ) -> dict:
     """When a suitable slot is likely to be free: the k-th earliest release among the holders."""
     want_full = bool(details.get("full_gpu") or details.get("whole_gpu"))
     suitable = None
     if table:
         suitable = {r["slot"] for r in table if (r["kind"] == "gpu") or not want_full}
-        held = {s for h in holdings for s in h.slots}
+        held = {s for h in holdings for s in ob.held_slots(h)}
         free_now = sorted(s for s in suitable if s not in held)
     else:
         free_now = []
     releases = []
     cache: dict = {}
     for h in holdings:
-        if not h.holds_gpu:
+        if not ob.holds_gpu(h):
             continue
-        if suitable is not None and not (set(h.slots) & suitable):
+        if suitable is not None and not (set(ob.held_slots(h)) & suitable):
             continue
-        if h.user and h.user not in cache:
-            cache[h.user] = config.resolve(h.user)
-        started = h.started_at
+        if h.owner and h.owner not in cache:
+            cache[h.owner] = config.resolve(h.owner)
         state = ob.lifecycle_state(config, h.id) if h.id else {}
-        if h.state in ("running", "paused") and not started and not state.get("first_started_at"):
-            started = _started_at(h.id)
-        if started:
-            h.started_at = started
-        rel = ob.estimate_release(h, cache.get(h.user), state, now)
+        if h.state in ("running", "paused") and not h.started_at and not state.get("first_started_at"):
+            h = dataclasses.replace(h, started_at=docker.parse_time(_started_at(h.id)))
+        rel = ob.estimate_release(h, cache.get(h.owner), state, now, weights)
         row = rel.as_dict()
-        if not admin and h.user != me:
+        if not admin and h.owner != me:
             row["container"], row["user"] = None, None
         releases.append((rel.at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), row))
     releases.sort(key=lambda r: r[0])

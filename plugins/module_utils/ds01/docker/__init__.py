@@ -39,6 +39,7 @@ from .read import FACTS_FILE, InspectCache, facts_cache_path, list_containers, r
 from .records import (
     GPU_FROM_DEVICE_REQUESTS,
     GPU_FROM_ENV,
+    GPU_FROM_INVENTORY,
     GPU_FROM_LABEL,
     GPU_NONE,
     GPUEQ_LABEL,
@@ -89,6 +90,7 @@ __all__ = [
     "GPUEQ_LABEL",
     "GPU_FROM_DEVICE_REQUESTS",
     "GPU_FROM_ENV",
+    "GPU_FROM_INVENTORY",
     "GPU_FROM_LABEL",
     "GPU_NONE",
     "LEGACY_UUID_LABEL",

@@ -39,6 +39,7 @@ WORKSPACE_MOUNT = "/workspace"
 GPU_FROM_DEVICE_REQUESTS = "device_requests"
 GPU_FROM_LABEL = "label"
 GPU_FROM_ENV = "env"
+GPU_FROM_INVENTORY = "inventory"  # read back from the detector's inventory file, not from Docker
 GPU_NONE = ""
 
 # The parts of HostConfig that cannot change after create and say how a container reaches devices.
@@ -138,6 +139,52 @@ class ContainerInfo:
     unknown_ids: tuple = ()
     facts: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
     attrs: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
+    detected: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_inventory(cls, record: Mapping[str, Any]) -> ContainerInfo:
+        """The record of one entry of the detector's inventory file (``detector`` package docstring).
+
+        The entry's Docker facts become the fields (``user`` → ``owner``, ``status`` → ``state``,
+        ``gpu_slots`` → ``slots``, its GPU-/MIG- ``gpu_devices`` → ``uuids`` when it holds slots);
+        the whole entry, with the detector's own findings (origin, GPU access sources, NVML
+        processes, ``detected_at``) and Docker's times as written, is kept in ``detected``, so
+        ``to_inventory`` gives the entry back as it was."""
+        slots = _listed(record.get("gpu_slots"))
+        devices = _listed(record.get("gpu_devices"))
+        return cls(
+            id=str(record.get("id") or ""),
+            name=str(record.get("name") or ""),
+            state=str(record.get("status") or "unknown"),
+            owner=record.get("user") or None,
+            owner_method=str(record.get("owner_source") or identity.OWNER_UNKNOWN),
+            image=str(record.get("image") or ""),
+            created=parse_time(record.get("created")),
+            started_at=parse_time(record.get("started_at")),
+            pid=_int_or_none(record.get("pid")),
+            exit_code=_int_or_none(record.get("exit_code")),
+            gpu=GpuClaim(
+                ids=devices, source=GPU_FROM_INVENTORY if devices else GPU_NONE, all=bool(record.get("gpu_all"))
+            ),
+            slots=slots,
+            uuids=tuple(d for d in devices if _is_uuid(d)) if slots else (),
+            detected=dict(record),
+        )
+
+    def to_inventory(self) -> dict:
+        """The detector's inventory entry of this container, key for key as ``from_inventory`` read it
+        (the entry kept in ``detected``, its Docker facts written back from the fields)."""
+        out = dict(self.detected or {})
+        fields = {
+            "id": self.id,
+            "short_id": self.short_id,
+            "name": self.name,
+            "user": self.owner,
+            "status": self.state,
+            "image": self.image,
+        }
+        out.update({key: value for key, value in fields.items() if key in out})
+        return out
 
     @property
     def short_id(self) -> str:
@@ -236,6 +283,13 @@ def split_ids(values: Iterable[Any]) -> tuple:
             if part and part not in out:
                 out.append(part)
     return tuple(out)
+
+
+def _listed(value: Any) -> tuple:
+    """An inventory list (or comma-separated text) as a tuple of its non-blank items, as written."""
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value if str(v).strip())
+    return tuple(v.strip() for v in str(value or "").split(",") if v.strip())
 
 
 def _is_uuid(value: str) -> bool:

@@ -24,11 +24,13 @@ The quota-alert pass (``run_alerts``) and the DCGM job mapping sync (``allocator
 run after each refresh (``Observer.refresh``). Estimating when a GPU frees up for ``ds01 why``
 (``estimate_release``) is pure over the holders' limits and lifecycle state.
 
-The package: ``records`` (``Holding``, the constants, value helpers), ``accounting`` (GPU slots, their
-holders, per-user usage against quota), ``readers`` (the event log, OOM counts, slices, the
-detector's inventory, grant files, gateway counters, lifecycle state), ``docker_reads`` (holdings
-from Docker), ``snapshot`` (the exporter's snapshot and ``Observer``), ``alerts`` (the quota-alert
-pass), ``why`` (when a GPU frees up) and ``report`` (``ds01 limits`` and the login brief).
+The package: ``records`` (``docker.ContainerInfo`` from Docker's list call or the detector's
+inventory, the constants, value helpers), ``accounting`` (GPU slots, their holders, a container's
+held slots, GPU-equivalents, type and unmanaged use, per-user usage against quota), ``readers`` (the
+event log, OOM counts, slices, the detector's inventory, grant files, gateway counters, lifecycle
+state), ``docker_reads`` (containers from Docker), ``snapshot`` (the exporter's snapshot and
+``Observer``), ``alerts`` (the quota-alert pass), ``why`` (when a GPU frees up) and ``report``
+(``ds01 limits`` and the login brief).
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ from typing import Any
 from ..usage import SliceReader
 from .accounting import (
     assign_holders,
+    container_gpueq,
+    container_type,
+    held_slots,
+    holds_gpu,
     host_memory_bytes,
     load_gpu_inventory,
     memory_limit_bytes,
     quota_measures,
     slot_table,
     slot_weights,
+    unmanaged_gpu,
     usage_bar,
     user_totals,
 )
@@ -82,12 +89,11 @@ from .records import (
     SLOTS_FILE,
     SWEEP_MARGIN,
     WINDOW_S,
-    Holding,
+    container_from_summary,
+    containers_from_inventory,
+    containers_from_summaries,
     count_error,
     epoch_iso,
-    holding_from_labels,
-    holdings_from_inventory,
-    holdings_from_summaries,
     iso,
     split_list,
     to_float,
@@ -111,7 +117,7 @@ from .why import (
 # allocator and exporter), which the login greeting and ``ds01 limits`` never need: their names load
 # on first use, as the CLI loads its commands.
 SNAPSHOT_NAMES = frozenset({"Observer", "build_snapshot", "sync_job_mapping"})
-DOCKER_READS_NAMES = frozenset({"docker_client_from_env", "docker_holdings", "holding_from_info", "inspect_cache"})
+DOCKER_READS_NAMES = frozenset({"docker_client_from_env", "docker_containers", "inspect_cache"})
 
 
 def __getattr__(name: str) -> Any:
@@ -137,21 +143,24 @@ __all__ = [
     "SWEEP_MARGIN",
     "WINDOW_S",
     "EventWindow",
-    "Holding",
     "Release",
     "SliceReader",
     "alert_notice",
     "assign_holders",
     "brief_line",
+    "container_from_summary",
+    "container_gpueq",
+    "container_type",
+    "containers_from_inventory",
+    "containers_from_summaries",
     "count_error",
     "epoch_iso",
     "estimate_release",
     "event_log_path",
     "event_writer",
     "gib_text",
-    "holding_from_labels",
-    "holdings_from_inventory",
-    "holdings_from_summaries",
+    "held_slots",
+    "holds_gpu",
     "host_memory_bytes",
     "hours_text",
     "iso",
@@ -181,6 +190,7 @@ __all__ = [
     "split_list",
     "systemctl_control_groups",
     "to_float",
+    "unmanaged_gpu",
     "usage_bar",
     "user_totals",
     "weigh",

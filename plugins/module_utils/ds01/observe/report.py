@@ -8,15 +8,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from .. import config as config_mod
-from .. import notify, quota_alerts
-from .accounting import host_memory_bytes, memory_limit_bytes, usage_bar
-from .records import Holding, iso, to_float
+from .. import docker, notify, quota_alerts
+from .accounting import (
+    container_gpueq,
+    container_type,
+    held_slots,
+    holds_gpu,
+    host_memory_bytes,
+    memory_limit_bytes,
+    usage_bar,
+)
+from .records import iso, to_float
 
 
 def limits_report(
     limits: config_mod.Limits,
     *,
-    mine: Sequence[Holding],
+    mine: Sequence[docker.ContainerInfo],
+    weights: Mapping[str, float],
     slice_usage: Optional[Mapping[str, Any]],
     alerts: Mapping[str, Any],
     grant: Optional[Mapping[str, Any]],
@@ -25,8 +34,10 @@ def limits_report(
     source: str,
     errors: Sequence[str] = (),
 ) -> dict:
-    """The ``ds01 limits --json`` document (shape in ``cli.observe``'s docstring)."""
-    held = round(sum(h.gpueq for h in mine), 6)
+    """The ``ds01 limits --json`` document (shape in ``cli.observe``'s docstring); ``weights``: slot →
+    gpueq (``slot_weights``)."""
+    gpueq = {id(h): container_gpueq(h, weights) for h in mine}
+    held = round(sum(gpueq.values()), 6)
     agg = limits.aggregate if limits.slice_caps else None  # enforcement.aggregate_limits: false = no caps
     usage = slice_usage or {}
     mem_max = memory_limit_bytes(agg.memory_max if agg else None, host_memory_bytes())
@@ -64,20 +75,20 @@ def limits_report(
         "gpu": {
             "used_gpueq": held,
             "quota_gpueq": limits.gpu_quota,
-            "slots": sum(len(h.slots) for h in mine),
+            "slots": sum(len(held_slots(h)) for h in mine),
             "max_slots_per_container": limits.max_gpu_slots_per_container,
             "allow_full_gpu": limits.allow_full_gpu,
             "holders": [
-                {"container": h.name, "state": h.state, "slots": list(h.slots), "gpueq": h.gpueq}
+                {"container": h.name, "state": h.state, "slots": list(held_slots(h)), "gpueq": gpueq[id(h)]}
                 for h in sorted(mine, key=lambda h: h.name)
-                if h.holds_gpu
+                if holds_gpu(h)
             ],
         },
         "containers": {
             "count": len(mine),
             "max": limits.max_containers_per_user,
             "items": [
-                {"name": h.name, "state": h.state, "type": h.type, "gpueq": h.gpueq}
+                {"name": h.name, "state": h.state, "type": container_type(h), "gpueq": gpueq[id(h)]}
                 for h in sorted(mine, key=lambda h: h.name)
             ],
         },

@@ -3,6 +3,7 @@ long-lived ``Observer`` around it, and the job-mapping sync run after a refresh.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -14,8 +15,17 @@ from .. import allocator, exporter
 from .. import config as config_mod
 from .. import lifecycle as lc
 from ..usage import SliceReader
-from .accounting import assign_holders, load_gpu_inventory, slot_table, slot_weights, user_totals
-from .docker_reads import docker_client_from_env, docker_holdings, inspect_cache
+from .accounting import (
+    assign_holders,
+    container_type,
+    held_slots,
+    load_gpu_inventory,
+    slot_table,
+    slot_weights,
+    unmanaged_gpu,
+    user_totals,
+)
+from .docker_reads import docker_client_from_env, docker_containers, inspect_cache
 from .readers import (
     EventWindow,
     event_log_path,
@@ -28,7 +38,7 @@ from .readers import (
     read_slices,
     save_json,
 )
-from .records import EXPORTER_SUBDIR, OOM_EVENT, OOM_FILE, SLOTS_FILE, count_error, holdings_from_inventory
+from .records import EXPORTER_SUBDIR, OOM_EVENT, OOM_FILE, SLOTS_FILE, containers_from_inventory, count_error
 
 log = logging.getLogger(__package__)
 
@@ -40,7 +50,7 @@ def sync_job_mapping(config: config_mod.Config, snap: Mapping[str, Any]) -> bool
     if inventory is None:
         log.info("no GPU inventory in this snapshot: the job mapping is left as it is")
         return False
-    holders = [h for h in snap.get("_holdings") or [] if h.slots]
+    holders = [dataclasses.replace(h, slots=held_slots(h)) for h in snap.get("_holdings") or [] if held_slots(h)]
     allocator.sync_job_mapping(inventory, holders, config.section("gpu_allocation")["mapping_dir"])
     return True
 
@@ -115,9 +125,10 @@ def build_snapshot(
     inspect_cache: Any = None,
 ) -> dict:
     """The exporter snapshot (``exporter.empty_snapshot()`` shape, plus ``errors``, ``oom_counts``,
-    ``containers_source`` and the private ``_holdings``/``_limits``/``_slot_table`` the alert pass
-    and the next build reuse); see the package docstring, ``observe``, for the sources. ``persist=False`` writes
-    no file (``ds01 alerts run --dry-run``); ``emit=None`` records no OOM event."""
+    ``containers_source`` and the private ``_holdings`` (``docker.ContainerInfo``), ``_limits`` and
+    ``_slot_table`` the alert pass and the next build reuse); see the package docstring, ``observe``,
+    for the sources. ``persist=False`` writes no file (``ds01 alerts run --dry-run``); ``emit=None``
+    records no OOM event."""
     now = now or dt.datetime.now(dt.timezone.utc)
     t = now.timestamp()
     previous = previous or {}
@@ -152,10 +163,10 @@ def build_snapshot(
     doc, detector_stamp = guarded("detector", lambda: read_detector_inventory(config, t), default=(None, None))
     holdings = None
     if doc is not None:
-        holdings = holdings_from_inventory(doc, weights)
+        holdings = containers_from_inventory(doc)
         snap["containers_source"] = "detector"
     elif docker_client is not None:
-        holdings = guarded("docker", lambda: docker_holdings(docker_client, weights, inv_box[0], inspect_cache))
+        holdings = guarded("docker", lambda: docker_containers(docker_client, inv_box[0], inspect_cache))
         snap["containers_source"] = "docker" if holdings is not None else "none"
     else:
         count_error(snap, "docker")
@@ -166,12 +177,18 @@ def build_snapshot(
 
     snap["slots"] = assign_holders(slots, holdings)
     snap["containers"] = [
-        {"name": h.name, "state": h.state, "type": h.type, "user": h.user, "unmanaged_gpu": h.unmanaged_gpu}
+        {
+            "name": h.name,
+            "state": h.state,
+            "type": container_type(h),
+            "user": h.owner,
+            "unmanaged_gpu": unmanaged_gpu(h),
+        }
         for h in holdings
     ]
 
     # Users: every known user and every owner
-    totals = user_totals(holdings)
+    totals = user_totals(holdings, weights)
     logins = set(guarded("config", config.known_users, default={}) or {}) | set(totals)
     limits_of = {}
     for login in sorted(logins):

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import config as config_mod
+from .. import docker
 from .. import lifecycle as lc
-from .records import SWEEP_MARGIN, Holding, iso, to_float
+from .accounting import container_gpueq, container_type, held_slots
+from .records import SWEEP_MARGIN, iso, to_float
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,16 @@ class Release:
 
 
 def estimate_release(
-    holder: Holding, limits: Optional[config_mod.Limits], state: Mapping[str, Any], now: dt.datetime
+    holder: docker.ContainerInfo,
+    limits: Optional[config_mod.Limits],
+    state: Mapping[str, Any],
+    now: dt.datetime,
+    weights: Mapping[str, float],
 ) -> Release:
     """The earliest time the lifecycle frees ``holder``'s GPU, from its owner's limits and its
-    lifecycle state (first start, idle streak); pure."""
+    lifecycle state (first start, idle streak); pure. ``weights``: slot → gpueq (``slot_weights``)."""
     candidates: list = []
+    ctype = container_type(holder)
     if limits is not None:
         hold_h = limits.gpu_hold_after_stop_h
         if holder.state in lc.STOPPED_STATES:
@@ -48,49 +55,55 @@ def estimate_release(
                     (base + dt.timedelta(hours=hold_h), f"stopped; its GPU is released {hold_h:g} h after the stop")
                 )
         elif holder.state in lc.RUNNING_STATES:
-            run_h = lc.effective_timeout(limits, holder.type, "max_runtime_h")
+            run_h = lc.effective_timeout(limits, ctype, "max_runtime_h")
             first = lc.parse_time(state.get("first_started_at")) or lc.parse_time(holder.started_at)
             if run_h is not None and first is not None and not limits.exemption_for("max_runtime_h", now, holder.name):
                 at = first + dt.timedelta(hours=run_h) + dt.timedelta(hours=hold_h or 0.0)
                 candidates.append((at, f"max runtime {run_h:g} h since its first start"))
-            idle_h = lc.effective_timeout(limits, holder.type, "idle_timeout_h")
+            idle_h = lc.effective_timeout(limits, ctype, "idle_timeout_h")
             streak = int(state.get("idle_streak", 0) or 0)
             if idle_h is not None and streak > 0 and not limits.exemption_for("idle_timeout_h", now, holder.name):
                 since = lc.parse_time(state.get("last_active")) or first or now
                 candidates.append((since + dt.timedelta(hours=idle_h), f"idle; stopped after {idle_h:g} h idle"))
         elif holder.state == "created":
             timeout_m = limits.policies.created_container_timeout_m
-            created = lc.parse_time(holder.created_at)
+            created = lc.parse_time(holder.created)
             if timeout_m is not None and created is not None:
                 candidates.append(
                     (created + dt.timedelta(minutes=timeout_m), "never started; removed after the created timeout")
                 )
+    slots, gpueq = held_slots(holder), container_gpueq(holder, weights)
     if not candidates:
-        return Release(
-            holder.name, holder.user, holder.slots, holder.gpueq, None, "no runtime cap or idle stop applies"
-        )
+        return Release(holder.name, holder.owner, slots, gpueq, None, "no runtime cap or idle stop applies")
     at, reason = min(candidates, key=lambda c: c[0])
     at = max(at, now) + SWEEP_MARGIN
-    return Release(holder.name, holder.user, holder.slots, holder.gpueq, at, reason)
+    return Release(holder.name, holder.owner, slots, gpueq, at, reason)
 
 
-def removal_advice(code: str, mine: Sequence[Holding], details: Mapping[str, Any], limits: config_mod.Limits) -> list:
+def removal_advice(
+    code: str,
+    mine: Sequence[docker.ContainerInfo],
+    details: Mapping[str, Any],
+    limits: config_mod.Limits,
+    weights: Mapping[str, float],
+) -> list:
     """Which of the user's containers to remove to get under a quota (stopped ones first)."""
+    gpueq = {id(h): container_gpueq(h, weights) for h in mine}
 
-    def order(h: Holding) -> tuple:
-        return (h.state in lc.RUNNING_STATES, -h.gpueq, h.name)
+    def order(h: docker.ContainerInfo) -> tuple:
+        return (h.state in lc.RUNNING_STATES, -gpueq[id(h)], h.name)
 
     if code in ("USER_AT_LIMIT", "AGGREGATE_GPU_QUOTA_EXCEEDED"):
         quota = limits.gpu_quota
-        held = sum(h.gpueq for h in mine)
+        held = sum(gpueq[id(h)] for h in mine)
         want = to_float(details.get("requested_gpueq") or details.get("gpueq") or details.get("requested"), 0.0)
         need = held + want - quota if quota is not None else 0.0
         out, freed = [], 0.0
-        for h in sorted((h for h in mine if h.gpueq > 0), key=order):
+        for h in sorted((h for h in mine if gpueq[id(h)] > 0), key=order):
             if freed >= need - 1e-9 and out:
                 break
             out.append(h)
-            freed += h.gpueq
+            freed += gpueq[id(h)]
         return out
     if code == "CONTAINER_LIMIT":
         cap = limits.max_containers_per_user or 0
