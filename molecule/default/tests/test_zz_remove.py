@@ -82,7 +82,7 @@ def test_remove_leaves_the_host_clean_and_docker_on_its_own_socket(host):
         assert host.run("systemctl is-active %s", unit).stdout.strip() != "active", unit
         assert not host.file(f"/etc/systemd/system/{unit}").exists, unit
     # What is left named ds01: the engine's socket mount (the daemon's, not ds01's) and its directory.
-    assert ds01_files(host) == ["/run/ds01", "/run/ds01/dockerd.sock"]
+    assert ds01_files(host) == ["/run/ds01"]  # dockerd.sock is not named *ds01*: find does not list it
     assert not host.file("/etc/systemd/system/docker.service.d").exists
     assert not host.file("/etc/systemd/system/docker.socket.d").exists
     assert not host.file("/var/run/docker.sock").exists  # the gateway's socket went with it
