@@ -248,3 +248,37 @@ def test_uploads_over_the_limit_are_refused_with_the_answer_and_leave_nothing(at
     assert "the import is larger than 8M (gateway.max_upload_bytes)" in imported.stderr, imported.stderr
     assert _image_id(h, itag) is None
     assert {c["Id"] for c in h.containers_of(VICTIM)} == before
+
+
+def test_other_users_volumes_and_networks_are_not_listed_or_inspected(attack_gw):
+    """Round-11 observation: ``docker volume ls`` and ``docker network inspect`` showed another user's volume
+    names, labels and mount points, and which containers sit on a network. A user now sees their own volumes and
+    networks, the unowned networks without anyone's containers, and is refused another user's by name; the
+    daemon itself still holds both (root-side)."""
+    h = attack_gw
+    vol, net, box = h.tag(VICTIM, "vol").split(":")[0].replace("/", "-"), f"net-{uuid.uuid4().hex[:8]}", None
+    assert h.cli(VICTIM, "volume", "create", vol).returncode == 0
+    assert h.cli(VICTIM, "network", "create", "--internal", net).returncode == 0
+    box = f"box-{uuid.uuid4().hex[:8]}"
+    assert h.cli(VICTIM, "run", "-d", "--name", box, "--network", "none", IMAGE, "sleep", "300").returncode == 0
+    try:
+        assert h.client.api.inspect_volume(vol)["Labels"]["ds01.user"] == VICTIM  # the daemon holds them
+        assert h.network(net) is not None
+        assert vol in h.cli(VICTIM, "volume", "ls", "--format", "{{.Name}}").stdout.split()
+        assert net in h.cli(VICTIM, "network", "ls", "--format", "{{.Name}}").stdout.split()
+
+        assert vol not in h.cli(ATTACKER, "volume", "ls", "--format", "{{.Name}}").stdout.split()
+        listed = h.cli(ATTACKER, "network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert net not in listed and "none" in listed
+        for what, name in (("volume", vol), ("network", net)):
+            peek = h.cli(ATTACKER, what, "inspect", name)
+            assert peek.returncode != 0 and f"belongs to {VICTIM}" in peek.stderr, peek.stderr
+            assert name not in peek.stdout
+        none = h.cli(ATTACKER, "network", "inspect", "none", "--format", "{{json .Containers}}")
+        assert none.returncode == 0 and none.stdout.strip() in ("{}", "null"), none.stdout
+        box_id = h.client.api.inspect_container(box)["Id"]
+        assert box_id in h.client.api.inspect_network("none")["Containers"]  # the victim's is on it, root-side
+    finally:
+        h.remove(box)
+        h.cli(VICTIM, "network", "rm", net)
+        h.cli(VICTIM, "volume", "rm", vol)

@@ -186,6 +186,14 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
                 raise http.HttpError(400, str(exc)) from None
             head.target = policy.rebuild_target(route, query=query)
             return await self.forward(head, framing, route=route)
+        if kind == "volumes.list":
+            return await self.forward(
+                head, framing, route=route, rewrite=lambda body: policy.filter_volumes(body, caller.login)
+            )
+        if kind == "networks.list":
+            return await self.forward(
+                head, framing, route=route, rewrite=lambda body: policy.filter_networks(body, caller.login)
+            )
         if kind == "system.df":
             return await self.forward(
                 head, framing, route=route, rewrite=lambda body: policy.filter_system_df(body, caller.login)
@@ -262,10 +270,23 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
             return keep
         if kind == "volume":
             labels = await self.gw.upstream.labels_of(kind, route.ref or "")
-            refusal = policy.volume_write_refusal(caller.login, route.ref or "", labels, route.action)
+            if route.action == "inspect":
+                refusal = policy.volume_inspect_refusal(caller.login, route.ref or "", labels)
+            else:
+                refusal = policy.volume_write_refusal(caller.login, route.ref or "", labels, route.action)
             if refusal:
                 raise Refused(refusal)
             return await self.forward(head, framing, route=route)
+        if kind == "network" and route.action == "inspect":
+            network = await self.gw.upstream.inspect_network(route.ref or "")
+            refusal = policy.object_ownership(
+                caller.login, "network", route.ref or "", (network or {}).get("Labels"), "inspect"
+            )
+            if refusal:
+                raise Refused(refusal)
+            return await self.forward(
+                head, framing, route=route, rewrite=lambda body: policy.filter_network(body, caller.login)
+            )
         if kind in ("networks.connect", "network"):
             # Networks have owners (ds01.user): connect, disconnect and remove need the caller's own.
             network = await self.gw.upstream.inspect_network(route.ref or "")

@@ -67,8 +67,11 @@ from .bodies import (
     check_top,
     check_update,
     check_volume_create,
+    filter_network,
+    filter_networks,
     filter_owned,
     filter_system_df,
+    filter_volumes,
     volume_refusal_by_users,
 )
 from .create import (
@@ -128,6 +131,7 @@ from .routes import (
     rebuild_target,
     split_target,
     unknown_route,
+    volume_inspect_refusal,
     volume_write_refusal,
 )
 
@@ -201,8 +205,11 @@ __all__ = [
     "denied",
     "env_value",
     "explicit_user",
+    "filter_network",
+    "filter_networks",
     "filter_owned",
     "filter_system_df",
+    "filter_volumes",
     "gateway_label",
     "gpu_ask",
     "gpu_request_kind",
@@ -230,6 +237,7 @@ __all__ = [
     "strip_gpu",
     "unknown_route",
     "unsafe_symlink",
+    "volume_inspect_refusal",
     "volume_refusal_by_users",
     "volume_write_refusal",
 ]

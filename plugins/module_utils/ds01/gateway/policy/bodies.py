@@ -235,6 +235,40 @@ def filter_owned(body: Any, login: str, limit: Optional[str] = None) -> Any:
     return mine
 
 
+def filter_volumes(body: Any, login: str) -> Any:
+    """``GET /volumes`` for a user: only the volumes labelled as theirs (another user's names, labels and
+    mount points are theirs; anonymous volumes go with the containers that made them)."""
+    if isinstance(body, dict) and isinstance(body.get("Volumes"), list):
+        body["Volumes"] = [
+            v for v in body["Volumes"] if isinstance(v, dict) and (v.get("Labels") or {}).get("ds01.user") == login
+        ]
+    return body
+
+
+def filter_networks(body: Any, login: str) -> Any:
+    """``GET /networks`` for a user: their own networks and the unowned ones (Docker's none/host/bridge, an
+    admin's shared network), never another user's; and no network's attached containers but their own."""
+    if not isinstance(body, list):
+        return body
+    out = []
+    for item in body:
+        if not isinstance(item, dict):
+            continue
+        owner = (item.get("Labels") or {}).get("ds01.user")
+        if owner and owner != login:
+            continue
+        out.append(filter_network(item, login))
+    return out
+
+
+def filter_network(body: Any, login: str) -> Any:
+    """One network as a user sees it: the attached containers only of a network of their own (only their
+    containers can join it); on a shared one (``none`` holds every user's containers) the list is emptied."""
+    if isinstance(body, dict) and (body.get("Labels") or {}).get("ds01.user") != login and body.get("Containers"):
+        body["Containers"] = {}
+    return body
+
+
 def filter_system_df(body: Any, login: str) -> Any:
     """``GET /system/df`` for a user: only their containers."""
     if isinstance(body, dict) and isinstance(body.get("Containers"), list):

@@ -138,8 +138,10 @@ def classify(method: str, target: str) -> Route:
             return route("volumes.create")
         if len(parts) == 2 and method in ("DELETE", "PUT"):
             return route("volume", parts[1], "remove" if method == "DELETE" else "update")
-        if method in ("GET", "HEAD"):
-            return route("open")
+        if len(parts) == 1 and method in ("GET", "HEAD"):
+            return route("volumes.list")
+        if len(parts) == 2 and method in ("GET", "HEAD"):
+            return route("volume", parts[1], "inspect")
         return route("unknown")
     if first == "networks":
         if len(parts) == 2 and parts[1] == "create" and method == "POST":
@@ -148,8 +150,10 @@ def classify(method: str, target: str) -> Route:
             return route("networks.connect", parts[1], parts[2])
         if len(parts) == 2 and method == "DELETE":
             return route("network", parts[1], "remove")
-        if method in ("GET", "HEAD"):
-            return route("open")
+        if len(parts) == 1 and method in ("GET", "HEAD"):
+            return route("networks.list")
+        if len(parts) == 2 and method in ("GET", "HEAD"):
+            return route("network", parts[1], "inspect")
         return route("unknown")
     if first in OPEN_GET and method in ("GET", "HEAD"):
         return route("open")
@@ -250,6 +254,14 @@ def object_ownership(login: str, kind: str, name: str, labels: Optional[dict], v
             event_type="auth.denied",
         )
     return None
+
+
+def volume_inspect_refusal(login: str, name: str, labels: Optional[dict]) -> Optional[Refusal]:
+    """Inspecting a volume: refused when it is another user's (its labels and where it lives are theirs); an
+    unowned one (anonymous, or an admin's) shows."""
+    if labels is None:
+        return None  # no such volume: the daemon says so
+    return object_ownership(login, "volume", name, labels, "inspect")
 
 
 def volume_write_refusal(login: str, name: str, labels: Optional[dict], verb: str) -> Optional[Refusal]:
