@@ -711,3 +711,40 @@ def test_a_volume_name_is_checked_only_after_its_driver():
     )
     refusal = policy.check_create(body, ctx())
     assert " problems; " not in refusal.sentence
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "kind", "ref", "action"),
+    [
+        ("GET", "/v1.41/volumes", "volumes.list", None, None),
+        ("GET", "/volumes/data", "volume", "data", "inspect"),
+        ("DELETE", "/volumes/data", "volume", "data", "remove"),
+        ("GET", "/v1.41/networks?filters=%7B%7D", "networks.list", None, None),
+        ("GET", "/networks/lab", "network", "lab", "inspect"),
+        ("DELETE", "/networks/lab", "network", "lab", "remove"),
+    ],
+)
+def test_volume_and_network_reads_are_routed_to_their_owner_checks(method, target, kind, ref, action):
+    route = policy.classify(method, target)
+    assert (route.kind, route.ref or None, route.action or None) == (kind, ref, action)
+
+
+def test_volume_and_network_lists_keep_the_callers_own_and_no_one_elses_containers():
+    volumes = {
+        "Volumes": [
+            {"Name": "a", "Labels": {"ds01.user": "ann"}},
+            {"Name": "b", "Labels": {"ds01.user": "bo"}},
+            {"Name": "anon", "Labels": None},
+        ],
+        "Warnings": None,
+    }
+    assert [v["Name"] for v in policy.filter_volumes(volumes, "ann")["Volumes"]] == ["a"]
+    networks = [
+        {"Name": "none", "Labels": {}, "Containers": {"c1": {"Name": "bos-box"}}},
+        {"Name": "ann-net", "Labels": {"ds01.user": "ann"}, "Containers": {"c2": {"Name": "ann-box"}}},
+        {"Name": "bo-net", "Labels": {"ds01.user": "bo"}, "Containers": {}},
+    ]
+    seen = policy.filter_networks(networks, "ann")
+    assert [(n["Name"], n["Containers"]) for n in seen] == [("none", {}), ("ann-net", {"c2": {"Name": "ann-box"}})]
+    assert policy.volume_inspect_refusal("ann", "b", {"ds01.user": "bo"}).code == "NOT_OWNER"
+    assert policy.volume_inspect_refusal("ann", "anon", {}) is None
