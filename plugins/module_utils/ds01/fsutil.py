@@ -14,7 +14,6 @@ import errno
 import fcntl
 import json
 import os
-import random
 import time
 from typing import Any, Optional, Union
 
@@ -109,7 +108,8 @@ class FileLock:
                 if left <= 0:
                     os.close(fd)
                     return False
-                time.sleep(min(left, poll_s * (0.5 + random.random())))  # noqa: S311 - jitter, not crypto
+                jitter = 0.5 + os.urandom(1)[0] / 255  # 0.5-1.5 x poll_s, so waiters do not wake in step
+                time.sleep(min(left, poll_s * jitter))
             if note is not None:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{note}\n".encode())
