@@ -7,7 +7,8 @@ Two halves:
   container as ``docker.ContainerInfo``, the one record; its owner's ``Limits``; the state kept from
   earlier sweeps; this sweep's activity sample; the sweep context with ``now``), actions with reasons
   out, plus the new state.
-  No clock, no Docker, no files: every case is a table row in ``tests/unit/test_lifecycle_policy.py``.
+  No clock, no Docker, no files: every case is a table row in ``test_lifecycle_policy.py`` (tests/unit mirrors
+  this tree: ``tests/unit/plugins/module_utils/ds01/lifecycle/``).
 - **Executor** (edge): ``run_sweep(...)`` lists containers once, reads activity for the running GPU
   holders straight from the kernel (cgroup CPU counter, ``/proc/<pid>/net/dev``, process states;
   no per-container subprocess, no ``docker stats``), asks the policy, then notifies, signals, stops

@@ -661,7 +661,7 @@ def test_dry_run_changes_and_records_nothing(cfg, tmp_path):
 
 def test_gpu_probe_reads_the_inventory_the_allocator_uses(tmp_path):
     """Utilisation and capacity come from gpu.py (fake topology here); MIG without a reading is unknown."""
-    topology = Path(__file__).resolve().parent.parent / "fixtures" / "topology" / "activity.yaml"
+    topology = Path(__file__).resolve().parents[5] / "fixtures" / "topology" / "activity.yaml"
     (tmp_path / "resource-limits.yaml").write_text(
         f"default_group: student\ngroups:\n  student: {{}}\ngpu_allocation: {{backend: fake, topology: {topology}}}\n"
     )

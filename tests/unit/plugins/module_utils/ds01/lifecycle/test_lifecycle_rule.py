@@ -28,7 +28,7 @@ import yaml
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, docker
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import lifecycle as lc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[6]
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 CLI = (sys.executable, "-m", "ansible_collections.ds01.infra.plugins.module_utils.ds01")

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "invalid")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "fixtures", "invalid")
 
 # case directory -> (file the problem is in, line or None, key path or "", substrings of the message)
 CASES = {

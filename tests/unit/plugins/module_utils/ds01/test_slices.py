@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, slices
 
-LAB = os.path.join(os.path.dirname(__file__), "..", "fixtures", "lab", "resource-limits.yaml")
+LAB = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "fixtures", "lab", "resource-limits.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import gpu
 
-TOPO = Path(__file__).resolve().parent.parent / "fixtures" / "topology"
+TOPO = Path(__file__).resolve().parents[4] / "fixtures" / "topology"
 
 
 def test_demo_topology_slots_and_capacity():

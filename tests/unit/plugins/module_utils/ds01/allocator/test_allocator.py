@@ -18,7 +18,7 @@ from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[5] / "fixtures"
 TOPO = FIXTURES / "topology"
 LAB = config.load_config(str(FIXTURES / "lab" / "resource-limits.yaml"))
 

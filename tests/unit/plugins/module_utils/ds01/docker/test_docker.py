@@ -16,7 +16,9 @@ import pytest
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import detector, docker, gpu
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import policy
 
-DEMO = gpu.read_inventory(os.path.join(os.path.dirname(__file__), "..", "fixtures", "topology", "demo.yaml"))
+DEMO = gpu.read_inventory(
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "fixtures", "topology", "demo.yaml")
+)
 GPU_UUID = "GPU-00000000-0000-4000-8000-000000000000"
 MIG_UUID = "MIG-22222222-0002-4000-8000-000000000000"
 

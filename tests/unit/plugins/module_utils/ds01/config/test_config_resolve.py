@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config
 
-LAB = os.path.join(os.path.dirname(__file__), "..", "fixtures", "lab", "resource-limits.yaml")
+LAB = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "fixtures", "lab", "resource-limits.yaml")
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
 G = 1024**3
 
@@ -308,7 +308,7 @@ def test_feature_sections_load_in_a_process_that_never_imports_their_feature(tmp
         "default_group: student\ngroups:\n  student: {}\n"
         "gateway:\n  socket_mode: 0660\n  max_body_bytes: 1m\nimages:\n  allowed: [ubuntu:22.04]\n"
     )
-    core = os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils")
+    core = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "..", "plugins", "module_utils")
     proc = subprocess.run(
         [sys.executable, "-c", FEATURES_ONLY_THROUGH_CONFIG, os.path.abspath(core), str(path)],
         capture_output=True,

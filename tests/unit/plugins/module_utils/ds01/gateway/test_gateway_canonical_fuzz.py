@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import apispec, canonical
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[6]
 ORACLE_SRC = REPO_ROOT / "tests" / "fuzz" / "go_oracle"
 SHAPE = "containers.create"
 EXAMPLES = 600

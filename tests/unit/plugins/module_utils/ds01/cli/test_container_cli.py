@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli, gpu, images
-from ansible_collections.ds01.infra.plugins.module_utils.ds01.cli import container as cli_container
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config as config_mod
+from ansible_collections.ds01.infra.plugins.module_utils.ds01.cli import container as cli_container
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 

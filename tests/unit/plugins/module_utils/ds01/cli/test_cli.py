@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import cli
 
-LAB = os.path.join(os.path.dirname(__file__), "..", "fixtures", "lab", "resource-limits.yaml")
+LAB = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "fixtures", "lab", "resource-limits.yaml")
 
 
 def _run(*args, env=None):

@@ -7,7 +7,7 @@ import pkgutil
 import subprocess
 import sys
 
-CORE_PARENT = os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils")
+CORE_PARENT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "plugins", "module_utils")
 
 PROBE = r"""
 import importlib, pkgutil, sys

@@ -2,8 +2,8 @@
 
 Table-driven: bodies Go reads differently from an exact-key reading are refused with a sentence naming
 the key; every body captured from the real clients (tests/fixtures/gateway/client-bodies, see
-tests/unit/test_gateway_apispec.py) is accepted, and its model re-serialised decodes to the same value.
-The property-based comparison with real Go is tests/unit/test_gateway_canonical_fuzz.py.
+test_gateway_apispec.py beside this file) is accepted, and its model re-serialised decodes to the same value.
+The property-based comparison with real Go is test_gateway_canonical_fuzz.py, beside this file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import canonical
 
-CLIENT_BODIES = Path(__file__).resolve().parents[1] / "fixtures" / "gateway" / "client-bodies"
+CLIENT_BODIES = Path(__file__).resolve().parents[5] / "fixtures" / "gateway" / "client-bodies"
 
 # route (method, path without the version) → body shape
 SHAPES = (

@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import apispec
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gateway" / "client-bodies"
+FIXTURES = Path(__file__).resolve().parents[5] / "fixtures" / "gateway" / "client-bodies"
 SCALARS = {"string", "bool", "int", "uint", "float", "strslice", "set"}
 NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 INT64 = (-(2**63), 2**63 - 1)

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import config, gpu, slurm
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "fixtures")
 LAB = os.path.join(FIXTURES, "lab", "resource-limits.yaml")
 DEMO_TOPOLOGY = os.path.join(FIXTURES, "topology", "demo.yaml")
 EMPTY = slurm.Current(frozenset(), {}, {}, {}, {})
