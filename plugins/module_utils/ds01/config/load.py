@@ -109,6 +109,17 @@ def load_config(path: str, base_dir: Optional[str] = None) -> Config:
             "is false: user slices keep accounting but get no caps (no CPUQuota, MemoryMax, MemoryHigh or TasksMax); "
             "aggregate.gpu_limit still counts towards the GPU quota. Set it to true to cap each user's total",
         )
+    else:
+        for name in sorted(config.groups):
+            aggregate = config.group_aggregate(name)
+            if aggregate is not None and aggregate.tasks_max is None:  # capped, but not the number of processes
+                reader.warn(
+                    file,
+                    ("groups", name, "aggregate", "tasks_max"),
+                    "is not set: a user's processes are then capped per container only (pids_limit), and a build's "
+                    "steps, which Docker runs with no pids limit, not at all. Set it (e.g. 12288) to cap each "
+                    "user's total",
+                )
     config.warnings = reader.warnings
     config.texts = {file: reader.texts[file] for file in config.files if file in reader.texts}
     return config

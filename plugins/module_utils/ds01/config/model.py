@@ -401,6 +401,10 @@ class Config:
             **values,
         )
 
+    def group_aggregate(self, name: str) -> Optional[Aggregate]:
+        """The per-user totals a member of group ``name`` gets before any override (defaults, then the group)."""
+        return self._merge_aggregate(self.groups[name], None)[0]
+
     def _merge_aggregate(self, group: Group, override: Optional[dict]) -> tuple[Optional[Aggregate], dict]:
         merged: Optional[dict] = None
         sources: dict = {}

@@ -321,3 +321,20 @@ def test_feature_sections_load_in_a_process_that_never_imports_their_feature(tmp
     assert sections["gateway"]["socket_mode"] == "0660" and sections["gateway"]["max_body_bytes"] == 1024**2
     assert sections["gateway"]["listen"] == "/var/run/docker.sock"  # a default filled in
     assert sections["images"] == {"allowed": ["ubuntu:22.04"], "default": None, "deploy_network": "none"}
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "warned"),
+    [
+        ("{memory_max: 8G}", True),  # capped, but not the number of processes: builds would escape
+        ("{memory_max: 8G, tasks_max: 4096}", False),
+        ("null", False),  # a group left uncapped on purpose (admins)
+    ],
+)
+def test_a_capped_group_without_tasks_max_is_warned(tmp_path, aggregate, warned):
+    path = tmp_path / "resource-limits.yaml"
+    path.write_text(f"default_group: student\ngroups:\n  student:\n    aggregate: {aggregate}\n")
+    found = [w for w in config.load_config(str(path)).warnings if "groups.student.aggregate.tasks_max" in w]
+    assert bool(found) == warned
+    if warned:
+        assert "build's steps" in found[0] and "Set it" in found[0]
