@@ -2,12 +2,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The attributes block every ds01.infra host module shares (private to this collection's modules)."""
 
-from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type
-
-
-class ModuleDocFragment(object):
+class ModuleDocFragment:
     # A module that differs (details, or no diff support) names only the attribute it changes; its own keys win
     # over these when ansible-doc merges them.
     DOCUMENTATION = r"""

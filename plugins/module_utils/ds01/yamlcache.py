@@ -46,11 +46,11 @@ def _encode(value: Any, seen: set) -> Any:
         return {_TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
         return {_TAG: "date", "v": value.isoformat()}
-    if type(value) in (list, dict):
+    if value.__class__ in (list, dict):  # exactly what the YAML loader builds (no subclass)
         if id(value) in seen:  # an alias: the same object in two places
             raise Unkept("a shared value")
         seen.add(id(value))
-        if type(value) is list:
+        if value.__class__ is list:
             return [_encode(item, seen) for item in value]
         out = {}
         for key, item in value.items():
