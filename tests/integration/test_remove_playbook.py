@@ -91,7 +91,12 @@ def test_remove_keeps_only_the_state_and_gives_daemon_json_back(tmp_path):
     assert json.loads(daemon_json.read_text()) == LAB_DAEMON_JSON
 
 
-def test_remove_takes_away_a_daemon_json_that_ds01_wrote_and_does_nothing_where_ds01_never_was(tmp_path):
+def test_demo_converges_then_changes_nothing_and_remove_takes_away_what_ds01_wrote(tmp_path):
+    """``make demo``'s converge (``ansible-playbook -i inventory/demo playbooks/site.yml``) twice into a fresh
+    sandbox root: the first run changes things, the second reports ``changed=0`` and leaves every file's bytes,
+    mode and mtime as they were (the runtime venv installed from a wheelhouse as ``scripts/demo.sh`` does). On
+    that root, where ds01 wrote daemon.json itself, remove takes it away with the rest; and before the deploy, a
+    remove where ds01 never was changes nothing. (One sandbox for both: a converge costs minutes.)"""
     demo = Demo(tmp_path)
     daemon_json = demo.root / "etc" / "docker" / "daemon.json"
 
@@ -99,8 +104,18 @@ def test_remove_takes_away_a_daemon_json_that_ds01_wrote_and_does_nothing_where_
     assert never["stats"]["localhost"]["changed"] == 0, changed_tasks(never)
     assert files_outside(demo.root, ()) == []
 
-    demo.converge()
+    first = demo.converge()
+    assert first["stats"]["localhost"]["changed"] > 0
+    assert (demo.root / "etc" / "ds01" / "resource-limits.yaml").is_file()
+    assert (demo.root / "opt" / "ds01" / "venv" / "bin" / "python").exists()
     assert daemon_json.is_file()
+    deployed = snapshot(demo.root)
+
+    second = demo.converge()
+    assert second["stats"]["localhost"]["changed"] == 0, f"changed on the second run: {changed_tasks(second)}"
+    assert second["stats"]["localhost"]["failures"] == 0
+    assert snapshot(demo.root) == deployed
+
     demo.converge(playbook=REMOVE)
     assert not daemon_json.exists()
     assert files_outside(demo.root, KEPT + SLURM) == []
