@@ -10,7 +10,8 @@ Only data that JSON gives back exactly is kept: strings, integers, finite floats
 with string keys, and dates and naive datetimes (tagged); a file holding anything else (sets, binary, anchors shared
 by two places, time zones …) is parsed every time. A cache file is used only when it and its directory belong to
 root (or the caller) and no group or other may write them; only root writes them, and only for world-readable
-source files (the cache is world-readable, so that users' login commands use it too).
+source files (the cache is world-readable, so that users' login commands use it too), and only where the
+``ds01_common`` role made ``/var/cache/ds01`` (a sandbox deploy, a demo or a test run as root writes nothing there).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def remember(source: str, text: str, data: Any, lines: list, cache_dir: str = CA
     path = cache_file(source, cache_dir)
     if len(os.path.basename(path)) > 255:
         return False
+    if not os.path.isdir(os.path.dirname(cache_dir)):
+        return False  # /var/cache/ds01 is the role's to make: a sandbox, a test or a demo writes nothing outside
     try:
         if os.path.isdir(cache_dir) and not _trusted(os.stat(cache_dir)):
             return False

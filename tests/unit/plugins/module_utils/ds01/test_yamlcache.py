@@ -84,3 +84,11 @@ def test_a_config_loads_alike_from_the_cache_and_problems_keep_their_lines(tmp_p
     assert problems[0] == problems[1] and any(":5:" in p for p in problems[0])
     write(tmp_path / "resource-limits.yaml", MAIN)
     assert load_config(path).resolve("bob").max_containers_per_user == 3
+
+
+def test_nothing_is_written_where_the_role_made_no_cache_directory(tmp_path):
+    """A sandbox, a demo or a test run as root leaves the host alone: no /var/cache/ds01, no cache."""
+    source = write(tmp_path / "a.yaml", "a: 1\n")
+    cache = tmp_path / "absent" / "yaml"
+    assert yamlcache.remember(source, read(source), {"a": 1}, [], str(cache)) is False
+    assert not (tmp_path / "absent").exists()
