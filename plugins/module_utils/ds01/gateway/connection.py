@@ -97,7 +97,10 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
                 return
             try:
                 keep = await self.handle(head, framing)
-            except (Refused, http.HttpError, UpstreamError) as exc:
+            except (Refused, http.HttpError, UpstreamError, ConnectionError, EOFError) as caught:
+                exc: Any = caught
+                if isinstance(caught, (ConnectionError, EOFError)):  # a daemon that died mid-request
+                    exc = UpstreamError(f"the Docker daemon dropped the connection ({caught})")
                 if self.response_started:  # an answer now would land inside the body: just close
                     self.gw.stats.count("upstream_error")
                     log.info(
