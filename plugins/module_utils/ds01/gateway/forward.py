@@ -141,6 +141,11 @@ class Forwarding:
                     captured = None
             response.remove("Content-Length", "Transfer-Encoding")
             response.headers.append(("Content-Length", str(len(data))))
+            if client_close or rframing.kind == "close":
+                # the body had no length of its own (it ended with the daemon's connection): the client
+                # connection ends after this answer too, and the client is told, so it does not send its next
+                # request into a connection about to close
+                response.set("Connection", "close")
             self.response_started = True
             await self.send(response.serialize_response() + data)
         else:
