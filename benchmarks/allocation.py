@@ -14,9 +14,11 @@ Two measurements:
    (python, docker ps, ds01, python, …) and each figure is the median of ``--runs``. Before the
    timed runs, one ``ds01 gpu plan`` has seen the containers (its facts cache, in the sandbox's
    run_dir, holds them: "cold" is a new process, not a never-seen container); that first run is
-   printed too. Bytecode is written as on an installed host (``PYTHONDONTWRITEBYTECODE`` is dropped
-   for the commands). The ratio ds01 / floor is printed per size; **at 200 containers it must be within
-   1.5**, else the benchmark exits 1.
+   printed too. The host is set up as the roles leave it: bytecode is written (``PYTHONDONTWRITEBYTECODE``
+   is dropped for the commands), and ``/var/cache/ds01`` exists (``ds01_common`` makes it), so root's
+   parse cache keeps what the config and topology parsed to (``yamlcache``); when this run had to make
+   that directory it removes it at the end. The ratio ds01 / floor is printed per size; **at 200
+   containers it must be within 1.5**, else the benchmark exits 1.
 
 Run: ``.venv/bin/python benchmarks/allocation.py [--no-docker] [--runs 21]`` (root, Docker running).
 ``$DS01_CMD`` runs another ds01 (e.g. a checkout of an older commit). Containers are labelled
@@ -26,7 +28,7 @@ Run: ``.venv/bin/python benchmarks/allocation.py [--no-docker] [--runs 21]`` (ro
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import os
 import shutil
 import statistics
@@ -39,7 +41,7 @@ import uuid
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, ".collections"))
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, docker, gpu  # noqa: E402
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, docker, gpu, record, yamlcache  # noqa: E402
 
 TOPOLOGY = os.path.join(REPO, "tests", "fixtures", "topology", "demo.yaml")
 SIZES = (50, 200, 1000)
@@ -62,13 +64,13 @@ def build_holdings(inventory: gpu.Inventory, n: int) -> list:
             {"Id": f"{i:064d}", "Names": [f"/c{i}"], "State": "exited", "Labels": {"ds01.user": owner}}
         )
         claim = docker.GpuClaim(ids=ids, source="device_requests" if ids else "")
-        out.append(docker.attach_slots(dataclasses.replace(info, gpu=claim), inventory))
+        out.append(docker.attach_slots(record.replace(info, gpu=claim), inventory))
     return out
 
 
 def time_decisions(inventory: gpu.Inventory, n: int, repeats: int = 200) -> float:
     holdings = build_holdings(inventory, n)
-    limits = dataclasses.replace(config.safe_limits("alice"), max_containers_per_user=None)
+    limits = record.replace(config.safe_limits("alice"), max_containers_per_user=None)
     request = allocator.Request()
     times = []
     for _i in range(repeats):
@@ -112,9 +114,20 @@ def timed(argv: list) -> float:
     return elapsed
 
 
+def installed_cache() -> bool:
+    """Make ``/var/cache/ds01`` as the ``ds01_common`` role does (root's, 0755), unless it exists; True when made."""
+    parent = os.path.dirname(yamlcache.CACHE_DIR)
+    if os.path.isdir(parent):
+        return False
+    os.makedirs(parent, mode=0o755)
+    os.chmod(parent, 0o755)
+    return True
+
+
 def time_cli(inventory: gpu.Inventory, runs: int, sizes: tuple) -> dict:
     import docker as sdk  # the benchmark makes containers with the SDK; ds01 itself is run as a command
 
+    made_cache = installed_cache()
     client = sdk.from_env(timeout=120)
     label = f"bench-{uuid.uuid4().hex[:12]}"
     root, cfg = sandbox()
@@ -152,6 +165,12 @@ def time_cli(inventory: gpu.Inventory, runs: int, sizes: tuple) -> dict:
             client.api.remove_container(c["Id"], force=True)
         client.close()
         shutil.rmtree(root, ignore_errors=True)
+        if made_cache:
+            shutil.rmtree(os.path.dirname(yamlcache.CACHE_DIR), ignore_errors=True)
+        else:  # the sandbox's files were kept in the host's cache: drop just those
+            for source in (cfg, TOPOLOGY):
+                with contextlib.suppress(OSError):
+                    os.unlink(yamlcache.cache_file(source))
     return results
 
 

@@ -9,7 +9,6 @@ could hand one slot to two containers: reference §13 #10).
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu, record
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 
 docker = pytest.importorskip("docker")
@@ -65,7 +64,7 @@ def logging_quiet() -> None:
 
 def _attempt(i: int) -> tuple:
     user = f"racer{i % 25}"
-    limits = dataclasses.replace(
+    limits = record.replace(
         config.safe_limits(user),
         max_gpu_equivalents=None,
         max_containers_per_user=None,

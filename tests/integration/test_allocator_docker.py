@@ -9,7 +9,6 @@ session label and network mode none; the session removes them all.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu, record
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
@@ -161,7 +160,7 @@ def test_owner_from_aime_name(docker_client, empty_image, test_label, inventory)
 def test_reserve_create_and_read_back(docker_client, empty_image, test_label, inventory, users, tmp_path):
     """The whole path: reserve → create with the grant's labels and DeviceRequest → status → mapping."""
     # safe defaults (1.0 gpueq, no whole GPU) with room for several slots per container
-    limits = dataclasses.replace(config.safe_limits(users["alice"]), max_gpu_slots_per_container=8)
+    limits = record.replace(config.safe_limits(users["alice"]), max_gpu_slots_per_container=8)
     name = f"alloc-res-{uuid.uuid4().hex[:6]}"
     mapping = tmp_path / "dcgm"
     with allocator.reserve(

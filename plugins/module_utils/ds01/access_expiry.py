@@ -25,11 +25,11 @@ import datetime as dt
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import events, fsutil, notify
 from . import grants as grants_mod
+from .record import record
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Emit = Callable[..., Any]
 Deliver = Callable[[str, str, str, list], Any]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Action:
     """One thing to tell one user: ``kind`` is ``warn`` or ``expire``."""
 

@@ -38,11 +38,11 @@ import os
 import pwd
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from . import events, fsutil, identity, notify
 from .events.chain import rotated_files
+from .record import asdict, field, record
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def view_path(state_dir: str, login: str) -> str:
     return notify.spool_path(view_dir(state_dir), login)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReadState:
     """Where the incremental reader stopped: the file (``dev``, ``ino``), the bytes of it consumed, the last
     chain ``seq`` seen, and the wall time the pass began."""
@@ -89,7 +89,7 @@ class ReadState:
             return None
 
 
-@dataclass
+@record
 class Batch:
     """What one ``read_new`` found: the events (log order), the state to keep, the damaged lines skipped and the
     files read."""

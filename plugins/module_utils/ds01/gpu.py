@@ -31,10 +31,10 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import yamlcache
+from .record import record
 
 # PyYAML is a runtime dependency, imported when a topology file is first parsed (one kept in ``yamlcache`` is not).
 HAS_YAML = importlib.util.find_spec("yaml") is not None
@@ -78,7 +78,7 @@ class GpuInventoryError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MigInstance:
     index: int  # MIG device index n in slot id "<gpu>.<n>"
     uuid: str  # MIG-…
@@ -89,7 +89,7 @@ class MigInstance:
     memory_mib: Optional[int] = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Gpu:
     index: int
     uuid: str  # GPU-…
@@ -104,7 +104,7 @@ class Gpu:
         return not self.mig_enabled or bool(self.instances)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Slot:
     """One allocatable unit (whole GPU or MIG instance), or with ``kind == "gpu"`` and
     ``mig_parent`` the parent of MIG instances (never allocatable, but a container may name it)."""
@@ -144,7 +144,7 @@ class Slot:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuProcess:
     """A compute process on a GPU or MIG instance (``uuid`` is the slot's: MIG-… on a MIG instance)."""
 

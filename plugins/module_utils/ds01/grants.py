@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Optional
 
 from . import identity, profile
+from .record import field, record
 
 SUFFIX = ".json"
 MAX_BYTES = 65536  # a grant file is a few hundred bytes; a larger one is read no further
@@ -22,7 +22,7 @@ MAX_BYTES = 65536  # a grant file is a few hundred bytes; a larger one is read n
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GrantFile:
     login: str
     active: bool  # the deterrent's rule on the file's text

@@ -30,17 +30,16 @@ time a slot stays blocked after a crash (the longest recovery time).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import docker, fsutil
+from .record import field, record, replace
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ DEAD = "dead"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Intent:
     """One grant on its way to the daemon (the JSON file's content)."""
 
@@ -279,7 +278,7 @@ def remove(directory: str, token: str) -> bool:
 def abandon(directory: str, intent: Intent, why: str) -> Intent:
     """The writer lets go of its intent (the daemon never answered): it stays pending until the
     container appears or ``SETTLE_S`` pass, as if the writer had died."""
-    released = dataclasses.replace(intent, pid=None, pid_start=None, abandoned=why)
+    released = replace(intent, pid=None, pid_start=None, abandoned=why)
     write(directory, released)
     return released
 

@@ -45,10 +45,10 @@ import struct
 import tarfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import docker, identity
+from .record import record
 
 DEV_ROOT = "/dev"
 ALERTS_NAME = ".ds01-alerts"
@@ -59,7 +59,7 @@ WIDTH = 72
 _LINE_RE = re.compile(r"^(pts/\d{1,6}|tty\d{1,3})$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Message:
     """A notice that does not come from the lifecycle (which has its own ``Notice``): same three fields."""
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 from . import fsutil, identity
+from .record import record
 
 LEVELS = (100, 80)
 SUBDIR = "quota-alerts"
@@ -28,7 +28,7 @@ ADVICE = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Alert:
     measure: str
     level: int

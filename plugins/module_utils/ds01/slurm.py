@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import gpu
+from .record import field, record
 
 BILLING_PER_GPU = gpu.MIG_SLICES_PER_GPU  # billing units of one whole GPU (a MIG slice is one)
 QOS_PREFIX = "ds01-"
@@ -58,7 +58,7 @@ class SlurmPlanError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GresEntry:
     slot: str  # ds01's slot id: "0" or "1.2"
     gres_type: str  # a100-sxm4-40gb, 3g.20gb
@@ -164,7 +164,7 @@ def node_gres(entries: Iterable[GresEntry]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Qos:
     name: str
     description: str
@@ -191,14 +191,14 @@ class Qos:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Association:
     user: str
     account: str
     qos: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Accounts:
     """What the accounting database should hold for ds01: QOS by name, accounts, user → association."""
 
@@ -353,7 +353,7 @@ def parse_users(text: str) -> dict:
     return {row[0]: row[1] for row in _rows(text, 2)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Current:
     clusters: frozenset
     qos: Mapping[str, Qos]

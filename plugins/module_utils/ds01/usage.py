@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
+
+from .record import asdict, field, record
 
 UNLIMITED_V1 = 9223372036854771712  # memory.limit_in_bytes "no limit" on 4K-page kernels
 
 
-@dataclass
+@record
 class SliceUsage:
     slice: str
     layout: str

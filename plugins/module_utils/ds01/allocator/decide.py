@@ -4,12 +4,11 @@ rule are in the package's docstring). No I/O."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from .. import docker, gpu
+from ..record import record, replace
 from .records import (
     AGGREGATE_GPU_QUOTA_EXCEEDED,
     CONTAINER_LIMIT,
@@ -32,7 +31,7 @@ from .records import (
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     user: str
     containers: tuple  # every container of the user (any state)
@@ -305,7 +304,7 @@ def decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, reque
     if isinstance(decision, Grant) and request.label:
         slots = [inventory.slot(slot_id) for slot_id in decision.slots]
         shown = ", ".join(slot_words(s) for s in slots)
-        decision = dataclasses.replace(decision, warnings=(*decision.warnings, f"{request.label}: granted {shown}"))
+        decision = replace(decision, warnings=(*decision.warnings, f"{request.label}: granted {shown}"))
     return decision
 
 
@@ -365,7 +364,7 @@ def _decide(inventory: gpu.Inventory, holdings: Iterable[Any], limits: Any, requ
         mine = _all_i_may_have(limits, usage, occupied, inventory, free, request)
         if mine is not None:
             return mine
-        request = dataclasses.replace(request, all_gpus=False, count=1)  # not even one: refused as `--gpus 1`
+        request = replace(request, all_gpus=False, count=1)  # not even one: refused as `--gpus 1`
     if request.all_gpus:
         pool = [s for s in free if _kind_fits(s, request, allow_whole)]
         n = max(1, len(pool))
@@ -511,7 +510,7 @@ def _all_i_may_have(
         f"MIG {s.profile} ({s.slot_id})" if s.kind == gpu.KIND_MIG else f"GPU {s.slot_id}" for s in chosen
     )
     sentence = f"--gpus all: granted {_plural(len(chosen), 'GPU slot')} ({shown}), {why}"
-    return dataclasses.replace(_grant(limits.user, request, chosen), warnings=(sentence,))
+    return replace(_grant(limits.user, request, chosen), warnings=(sentence,))
 
 
 def _slot_sort_key(slot: gpu.Slot) -> tuple:

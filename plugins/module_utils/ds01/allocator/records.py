@@ -4,10 +4,10 @@ the container (labels and the DeviceRequest). Pure."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .. import docker, intents
+from ..record import field, record
 
 EPS = 1e-9
 
@@ -41,7 +41,7 @@ NAMES_SHOWN = 4  # containers named in a sentence before "and N more"
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     """What a container asks for.
 
@@ -77,7 +77,7 @@ class Request:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Grant:
     """The slots given to one container, in slot order, with their UUIDs and total weight."""
 
@@ -103,7 +103,7 @@ class Grant:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Refusal:
     """A request the allocator said no to: a stable ``code`` and a ``sentence`` for the user."""
 

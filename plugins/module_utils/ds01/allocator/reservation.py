@@ -5,7 +5,6 @@ docstring)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import pwd
@@ -14,6 +13,7 @@ from typing import Any, Optional
 
 from .. import config as config_mod
 from .. import docker, events, fsutil, gpu, identity, intents, refusals
+from ..record import replace
 from .decide import decide, make_refusal
 from .jobs import sync_job_mapping
 from .records import (
@@ -258,8 +258,8 @@ def reserve(
         if isinstance(outcome, Refusal):
             raise refuse(outcome)
         intent = intents.new(user, outcome, grant_labels(outcome), source)
-        outcome = dataclasses.replace(outcome, intent=intent.token)
-        intent = dataclasses.replace(intent, labels=grant_labels(outcome))
+        outcome = replace(outcome, intent=intent.token)
+        intent = replace(intent, labels=grant_labels(outcome))
         try:
             intents.write(intent_dir, intent)
         except OSError as exc:

@@ -129,8 +129,39 @@ def _command_word(argv: list[str]) -> Optional[str]:
     return None
 
 
+def _columns() -> int:
+    """The help's width as ``shutil.get_terminal_size()`` gives it ($COLUMNS, else the terminal on stdout, else 80),
+    without importing shutil: argparse does on every ``add_argument``, and shutil's own imports (bz2, lzma) cost a cold
+    command about 3 ms."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, its width taken by ``_columns``."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: Optional[int] = None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``ds01`` parser; its sub-command parsers are of this class too (``add_subparsers`` makes them so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ds01",
         description="ds01: fair, safe and visible sharing of a lab GPU server.",
     )

@@ -43,12 +43,12 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import cli, docker, gpu, images
 from .. import config as config_mod
 from ..gateway import pins
+from ..record import field, record
 from . import table
 
 SCHEMA = "1"
@@ -141,7 +141,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuChoice:
     """What deploy asks the gateway for: ``count`` slots, or each of ``candidates`` (tried in order)."""
 
@@ -225,7 +225,7 @@ def create_body(
     }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Refused:
     """A create the daemon or the gateway answered with an error: ``code`` is the refusal code, if any."""
 
@@ -331,7 +331,7 @@ def limit_lines(limits_doc: Mapping[str, Any], keepalive_file: str = "") -> list
     return lines
 
 
-@dataclass
+@record
 class Deployed:
     name: str
     image: str

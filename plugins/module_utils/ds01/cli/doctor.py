@@ -40,7 +40,6 @@ import sys
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 from .. import cli, events, gpu, slice_keeper, slices
@@ -48,6 +47,7 @@ from .. import config as config_mod
 from .. import docker as docker_mod
 from .. import lifecycle as lc
 from ..observe import readers
+from ..record import asdict, record
 from . import events as events_cli
 from . import table
 
@@ -57,7 +57,7 @@ LIFECYCLE_STALE_S = 15 * 60.0  # the timer runs every 5 minutes: three missed ru
 SOCKET_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     name: str
     ok: bool

@@ -53,7 +53,6 @@ audit trail; only malformed arguments exit 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -63,6 +62,7 @@ from typing import Any, Optional
 
 from .. import cli, event_views, events, identity
 from .. import config as config_mod
+from ..record import replace
 from . import table
 
 SCHEMA_VERSION = "1"
@@ -224,7 +224,7 @@ def _query_view(ctx: cli.Context, login: str, filters: events.EventFilter) -> in
             "minute (the event log itself is readable by admins only); if this persists, ask an admin",
             cli.EXIT_FAULT,
         )
-    filters = dataclasses.replace(filters, user=login)
+    filters = replace(filters, user=login)
     stream = event_views.read_view(state_dir, login, filters)
     try:
         found = list(stream)

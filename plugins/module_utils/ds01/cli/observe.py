@@ -68,7 +68,6 @@ answers with what it could read and lists the failure in ``errors``).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -79,6 +78,7 @@ from typing import Any, Optional
 
 from .. import cli, docker, event_views, greetings, identity, quota_alerts, refusals
 from .. import observe as ob
+from ..record import replace
 from . import table
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def _estimate(
             cache[h.owner] = config.resolve(h.owner)
         state = ob.lifecycle_state(config, h.id) if h.id else {}
         if h.state in ("running", "paused") and not h.started_at and not state.get("first_started_at"):
-            h = dataclasses.replace(h, started_at=docker.parse_time(_started_at(h.id)))
+            h = replace(h, started_at=docker.parse_time(_started_at(h.id)))
         rel = ob.estimate_release(h, cache.get(h.owner), state, now, weights)
         row = rel.as_dict()
         if not admin and h.owner != me:

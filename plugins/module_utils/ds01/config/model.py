@@ -12,11 +12,11 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
 
 from .. import identity
+from ..record import field, record
 from .schema import (
     AGGREGATE_KEYS,
     CONTAINER_TYPE_KEYS,
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Aggregate:
     """Per-user totals enforced by the user's systemd slice (``gpu_limit`` by the allocator)."""
 
@@ -50,7 +50,7 @@ class Aggregate:
         return {k: getattr(self, k) for k in AGGREGATE_KEYS}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policies:
     high_demand_threshold: float = 0.8
     high_demand_idle_reduction: float = 0.5
@@ -74,7 +74,7 @@ class Policies:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerTypePolicy:
     """Lifecycle values for one container type; None means "use the user's own value"."""
 
@@ -88,7 +88,7 @@ class ContainerTypePolicy:
         return {k: getattr(self, k) for k in CONTAINER_TYPE_KEYS}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Exemption:
     username: str
     exempt_from: frozenset
@@ -124,7 +124,7 @@ RULE = (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     """Everything ds01 enforces for one login, with the source of every value.
 
@@ -257,7 +257,7 @@ class Limits:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class Group:
     """One group of ``groups:`` as read (``load``); ``Config.resolve`` layers it over the defaults."""
 

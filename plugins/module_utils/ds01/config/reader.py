@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Optional
 
 from .. import yamlcache
+from ..record import record
 from .schema import UNIT_IN_OLD_NAME
 from .units import SECONDS, UNIT_WORD, Kind, parse_duration_text
 
@@ -34,7 +34,7 @@ def yaml_module() -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Problem:
     """One thing wrong with the config, said so that an admin can fix it without reading code."""
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 import signal
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from ..record import record
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
@@ -56,7 +57,7 @@ def parse_duration_text(text: str) -> float:
     return float(match.group(1)) * SECONDS[match.group(2).lower()]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Kind:
     """How one key is checked and normalised: ``check(value) -> normalised`` or ValueError(expected)."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .. import identity
+from ..record import record
 
 # Host processes that use a GPU as part of the system, never a user's workload.
 SYSTEM_COMMS = frozenset(
@@ -46,7 +46,7 @@ _SESSION_RE = re.compile(r"(?:^|/)session-[^/]+\.scope(?:/|$)")
 _SYSTEM_SLICE_RE = re.compile(r"(?:^|/)system\.slice(?:/([^/]+))?")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupPlace:
     """Where ``/proc/<pid>/cgroup`` puts a process."""
 
@@ -116,7 +116,7 @@ def parse_start_time(stat_text: str) -> Optional[int]:
         return None
 
 
-@dataclass
+@record
 class Attribution:
     """Whose a host GPU process is: ``kind`` is container, user, system or gone."""
 
@@ -176,7 +176,7 @@ def decide_attribution(
     return Attribution("user", login=login_for_uid(uid), scope="host", **base)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuProcess:
     """One NVML compute process: on which GPU (and MIG instance) and how much memory."""
 

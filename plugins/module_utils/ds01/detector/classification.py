@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import docker
+from ..record import field, record
 
 ORIGIN_INFRA = "infrastructure"
 ORIGIN_MANAGED = "ds01-managed"
@@ -80,7 +80,7 @@ def classify(attrs: Mapping[str, Any], infra_label: str = "ds01.protected", infr
     return ORIGIN_RAW
 
 
-@dataclass
+@record
 class GpuAccess:
     """What GPU devices a container can reach, and the settings that say so."""
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .. import allocator, docker, events, fsutil, gpu, identity
+from ..record import record
 from .host import ProcReader, gpu_process_reader
 from .source import DockerSource, DockerUnavailable
 from .state import INVENTORY_FILE, Detector, Emit
@@ -83,7 +83,7 @@ def inventory_lock(config: Any) -> fsutil.FileLock:
     return fsutil.FileLock(lock_path(config), mode=0o644)
 
 
-@dataclass
+@record
 class OnceResult:
     path: str
     containers: int

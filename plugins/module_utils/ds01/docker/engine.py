@@ -17,13 +17,20 @@ from __future__ import annotations
 import json
 import os
 import socket
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Optional
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 _MAX_HEAD = 64 << 10
 _MAX_BODY = 256 << 20
+# RFC 3986 unreserved characters: everything else in a query value or a path segment is percent-encoded (what
+# ``urllib.parse.quote(value, safe="")`` does; importing urllib.parse costs a cold command about 3 ms).
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def quote(value: str) -> str:
+    """``value`` percent-encoded (UTF-8) for one path segment or query value."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode("utf-8"))
 
 
 class EngineError(Exception):
@@ -173,11 +180,11 @@ class Engine:
         query = {"all": "1" if all else "0"}
         if filters:
             query["filters"] = json.dumps({k: v if isinstance(v, list) else [v] for k, v in filters.items()})
-        return self._get("/containers/json?" + urllib.parse.urlencode(query))
+        return self._get("/containers/json?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items()))
 
     def inspect_container(self, container: str) -> dict:
         """``GET /containers/{id}/json``: the inspect document; ``EngineNotFound`` when it is gone."""
-        return self._get(f"/containers/{urllib.parse.quote(str(container), safe='')}/json")
+        return self._get(f"/containers/{quote(str(container))}/json")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from ..record import field, record
 
 NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
 NO_GPU_VALUES = ("void", "none", "")
@@ -40,7 +41,7 @@ _NVIDIA_CHAR = re.compile(rf"/dev/char/{NVIDIA_MAJOR}:([0-9]+)")
 _CDI_NAME = re.compile(r"[A-Za-z0-9.-]+/[A-Za-z0-9._-]+=[^=]*")
 
 
-@dataclass
+@record
 class GpuReach:
     """How a container (or a create request) reaches NVIDIA GPUs.
 

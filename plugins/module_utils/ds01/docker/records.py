@@ -17,14 +17,13 @@ is cached across processes by container id).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import identity
+from ..record import field, record, replace
 from .reach import NVIDIA_ENV, GpuReach, cdi_gpu, container_gpu_reach, device_request_reaches_gpu
 
 SLOTS_LABEL = "ds01.gpu.slots"
@@ -96,7 +95,7 @@ def _iso(value: Optional[dt.datetime]) -> Optional[str]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuClaim:
     """The GPUs a container holds for the allocator (immutable for a container id)."""
 
@@ -106,7 +105,7 @@ class GpuClaim:
     count: int = 0  # --gpus N without ids
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerInfo:
     """One container as the whole project sees it.
 
@@ -380,7 +379,7 @@ def attach_slots(info: ContainerInfo, inventory: Any) -> ContainerInfo:
     A GPU in MIG mode named whole (by index or GPU UUID) is recorded as its parent slot id
     (``"2"``); ``all`` holds every GPU; a bare count the first N GPUs by index.
     """
-    return dataclasses.replace(info, **_resolve(info.gpu, inventory))
+    return replace(info, **_resolve(info.gpu, inventory))
 
 
 def _int_or_none(value: Any) -> Optional[int]:

@@ -8,14 +8,14 @@ import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Optional
 
+from ..record import record
 from .chain import CHAIN_KEYS
 from .common import CONTAINER_KEYS, SCHEMA_VERSION, format_timestamp, lines_backwards
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EventFilter:
     """What ``EventLog.read`` returns: every condition given must hold (AND).
 

@@ -8,15 +8,15 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
+from ..record import record
 from .chain import chain_files, chain_header, line_hash
 
 _VERIFY_RECENT = 1024  # line hashes verify keeps, to tell an insertion or a cut end from an edit
 
 
-@dataclass
+@record
 class ChainBreak:
     """The first place the chain does not hold: ``file`` and 1-based ``line``, what it looks like, and a sentence.
 
@@ -30,7 +30,7 @@ class ChainBreak:
     message: str
 
 
-@dataclass
+@record
 class ChainReport:
     """What ``verify_chain`` found across the log and its rotated files (oldest first)."""
 

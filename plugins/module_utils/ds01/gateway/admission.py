@@ -22,11 +22,11 @@ The allocator is called directly (``allocator.reserve``, ``allocator.Request``,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import allocator, docker, events, gpu
 from ..identity import GPU_REQUEST_LABEL
+from ..record import field, record
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class AdmissionRefused(Exception):
         self.sentence = sentence
 
 
-@dataclass
+@record
 class Grant:
     uuids: list
     labels: dict = field(default_factory=dict)

@@ -4,7 +4,6 @@ placed by the allocator (admission.py) while its reservation is held."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from urllib.parse import quote
 
 from .. import config as config_mod
 from .. import slice_keeper
+from ..record import replace
 from . import admission as admission_mod
 from . import dockerfile, http, objects, pins, policy
 from .policy import Refused
@@ -189,7 +189,7 @@ class Creates:
             if 200 <= status < 300:
                 await self.gw.record("container.create", caller, container=name, id=created, admin=True)
             return keep
-        limits = dataclasses.replace(
+        limits = replace(
             self.limits(),
             max_gpu_equivalents=None,
             max_gpu_slots_per_container=None,

@@ -13,8 +13,9 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Optional
+
+from ..record import field, record
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -40,7 +41,7 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass
+@record
 class Head:
     """A parsed request or response head. ``headers`` keeps order and original spelling."""
 
@@ -155,7 +156,7 @@ def parse_response_head(data: bytes) -> Head:
     return Head((version.decode(), int(status), reason.decode("latin-1")), _parse_headers(lines[1:]))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Framing:
     """How a message body is delimited: ``none``, ``length`` (with ``length``), ``chunked``, ``close``."""
 

@@ -16,15 +16,16 @@ import pwd
 import re
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Optional
+
+from ..record import record
 
 _CONTAINER_COMPONENT = re.compile(r"(?:docker-)?([0-9a-f]{64})(?:\.scope)?")
 # Subtrees that belong to users (systemd delegation): ids found there are never trusted.
 _USER_SUBTREES = ("user.slice",)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeerCred:
     pid: int
     uid: int
@@ -76,7 +77,7 @@ def pid_namespace(pid: int, proc_root: str = "/proc") -> Optional[int]:
         return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Account:
     login: str
     uid: int
@@ -116,7 +117,7 @@ def is_admin(account: Account, admin_group: str, admin_users: tuple, peer_gid: O
         return False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Caller:
     """The established caller of one connection."""
 

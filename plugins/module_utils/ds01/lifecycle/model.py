@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import config as config_mod
 from .. import docker
+from ..record import field, record
 
 SUBDIR = "lifecycle"
 LAST_RUN_FILE = "last-run.json"
@@ -56,7 +56,7 @@ def holds_gpu(info: docker.ContainerInfo) -> bool:
     return bool(info.labelled_slots or info.labelled_uuids or info.requests_gpu)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sample:
     """One sweep's activity reading of a running container (None: could not be read).
 
@@ -72,7 +72,7 @@ class Sample:
     keepalive_mtime: Optional[dt.datetime] = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SweepContext:
     now: dt.datetime
     demand: Optional[float] = None  # allocated gpueq / capacity; None when unknown
@@ -80,7 +80,7 @@ class SweepContext:
     protected_names: frozenset = frozenset()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Notice:
     """What the owner is told: a level, a title and the body lines (the quota line is added later)."""
 
@@ -89,7 +89,7 @@ class Notice:
     lines: tuple
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Action:
     """One thing the executor does, in order: ``notify`` (the notice travels on every action),
     ``signal`` (the container's PID 1 only), ``stop`` (SIGTERM, then SIGKILL after ``grace_s``),
@@ -115,7 +115,7 @@ class Action:
         return out
 
 
-@dataclass
+@record
 class Decision:
     container: docker.ContainerInfo
     actions: list = field(default_factory=list)

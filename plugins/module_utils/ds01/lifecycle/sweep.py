@@ -8,11 +8,11 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
 from .. import docker, fsutil
+from ..record import field, record
 from .model import (
     EV_FAILED,
     LAST_RUN_FILE,
@@ -34,7 +34,7 @@ from .store import StateStore
 log = logging.getLogger(__package__)
 
 
-@dataclass
+@record
 class SweepReport:
     now: dt.datetime
     dry_run: bool

@@ -7,10 +7,10 @@ import datetime as dt
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import config, identity
+from ..record import record
 from .legacy import (
     GROUP_OVERRIDES_FILE,
     LEGACY_DROPPED_LIMITS,
@@ -41,7 +41,7 @@ _SECTION_NOTES = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Change:
     """One key whose meaning changes: where it is, what it meant, what it means now (and what the import did)."""
 
@@ -341,14 +341,14 @@ class _Importer:
     def exemptions(self) -> list:
         legacy = self.legacy
         out = []
-        for index, record in enumerate(legacy.exemptions):
+        for index, entry in enumerate(legacy.exemptions):
             where = f"{config.EXEMPTIONS_FILE}: exemptions[{index}]"
-            if not isinstance(record, dict) or not identity.valid_login(record.get("username")):
+            if not isinstance(entry, dict) or not identity.valid_login(entry.get("username")):
                 self.change(where, "username", "a record the old code could not match", "left out")
                 continue
-            login = record["username"]
+            login = entry["username"]
             kinds = []
-            for kind in record.get("exempt_from") or []:
+            for kind in entry.get("exempt_from") or []:
                 if kind not in LEGACY_EXEMPTABLE:
                     self.change(
                         where,
@@ -371,20 +371,20 @@ class _Importer:
                 continue
             item = {"username": login, "exempt_from": kinds}
             for key in ("category", "reason", "approved_by", "approved_on", "expires_on"):
-                if record.get(key) is not None:
-                    item[key] = str(record[key])
+                if entry.get(key) is not None:
+                    item[key] = str(entry[key])
             item.setdefault("expires_on", None)
             out.append(item)
         return out
 
     def _honoured(self, index: int, login: str, kind: str) -> bool:
         """Whether the old check could ever reach and honour record ``index`` (at any time)."""
-        for earlier, record in enumerate(self.legacy.exemptions[: index + 1]):
-            if not isinstance(record, dict):
+        for earlier, entry in enumerate(self.legacy.exemptions[: index + 1]):
+            if not isinstance(entry, dict):
                 return False
-            if record.get("username") != login or kind not in (record.get("exempt_from") or []):
+            if entry.get("username") != login or kind not in (entry.get("exempt_from") or []):
                 continue
-            expires = record.get("expires_on")
+            expires = entry.get("expires_on")
             if expires is None:
                 continue
             if isinstance(expires, (dt.date, dt.datetime)):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from .. import docker
+from ..record import replace
 
 
 def inspect_cache() -> Any:
@@ -18,7 +18,7 @@ def docker_containers(client: Any, inventory: Any = None, cache: Any = None) -> 
     inspects only of containers the ``InspectCache`` does not know yet), slots resolved against the
     GPU inventory; a container Docker gave no state is ``unknown``."""
     return [
-        info if info.state else dataclasses.replace(info, state="unknown")
+        info if info.state else replace(info, state="unknown")
         for info in docker.list_containers(client, inventory, cache=cache)
     ]
 

@@ -4,7 +4,6 @@ package, and the small value helpers."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 from collections.abc import Iterable, Mapping
@@ -12,6 +11,7 @@ from typing import Any, Optional
 
 from .. import docker, identity
 from .. import lifecycle as lc
+from ..record import replace
 
 FRESH_S = 90.0  # the detector watcher saves every 30 s sweep: three missed sweeps is stale
 WINDOW_S = 24 * 3600.0
@@ -82,7 +82,7 @@ def container_from_summary(summary: Mapping[str, Any]) -> docker.ContainerInfo:
         created=docker.parse_time(summary.get("Created")),
         gpu=claim,
     )
-    return dataclasses.replace(info, uuids=info.labelled_uuids)
+    return replace(info, uuids=info.labelled_uuids)
 
 
 def containers_from_summaries(summaries: Iterable[Mapping[str, Any]]) -> list:

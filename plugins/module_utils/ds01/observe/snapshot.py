@@ -3,7 +3,6 @@ long-lived ``Observer`` around it, and the job-mapping sync run after a refresh.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -14,6 +13,7 @@ from typing import Any, Callable, Optional
 from .. import allocator, exporter
 from .. import config as config_mod
 from .. import lifecycle as lc
+from ..record import replace
 from ..usage import SliceReader
 from .accounting import (
     assign_holders,
@@ -50,7 +50,7 @@ def sync_job_mapping(config: config_mod.Config, snap: Mapping[str, Any]) -> bool
     if inventory is None:
         log.info("no GPU inventory in this snapshot: the job mapping is left as it is")
         return False
-    holders = [dataclasses.replace(h, slots=held_slots(h)) for h in snap.get("_holdings") or [] if held_slots(h)]
+    holders = [replace(h, slots=held_slots(h)) for h in snap.get("_holdings") or [] if held_slots(h)]
     allocator.sync_job_mapping(inventory, holders, config.section("gpu_allocation")["mapping_dir"])
     return True
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import config as config_mod
 from .. import docker
 from .. import lifecycle as lc
+from ..record import record
 from .accounting import container_gpueq, container_type, held_slots
 from .records import SWEEP_MARGIN, iso, to_float
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Release:
     container: str
     user: Optional[str]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ... import docker, identity
+from ...record import field, record
 
 POLICY_DENIED = "POLICY_DENIED"
 NOT_OWNER = "NOT_OWNER"
@@ -77,7 +77,7 @@ SOCKET_PATHS = (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Refusal:
     code: str
     sentence: str
@@ -139,7 +139,7 @@ def identity_refusal(reason: str) -> Refusal:
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuAsk:
     """A GPU request found in a create body. ``count`` -1 means all GPUs. ``kind``: the request label's
     value (``full`` or a MIG profile, ``identity.GPU_REQUEST_LABEL``), empty without one."""
@@ -155,7 +155,7 @@ class GpuAsk:
         return "all GPUs" if self.count < 0 else f"{self.count} GPU{'s' if self.count != 1 else ''}"
 
 
-@dataclass
+@record
 class CreateContext:
     """What the create checks need to know about the caller and the host."""
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from ... import identity
+from ...record import record
 from .base import MIN_API_VERSION, NOT_OWNER, Refusal, denied
 
 _VERSION_PREFIX = re.compile(r"/v[0-9]+(?:\.[0-9]+)?")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Route:
     """What a request is about. ``kind`` picks the check; ``ref`` names the object it is on."""
 

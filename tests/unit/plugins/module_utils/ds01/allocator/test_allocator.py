@@ -6,7 +6,6 @@ resolved against the inventory), so these tests exercise the same records as the
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
 import stat
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, fsutil, gpu
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, fsutil, gpu, record
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
@@ -33,10 +32,10 @@ def limits(user="alice", **changes):
     resolved = LAB.resolve(user)
     if "gpu_limit" in changes:
         agg = changes.pop("gpu_limit")
-        resolved = dataclasses.replace(
-            resolved, aggregate=dataclasses.replace(resolved.aggregate or config.Aggregate(), gpu_limit=agg)
+        resolved = record.replace(
+            resolved, aggregate=record.replace(resolved.aggregate or config.Aggregate(), gpu_limit=agg)
         )
-    return dataclasses.replace(resolved, **changes)
+    return record.replace(resolved, **changes)
 
 
 def held(name, owner, *slot_ids, state="running", inventory=DEMO, **claim):
@@ -45,7 +44,7 @@ def held(name, owner, *slot_ids, state="running", inventory=DEMO, **claim):
     gpu_claim = docker_state.GpuClaim(ids=ids, source="device_requests" if ids else "", **claim)
     labels = {"ds01.user": owner} if owner else {}
     info = docker_state.container_info({"Id": name * 4, "Names": [f"/{name}"], "State": state, "Labels": labels})
-    return docker_state.attach_slots(dataclasses.replace(info, gpu=gpu_claim), inventory)
+    return docker_state.attach_slots(record.replace(info, gpu=gpu_claim), inventory)
 
 
 STUDENT_NO_FULL = {"allow_full_gpu": False}
@@ -494,11 +493,11 @@ def test_user_usage_sums_distinct_slots(slot_ids, weight):
 
 def test_decision_is_deterministic_and_pure():
     holdings = [held("x", "bob", "3.0")]
-    before = [dataclasses.asdict(h) for h in holdings]
+    before = [record.asdict(h) for h in holdings]
     first = allocator.decide(DEMO, holdings, limits(**STUDENT_NO_FULL), Request(count=2))
     second = allocator.decide(DEMO, holdings, limits(**STUDENT_NO_FULL), Request(count=2))
     assert first == second
-    assert [dataclasses.asdict(h) for h in holdings] == before
+    assert [record.asdict(h) for h in holdings] == before
 
 
 def test_safe_default_limits_get_a_slice_not_a_whole_gpu():

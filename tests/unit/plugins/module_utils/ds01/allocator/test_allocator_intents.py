@@ -6,7 +6,6 @@ tests/integration/test_faults_intents.py; here Docker is the in-memory client th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu, intents
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import allocator, config, gpu, intents, record
 from ansible_collections.ds01.infra.plugins.module_utils.ds01 import docker as docker_state
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.allocator import Request
 
@@ -40,7 +39,7 @@ def _intent(**changes):
         pid=4242,
         pid_start=7,
     )
-    return dataclasses.replace(base, **changes)
+    return record.replace(base, **changes)
 
 
 def _container(name, *slot_ids, labels=None, owner="alice"):
@@ -48,7 +47,7 @@ def _container(name, *slot_ids, labels=None, owner="alice"):
     info = docker_state.container_info(
         {"Id": name * 4, "Names": [f"/{name}"], "State": "created", "Labels": {"ds01.user": owner, **(labels or {})}}
     )
-    info = dataclasses.replace(info, gpu=docker_state.GpuClaim(ids=ids, source="device_requests"))
+    info = record.replace(info, gpu=docker_state.GpuClaim(ids=ids, source="device_requests"))
     return docker_state.attach_slots(info, DEMO)
 
 
@@ -124,12 +123,12 @@ def test_intent_age_is_measured_on_the_boot_clock(boot, now, expected):
 def test_a_pending_intent_holds_its_slots_for_its_user_in_decide():
     pending = intents.as_holding(_intent(slots=("2.2",), uuids=(UUID["2.2"],), gpueq=1 / 7), DEMO)
     assert pending.slots == ("2.2",) and pending.owner == "alice" and pending.state == "creating"
-    bob = dataclasses.replace(LAB.resolve("alice"), user="bob", allow_full_gpu=False)
+    bob = record.replace(LAB.resolve("alice"), user="bob", allow_full_gpu=False)
     refused = allocator.decide(DEMO, [pending], bob, Request(device_ids=(UUID["2.2"],)))
     assert isinstance(refused, allocator.Refusal) and refused.code == allocator.NO_GPU_AVAILABLE
     placed = allocator.decide(DEMO, [pending], bob, Request())
     assert isinstance(placed, allocator.Grant) and placed.slots == ("2.3",)
-    alice = dataclasses.replace(LAB.resolve("alice"), max_containers_per_user=1)
+    alice = record.replace(LAB.resolve("alice"), max_containers_per_user=1)
     capped = allocator.decide(DEMO, [pending], alice, Request())
     assert isinstance(capped, allocator.Refusal) and capped.code == allocator.CONTAINER_LIMIT
     assert "alice-train" in capped.sentence  # the cut-off user is told the container is theirs
@@ -239,7 +238,7 @@ def _reserve(tmp_path, client, user, request, events=None, settle=intents.SETTLE
     return allocator.reserve(
         user,
         request,
-        limits=dataclasses.replace(LAB.resolve("alice"), user=user, allow_full_gpu=True, max_gpu_equivalents=None),
+        limits=record.replace(LAB.resolve("alice"), user=user, allow_full_gpu=True, max_gpu_equivalents=None),
         inventory=DEMO,
         client=client,
         lock_path=str(tmp_path / "run" / "gpu-allocator.lock"),
@@ -305,7 +304,7 @@ def test_a_container_made_for_a_vanished_writer_is_recovered_and_keeps_its_gpu(t
     directory = str(tmp_path / "run" / "gpu-intents")
     grant = allocator.Grant("alice", ("1",), (UUID["1"],), 1.0, (None,), "alice-cut", intent="c" * 32)
     cut = _intent(token="c" * 32, container="alice-cut", pid=_dead_pid(), boot_id=intents.boot_id())
-    intents.write(directory, dataclasses.replace(cut, boot_s=intents.boot_clock()))  # a young intent
+    intents.write(directory, record.replace(cut, boot_s=intents.boot_clock()))  # a young intent
     client.create("alice-cut", grant)  # the daemon finished the create after its writer died
     with (
         pytest.raises(allocator.AllocationRefused),

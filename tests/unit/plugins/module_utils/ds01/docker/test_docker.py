@@ -482,3 +482,27 @@ def test_engine_reads_lengths_chunks_and_errors(tmp_path):
 def test_engine_socket_from_docker_host(host, path):
     env = {} if host is None else {"DOCKER_HOST": host}
     assert docker.engine.socket_from_env(env) == path
+
+
+@pytest.mark.parametrize("value", ["abc", "a b/c?d=e&f", '{"label": ["ds01.user=al ice"]}', "é€☃", "~._-+%#", "\x00\n"])
+def test_engine_quote_matches_urllib(value):
+    import urllib.parse
+
+    assert docker.engine.quote(value) == urllib.parse.quote(value, safe="")
+    assert urllib.parse.unquote(docker.engine.quote(value)) == value
+
+
+def test_engine_sends_filters_percent_encoded(tmp_path):
+    import urllib.parse
+
+    path = str(tmp_path / "engine.sock")
+    seen, thread = serve(path, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"])
+    engine = docker.Engine(path, timeout=5)
+    assert engine.api.containers(all=False, filters={"label": "ds01.user=a b&c"}) == []
+    engine.close()
+    thread.join(5)
+    target = seen[0].split(" ")[1]
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(target).query) == {
+        "all": ["0"],
+        "filters": ['{"label": ["ds01.user=a b&c"]}'],
+    }

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
+from ansible_collections.ds01.infra.plugins.module_utils.ds01 import record
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.config import safe_limits
 from ansible_collections.ds01.infra.plugins.module_utils.ds01.gateway import objects, policy
 
@@ -89,7 +89,7 @@ def test_user_networks_get_no_chosen_subnet(ipam, refused):
 
 
 def test_classic_build_limits_are_the_callers():
-    limits = dataclasses.replace(safe_limits("alice"), memory=2 << 30, memory_swap=None, shm_size=None, max_cpus=2.0)
+    limits = record.replace(safe_limits("alice"), memory=2 << 30, memory_swap=None, shm_size=None, max_cpus=2.0)
     values = dict(policy.build_limits((("t", "x"), ("memory", str(8 << 30)), ("cpuquota", "-1")), limits))
     assert values["t"] == "x"
     assert int(values["memory"]) == 2 << 30
