@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 from typing import Any, Callable, Optional
 
-from . import events, fsutil, notify
+from . import events, fsutil, logs, notify
 from . import grants as grants_mod
 from .record import record
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 WARN_BEFORE_S = 3600
 NOTICES_DIR = "access-notices"

@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import pwd
 import time
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
-from . import events, fsutil, identity, notify
+from . import events, fsutil, identity, logs, notify
 from .events.chain import rotated_files
 from .record import asdict, field, record
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 VIEWS_DIR = "events-by-user"
 STATE_NAME = ".state.json"

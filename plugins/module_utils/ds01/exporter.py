@@ -30,12 +30,13 @@ number of containers and users on one host):
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
+
+from . import logs
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -46,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - the runtime venv pins prometheus_client
     HAS_PROMETHEUS = False
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 def empty_snapshot() -> dict:

@@ -27,13 +27,12 @@ Utilisation of a MIG instance is unknown on real hardware (NVML answers NotSuppo
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from . import yamlcache
+from . import logs, yamlcache
 from .record import record
 
 # PyYAML is a runtime dependency, imported when a topology file is first parsed (one kept in ``yamlcache`` is not).
@@ -57,7 +56,7 @@ def nvml_module() -> Any:
     return pynvml
 
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 TOPOLOGY_ENV = "DS01_GPU_TOPOLOGY"
 MIG_SLICES_PER_GPU = 7  # A100 / H100: a whole GPU is 7 compute slices

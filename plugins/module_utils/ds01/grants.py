@@ -9,17 +9,16 @@ about a file that is not valid JSON.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Optional
 
-from . import identity, profile
+from . import identity, logs, profile
 from .record import field, record
 
 SUFFIX = ".json"
 MAX_BYTES = 65536  # a grant file is a few hundred bytes; a larger one is read no further
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 @record(frozen=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import logging
 import os
 import pwd
 import stat
@@ -33,10 +32,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from . import identity, notify, quota_alerts
+from . import identity, logs, notify, quota_alerts
 from . import observe as ob
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 GREETINGS_DIR = "greetings"
 REFRESH_S = 60.0

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from . import docker, fsutil
+from . import docker, fsutil, logs
 from .record import field, record, replace
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 DIR_NAME = "gpu-intents"
 LABEL = "ds01.gpu.intent"

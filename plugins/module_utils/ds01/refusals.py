@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 from typing import Any, Optional
 
-from . import fsutil, identity
+from . import fsutil, identity, logs
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 SUBDIR = "refusals"
 

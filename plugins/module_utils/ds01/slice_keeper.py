@@ -19,16 +19,15 @@ asks for it. So the gateway, which runs as root and sees every create and build 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import subprocess
 import threading
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from . import fsutil, slices
+from . import fsutil, logs, slices
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 ETC_UNIT_DIR = "/etc/systemd/system"
 RUN_UNIT_DIR = "/run/systemd/system"

@@ -5,14 +5,13 @@ docstring)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pwd
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from .. import config as config_mod
-from .. import docker, events, fsutil, gpu, identity, intents, refusals
+from .. import docker, events, fsutil, gpu, identity, intents, logs, refusals
 from ..record import replace
 from .decide import decide, make_refusal
 from .jobs import sync_job_mapping
@@ -29,7 +28,7 @@ from .records import (
     grant_labels,
 )
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = logs.get(__name__.rsplit(".", 1)[0])
 
 LOCK_NAME = "gpu-allocator.lock"
 DEFAULT_LOCK_TIMEOUT_S = 10.0

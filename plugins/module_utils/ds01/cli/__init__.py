@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
+from .. import logs
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -50,7 +50,7 @@ COMMANDS = {
 
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
-log = logging.getLogger("ds01")
+log = logs.get("ds01")
 
 
 class CommandError(Exception):
@@ -216,7 +216,7 @@ def share_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="ds01: %(levelname)s: %(message)s")
+    logs.configure("WARNING", "ds01: %(levelname)s: %(message)s")
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -227,7 +227,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.stderr.write(f"ds01: internal error while reading the command line ({type(exc).__name__}: {exc}).\n")
         return EXIT_FAULT
     if getattr(args, "verbose", False):
-        logging.getLogger().setLevel(logging.INFO)
+        logs.set_level("INFO")
+    logs.settle()  # a command module that imported logging itself gets the same output
     handler = getattr(args, "func", None)
     if handler is None:
         parser.print_help()

@@ -40,7 +40,7 @@ import signal
 import time
 from typing import Any, Optional
 
-from .. import cli, detector
+from .. import cli, detector, logs
 from . import table
 
 SCHEMA_VERSION = "1"
@@ -55,7 +55,7 @@ TYPES = (
 )
 SERVICE = "ds01-detector.service"
 
-log = logging.getLogger("ds01.detector")
+log = logs.get("ds01.detector")
 
 
 def register(subparsers: Any) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import grp
 import http.client
-import logging
 import os
 import socket
 import stat
@@ -42,7 +41,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .. import cli, events, gpu, slice_keeper, slices
+from .. import cli, events, gpu, logs, slice_keeper, slices
 from .. import config as config_mod
 from .. import docker as docker_mod
 from .. import lifecycle as lc
@@ -52,7 +51,7 @@ from . import events as events_cli
 from . import table
 
 SCHEMA_VERSION = "1"
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 LIFECYCLE_STALE_S = 15 * 60.0  # the timer runs every 5 minutes: three missed runs
 SOCKET_TIMEOUT_S = 5.0
 

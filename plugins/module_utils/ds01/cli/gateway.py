@@ -15,9 +15,9 @@ import logging
 import os
 from typing import Any
 
-from .. import cli
+from .. import cli, logs
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 def register(subparsers: Any) -> None:

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import os
 from typing import Any, Optional
 
-from .. import access_expiry, cli, docker, events, fsutil, notify
+from .. import access_expiry, cli, docker, events, fsutil, logs, notify
 from .. import lifecycle as lc
 from . import table
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 LOCK_NAME = "lifecycle.lock"
 
 

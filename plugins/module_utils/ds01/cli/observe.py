@@ -69,19 +69,18 @@ answers with what it could read and lists the failure in ``errors``).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import sys
 import threading
 import time
 from typing import Any, Optional
 
-from .. import cli, docker, event_views, greetings, identity, quota_alerts, refusals
+from .. import cli, docker, event_views, greetings, identity, logs, quota_alerts, refusals
 from .. import observe as ob
 from ..record import replace
 from . import table
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 BRIEF_DOCKER_TIMEOUT_S = 0.5
 DOCKER_TIMEOUT_S = 5.0

@@ -9,13 +9,12 @@ config ever loaded.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Optional
 
-from .. import identity
+from .. import identity, logs
 from ..record import field, record
 from .schema import (
     AGGREGATE_KEYS,
@@ -28,7 +27,7 @@ from .schema import (
     TYPE_LIMIT_KEYS,
 )
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 # --------------------------------------------------------------------------------------------

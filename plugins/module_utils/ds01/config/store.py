@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import re
 import stat
@@ -26,13 +25,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from .. import fsutil
+from .. import fsutil, logs
 from .load import load_config
 from .model import Config, Limits, safe_limits
 from .reader import HAS_YAML, ConfigError, Problem, yaml_module
 from .schema import EXEMPTIONS_FILE, MEMBERS_DIR, OVERRIDES_FILE
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 LAST_GOOD_SUBDIR = "last-good-config"  # under paths.state_dir
 LAST_GOOD_FILE = "bundle.json"

@@ -4,16 +4,15 @@ NVML's compute processes (through ``gpu.py``)."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
-from .. import gpu, grants
+from .. import gpu, grants, logs
 from .attribution import Attribution, GpuProcess, decide_attribution, parse_cgroup, parse_start_time, parse_status_uid
 
-log = logging.getLogger("ds01.detector")
+log = logs.get("ds01.detector")
 
 
 class ProcReader:

@@ -3,19 +3,18 @@ allocator hook), the inventory lock and ``run_once``."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from .. import allocator, docker, events, fsutil, gpu, identity
+from .. import allocator, docker, events, fsutil, gpu, identity, logs
 from ..record import record
 from .host import ProcReader, gpu_process_reader
 from .source import DockerSource, DockerUnavailable
 from .state import INVENTORY_FILE, Detector, Emit
 from .watcher import call_hook
 
-log = logging.getLogger("ds01.detector")
+log = logs.get("ds01.detector")
 
 LOCK_FILE = "workloads.lock"
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .. import fsutil
+from .. import fsutil, logs
 from .attribution import GpuProcess
 from .classification import RUNNING_STATES, container_name, container_record, iso, utcnow
 from .host import ProcReader, grant_active
 
-log = logging.getLogger("ds01.detector")
+log = logs.get("ds01.detector")
 
 SCHEMA_VERSION = "1"
 INVENTORY_FILE = "workloads.json"

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
 from typing import Any, Callable, Optional
 
+from .. import logs
 from .source import DockerException, DockerSource, DockerUnavailable, RequestException
 from .state import Detector
 
-log = logging.getLogger("ds01.detector")
+log = logs.get("ds01.detector")
 
 # Docker container events that can change what the inventory says about one container.
 WATCHED_ACTIONS = frozenset(

@@ -15,7 +15,6 @@ longer listed are pruned on each read. ``benchmarks/allocation.py`` measures it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 import sys
@@ -23,11 +22,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
-from .. import fsutil
+from .. import fsutil, logs
 from .engine import Engine, EngineError, EngineNotFound, engine_from_env
 from .records import DockerStateError, container_info, create_facts
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 FACTS_FILE = "docker-facts.json"
 FACTS_SCHEMA = 1

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import os
 import threading
 from typing import Optional
 
-from .. import fsutil
+from .. import fsutil, logs
 from .common import SCHEMA_VERSION, format_timestamp, utc_now
 
-log = logging.getLogger(__package__)  # the one logger of the event log, as before the split
+log = logs.get(__package__)  # the one logger of the event log, as before the split
 
 _DROP_LOCK_WAIT_S = 0.02  # a busy counter lock is polled (every ~1 ms) this long, then the count waits for the next try
 

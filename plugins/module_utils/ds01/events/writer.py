@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from .. import logs
 from .chain import (
     CHAIN_GENESIS,
     MAX_BODY_BYTES,
@@ -41,7 +42,7 @@ from .common import (
 from .drops import count_drop, is_pending, store_drops
 from .reader import EventFilter, EventStream
 
-log = logging.getLogger(__package__)  # the one logger of the event log, as before the split
+log = logs.get(__package__)  # the one logger of the event log, as before the split
 
 # The longest a writer waits for the chain lock before it writes an unlocked line. Waits are microseconds; 50
 # processes appending flat out on 2 loaded cores waited 1.6 s at worst (p99 0.24 s). After a wait ran out, the same

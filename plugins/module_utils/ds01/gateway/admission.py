@@ -21,14 +21,13 @@ The allocator is called directly (``allocator.reserve``, ``allocator.Request``,
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional
 
-from .. import allocator, docker, events, gpu
+from .. import allocator, docker, events, gpu, logs
 from ..identity import GPU_REQUEST_LABEL
 from ..record import field, record
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 NO_GPU_AVAILABLE = "NO_GPU_AVAILABLE"
 

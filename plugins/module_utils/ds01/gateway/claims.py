@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import pwd
 import threading
 from typing import Any, Optional
 
-from .. import fsutil, identity
+from .. import fsutil, identity, logs
 from . import objects
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 FILE = "image-tags.json"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import pwd
 import time
@@ -19,6 +18,7 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from .. import config as config_mod
+from .. import logs
 from . import canonical, claims, http, objects, peer, pins, policy
 from .builds import ImageWrites
 from .containers import ContainerOps
@@ -27,7 +27,7 @@ from .forward import Forwarding
 from .policy import Refused
 from .upstream import UpstreamError
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 class Connection(ImageWrites, ContainerOps, Creates, Forwarding):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import pwd
 
+from .. import logs
 from . import execs as execs_mod
 from . import http, objects, pins, policy
 from .policy import Refused
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 # Container actions for which dockerd mounts the container's host paths.
 MOUNTING_ACTIONS = ("start", "restart", "archive")

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import stat
 from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .. import config as config_mod
-from .. import slice_keeper
+from .. import logs, slice_keeper
 from ..record import replace
 from . import admission as admission_mod
 from . import dockerfile, http, objects, pins, policy
 from .policy import Refused
 from .upstream import UpstreamError
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 def told(warnings: list) -> Optional[Callable[[Any], Any]]:

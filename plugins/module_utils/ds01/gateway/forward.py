@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import time
 from typing import Any, Callable, Optional
 
+from .. import logs
 from . import canonical, http, objects, policy
 from .upstream import UpstreamError, gather_more
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 HIJACK_ACTIONS = ("attach", "start")  # container attach, exec start
 SPLICE_GRACE_S = 5.0

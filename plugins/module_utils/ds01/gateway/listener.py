@@ -30,9 +30,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
+from .. import logs
 from . import http, peer
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 LISTEN_BACKLOG = 4096
 ACCEPT_BATCH = 64

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import grp
-import logging
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .. import config as config_mod
-from .. import identity, refusals, slice_keeper
+from .. import identity, logs, refusals, slice_keeper
 from . import admission as admission_mod
 from . import connection, http, listener, peer, pins, policy, schema
 from . import execs as execs_mod
@@ -33,7 +32,7 @@ from . import stats as stats_mod
 from .policy import Refused
 from .upstream import Upstream, UpstreamError
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 MAX_CONNECTIONS_PER_UID = 256  # open connections one non-root uid may hold (the unit's LimitNOFILE is 65536)
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import logging
 import os
 import time
 from typing import Optional
 
-from .. import fsutil
+from .. import fsutil, logs
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OUTCOMES = ("forwarded", "refused", "bad_request", "upstream_error")

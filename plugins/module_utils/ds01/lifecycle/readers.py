@@ -3,15 +3,14 @@ GPU probe over ``gpu.py``'s inventory."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from .. import config as config_mod
-from .. import gpu
+from .. import gpu, logs
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 
 class HostReader:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from .. import fsutil
+from .. import fsutil, logs
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 _ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
 

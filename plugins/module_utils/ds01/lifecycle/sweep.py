@@ -4,14 +4,13 @@ signal, stop and remove; a failure on one container is logged and the sweep goes
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
-from .. import docker, fsutil
+from .. import docker, fsutil, logs
 from ..record import field, record
 from .model import (
     EV_FAILED,
@@ -31,7 +30,7 @@ from .policy import decide, is_protected
 from .readers import GpuProbe, HostReader
 from .store import StateStore
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 
 @record

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
 from .. import lifecycle as lc
-from .. import quota_alerts
+from .. import logs, quota_alerts
 from .accounting import quota_measures
 from .records import ALERT_EVENT, iso
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 
 def run_alerts(

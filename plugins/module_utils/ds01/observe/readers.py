@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -14,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .. import config as config_mod
-from .. import events, fsutil, grants
+from .. import events, fsutil, grants, logs
 from .. import lifecycle as lc
 from ..usage import SliceReader
 from .records import EXPORTER_SUBDIR, FRESH_S, GATEWAY_COUNTERS, OOM_FILE, REFUSAL_EVENTS, WINDOW_S
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 
 def refusal_code(record: Mapping[str, Any]) -> Optional[str]:

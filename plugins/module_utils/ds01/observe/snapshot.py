@@ -4,13 +4,12 @@ long-lived ``Observer`` around it, and the job-mapping sync run after a refresh.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .. import allocator, exporter
+from .. import allocator, exporter, logs
 from .. import config as config_mod
 from .. import lifecycle as lc
 from ..record import replace
@@ -40,7 +39,7 @@ from .readers import (
 )
 from .records import EXPORTER_SUBDIR, OOM_EVENT, OOM_FILE, SLOTS_FILE, containers_from_inventory, count_error
 
-log = logging.getLogger(__package__)
+log = logs.get(__package__)
 
 
 def sync_job_mapping(config: config_mod.Config, snap: Mapping[str, Any]) -> bool:
