@@ -77,7 +77,9 @@ options:
         type: bool
         default: false
 notes:
-  - Special files (sockets, FIFOs, device nodes) inside a tree are treated as files.
+  - A socket met inside a tree is left alone and reported in RV(sockets). Its owner and mode belong to the
+    daemon listening on it (dockerd sets its socket's group and mode each time it starts, so a change would be
+    undone and the next run would change it again). FIFOs and device nodes inside a tree are treated as files.
   - A symbolic mode without a C(who) part (V(+x)) applies to all of user, group and other, whatever the umask.
 """
 
@@ -113,6 +115,12 @@ symlinks:
   type: list
   elements: str
   sample: [/opt/ds01/venv/bin/python]
+sockets:
+  description: Sockets met inside a tree and left alone (the first 50).
+  returned: always
+  type: list
+  elements: str
+  sample: [/run/ds01/dockerd.sock]
 unmatched:
   description: Rules whose glob matched nothing, or whose missing path was not created (O(rules[].create=false)).
   returned: always
@@ -235,6 +243,7 @@ class Manifest:
         self.resolve_gid = resolve_gid
         self.entries = {}  # path -> entry dict, in first-visit order
         self.symlinks = []
+        self.sockets = []
         self.unmatched = []
 
     def under(self, path):
@@ -276,6 +285,9 @@ class Manifest:
                     cst = os.lstat(child)
                     if stat.S_ISLNK(cst.st_mode):
                         self.symlinks.append(child)
+                        continue
+                    if stat.S_ISSOCK(cst.st_mode):  # the listening daemon's to set (see notes)
+                        self.sockets.append(child)
                         continue
                     self.update(child, rule, cst, stat.S_ISDIR(cst.st_mode))
                 dirnames.sort()
@@ -402,6 +414,7 @@ def main():
         "changed_count": len(changes),
         "changed_paths": [e["path"] for e in changes[:LIST_LIMIT]],
         "symlinks": list(dict.fromkeys(manifest.symlinks))[:LIST_LIMIT],
+        "sockets": list(dict.fromkeys(manifest.sockets))[:LIST_LIMIT],
         "unmatched": list(dict.fromkeys(manifest.unmatched)),
     }
     if module._diff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
@@ -126,6 +127,27 @@ def test_owner_and_group(run_module, tree):
         permissions, {"root": str(tree), "rules": [{"path": "/etc/ds01", "owner": "no-such-user-ds01"}]}, fails=True
     )
     assert "no such user" in result["msg"]
+
+
+def test_a_socket_in_a_tree_keeps_its_daemons_owner_and_mode(run_module, tmp_path):
+    """dockerd's own socket under the run directory (mode 0660, as dockerd makes it): a tree rule that takes
+    group write from files leaves it alone, so a second deploy after a Docker restart changes nothing."""
+    (tmp_path / "run/ds01").mkdir(parents=True)
+    (tmp_path / "run/ds01/lock").write_text("")
+    (tmp_path / "run/ds01/lock").chmod(0o664)
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(tmp_path / "run/ds01/dockerd.sock"))
+        (tmp_path / "run/ds01/dockerd.sock").chmod(0o660)
+        a = {"root": str(tmp_path), "rules": [{"path": "/run/ds01", "file_mode": "go-w", "recurse": True}]}
+        result = run_module(permissions, a)
+        assert result["changed_paths"] == [str(tmp_path / "run/ds01/lock")]  # the plain file is still settled
+        assert result["sockets"] == [str(tmp_path / "run/ds01/dockerd.sock")]
+        assert mode(tmp_path / "run/ds01/dockerd.sock") == 0o660
+        assert mode(tmp_path / "run/ds01/lock") == 0o644
+        assert not run_module(permissions, a)["changed"]
+    finally:
+        listener.close()
 
 
 def test_changed_paths_capped_at_50(run_module, tmp_path):
