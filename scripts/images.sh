@@ -6,7 +6,7 @@
 #   local/debian-systemd:bookworm  debootstrap minbase + systemd, CMD /sbin/init (molecule)
 #   local/empty:latest             an empty image, for containers that are created, never started
 #   local/debian-min:bookworm      the same rootfs, CMD sleep infinity, for containers that run
-#   local/debian-slurm:bookworm    the systemd rootfs plus Slurm 22.05, slurmdbd, munge and MariaDB
+#   local/debian-slurm:bookworm    the systemd rootfs plus Slurm 22.05, slurmdbd, munge, MariaDB and docker.io
 #                                  (molecule/slurm; the container has no network, so nothing installs later)
 #
 # An image that exists is kept (--force rebuilds). The debootstrap rootfs tarball is kept in
@@ -31,8 +31,10 @@ MASKED_UNITS=(
 )
 # The molecule host runs logind (notices reach the terminals of its sessions); the slurm image keeps it masked.
 SLURM_MASKED_UNITS=("${MASKED_UNITS[@]}" systemd-logind.service)
-# molecule/slurm: a controller, a database and a GPU node in one systemd container.
-SLURM_INCLUDE="$INCLUDE,slurm-wlm,slurm-client,slurmdbd,munge,mariadb-server,iproute2"
+# molecule/slurm: a controller, a database and a GPU node in one systemd container, which also runs its own
+# dockerd under systemd (Debian's docker.io with what it needs), so that the gateway's deploy and
+# playbooks/remove.yml move and restart a real docker.service there.
+SLURM_INCLUDE="$INCLUDE,slurm-wlm,slurm-client,slurmdbd,munge,mariadb-server,iproute2,docker.io,containerd,runc,tini,iptables"
 # The recipe's fingerprint: a cached tarball or image built from another recipe is rebuilt.
 # recipe_of "MASKED UNITS" INCLUDE [MARK...]
 recipe_of() {

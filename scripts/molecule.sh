@@ -5,7 +5,7 @@
 #   scripts/molecule.sh [scenario ...]     default: every scenario, "default" first
 #
 # Scenarios: default (ds01 on a systemd host), slurm (ds01_slurm with a real slurmctld, slurmd and
-# slurmdbd; image local/debian-slurm:bookworm).
+# slurmdbd, and the gateway in front of the host's own dockerd; image local/debian-slurm:bookworm).
 #
 # Needs 'make docker images venv'. Molecule keeps its ephemeral state under ~/.cache/molecule.
 # Runs through this script are serialised by a lock: platform (container) names are fixed, so two

@@ -5,9 +5,9 @@ daemon.json holds exactly what the lab had before the deploy (prepare.yml), the 
 own socket, and a second run changes nothing.
 
 In this scenario no dockerd runs inside the host: the test machine's engine socket is mounted at the path the
-gateway moves the daemon to (molecule.yml), so there is no docker.service to restart; the sandbox test
-(tests/integration/test_remove_playbook.py) and the playbook's own _ping check cover the restart on a host
-that runs dockerd itself.
+gateway moves the daemon to (molecule.yml), so there is no docker.service to restart. The restart is shown on a
+host that runs its own dockerd under systemd, in molecule/slurm/tests/test_zz_remove_dockerd.py: docker.service
+restarted by remove, dockerd answering on /var/run/docker.sock itself, daemon.json as the lab had it.
 """
 
 from __future__ import annotations
