@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run, as CI does it (`.ci/run` -> `make test` -> this script).
 #
-#   scripts/test.sh [stage ...]     default: every stage, in this order
+#   scripts/test.sh [stage ...]     default: every stage, in this order (images in the background)
 #
 #   system-deps docker images venv lint sanity unit integration molecule
 #
@@ -85,18 +85,77 @@ summary() {
   printf '==> make test: all %d stages passed\n' "$#"
 }
 
+# The images stage runs in the background, beside venv, lint, sanity and unit (none of them needs an image; on a
+# fresh machine debootstrap spends minutes waiting on the archive and dpkg). Its output goes to a log that is printed
+# when it is joined: before the first stage that needs it, or at the end.
+BG_STAGE="" BG_PID="" BG_LOG="" BG_START=0
+
+start_background() {
+  local stage="$1" dep cmd rc
+  for dep in $(needs "$stage"); do
+    if [ -n "${RESULT[$dep]:-}" ] && [ "${RESULT[$dep]}" != passed ]; then
+      run_stage "$stage" # reported as skipped, as in the foreground
+      return 0
+    fi
+  done
+  BG_LOG="$DS01_CACHE/logs/stage-$stage.log"
+  mkdir -p "$(dirname "$BG_LOG")"
+  printf '\n'
+  log "stage $stage: $(stage_command "$stage") (in the background; output: $BG_LOG)"
+  BG_START="$(now_s)"
+  BG_STAGE="$stage"
+  cmd="$(stage_command "$stage")"
+  rm -f "$BG_LOG.end"
+  {
+    rc=0
+    $cmd >"$BG_LOG" 2>&1 </dev/null || rc=$?
+    now_s >"$BG_LOG.end"
+    exit "$rc"
+  } &
+  BG_PID=$!
+}
+
+join_background() {
+  local rc=0
+  [ -n "$BG_PID" ] || return 0
+  wait "$BG_PID" || rc=$?
+  SECONDS_TAKEN[$BG_STAGE]=$(($(cat "$BG_LOG.end" 2>/dev/null || now_s) - BG_START))
+  printf '\n'
+  log "stage $BG_STAGE (background), its output:"
+  cat "$BG_LOG"
+  if [ "$rc" -eq 0 ]; then
+    RESULT[$BG_STAGE]=passed
+  else
+    RESULT[$BG_STAGE]="FAILED (exit $rc)"
+  fi
+  log "stage $BG_STAGE: ${RESULT[$BG_STAGE]} in ${SECONDS_TAKEN[$BG_STAGE]} s (in the background)"
+  BG_PID=""
+}
+
 main() {
-  local stages=("$@") stage
+  local stages=("$@") stage start rc=0
   [ "${#stages[@]}" -gt 0 ] || stages=("${ALL_STAGES[@]}")
   for stage in "${stages[@]}"; do
     stage_command "$stage" >/dev/null || die "unknown stage '$stage' (stages: ${ALL_STAGES[*]})"
   done
   cd "$DS01_ROOT"
   log "make test: ${stages[*]} (CI=${CI:-false}, $(nproc) cores)"
+  start="$(now_s)"
   for stage in "${stages[@]}"; do
+    if [ "$stage" = images ] && [ "$stage" != "${stages[-1]}" ]; then
+      start_background "$stage"
+      continue
+    fi
+    if [ -n "$BG_PID" ] && [[ " $(needs "$stage") " == *" $BG_STAGE "* ]]; then
+      join_background
+    fi
     run_stage "$stage"
   done
-  summary "${stages[@]}"
+  join_background
+  summary "${stages[@]}" || rc=$?
+  printf '    %-12s %6s  (the stages took this long from first to last; images ran beside the others)\n' wall \
+    "$(($(now_s) - start))"
+  return "$rc"
 }
 
 main "$@"
