@@ -1,7 +1,7 @@
 """Runs the demo converge (``ansible-playbook -i inventory/demo playbooks/site.yml``) into a sandbox root
 from a frozen copy of the checkout (its tracked and not-ignored files) installed as ``ds01.infra``, so that
 edits made to the checkout while a test runs cannot leak into it. Used by test_remove_playbook (the demo's
-idempotence, then remove), test_config_import_rollback and test_role_refuses_bad_config.
+idempotence, then remove) and test_config_import_rollback (import, rollback and the refused config).
 """
 
 from __future__ import annotations

@@ -16,10 +16,14 @@ override keeps their group (the old resolver called it ``override`` and gave it 
 Rollback: a second deploy (the demo's own inventory) keeps the imported configuration in ``.previous``; an
 unchanged deploy keeps nothing new; ``ds01 config rollback`` puts the kept set back (checked first) and a second
 rollback undoes the first; a kept set that is invalid or absent changes nothing.
+
+Refusal: the same role, given an inventory config with a misspelt key, fails the play with ds01's sentence and
+leaves every live file as it was (the sandbox is the one the tests above deployed).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -162,8 +166,9 @@ def run_ds01(root, *args, check=True):
     return proc
 
 
-def deploy(demo, *extra):
-    """ds01_common alone (the config it renders, checks, keeps and installs) into the demo's sandbox root."""
+def deploy(demo, *extra, expect_ok=True):
+    """ds01_common alone (the config it renders, checks, keeps and installs) into the demo's sandbox root; the
+    ansible.posix.json document (``expect_ok=False``: ``(returncode, document, stderr)``, whatever the outcome)."""
     env = {
         **os.environ,
         "DEMO_ROOT": str(demo.root),
@@ -183,6 +188,8 @@ def deploy(demo, *extra):
         check=False,
     )
     data = json.loads(proc.stdout)
+    if not expect_ok:
+        return proc.returncode, data, proc.stderr
     assert proc.returncode == 0, json.dumps(failed_results(data), indent=1) + proc.stderr[-3000:]
     return data
 
@@ -278,3 +285,35 @@ def test_a_deploy_keeps_the_replaced_config_and_rollback_restores_it(imported):
     proc = run_ds01(root, "config", "rollback", check=False)
     assert proc.returncode == 1 and "there is no previous configuration" in proc.stderr
     assert live_config(root) == settled
+
+
+def test_the_role_refuses_a_misspelt_limit_and_leaves_the_live_files_untouched(imported):
+    """The role refuses an inventory config that ``ds01 config check`` rejects: the play fails with ds01's own
+    sentence (file, line, the key, the suggestion), and every live file under ``<root>/etc/ds01`` (not its
+    ``.staging``, where the role checks) keeps its bytes, mode and mtime."""
+    demo, _vars_file, _changes = imported
+    live = demo.root / "etc" / "ds01"
+    # live: what the tests above left (the demo's config after two rollbacks; the imported one when run alone)
+    deployed = {p: f for p, f in snapshot(live).items() if p.split("/")[0] != ".staging"}
+    assert "resource-limits.yaml" in deployed
+    assert "max_gpu_equivalnts" not in (live / "resource-limits.yaml").read_text()
+
+    inventory = yaml.safe_load((demo.collection / "inventory" / "demo" / "group_vars" / "gpu_servers.yml").read_text())
+    limits = copy.deepcopy(inventory["ds01_common_limits"])
+    limits["defaults"]["max_gpu_equivalnts"] = 2.0
+    bad = demo.tmp_path / "bad-limits.json"
+    bad.write_text(json.dumps({"ds01_common_limits": limits}))
+
+    rc, data, stderr = deploy(demo, "-e", f"@{bad}", expect_ok=False)
+    assert rc != 0, stderr
+    [(task, message)] = failed_results(data)
+    assert (
+        task
+        == "ds01.infra.ds01_common : Refuse a configuration that ds01 rejects (the live configuration was not touched)"
+    )
+    assert "the configuration has 1 problem" in message
+    assert "defaults.max_gpu_equivalnts: unknown key; did you mean 'max_gpu_equivalents'?" in message
+    assert "/.staging/resource-limits.yaml:" in message
+    assert {p: f for p, f in snapshot(live).items() if p.split("/")[0] != ".staging"} == deployed
+    staged = (live / ".staging" / "resource-limits.yaml").read_text()
+    assert "max_gpu_equivalnts: 2.0" in staged, "the bad value was not what the check refused"
