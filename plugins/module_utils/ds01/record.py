@@ -3,7 +3,8 @@
 Why not ``dataclasses``: a cold ``ds01`` command (``ds01 gpu plan``, a login's ``ds01 limits``) defines about twenty
 record classes before it reads anything, and ``dataclasses`` made that cost about a sixth of the whole command:
 importing it imports ``inspect`` (and ``ast``, ``dis``, ``tokenize``), and every class compiles five generated methods.
-``record`` compiles one ``__init__`` per class and shares the other methods (``benchmarks/allocation.py``).
+``record`` compiles one ``__init__`` per class, when the class is first instantiated, and shares the other methods
+(``benchmarks/allocation.py``).
 
 Declared as with dataclasses::
 
@@ -128,7 +129,8 @@ def _make(cls: type, frozen: bool) -> type:
     cls.__record_fields__ = all_fields
     cls.__record_frozen__ = frozen
     cls.__match_args__ = tuple(f.name for f in all_fields)
-    cls.__init__ = _init(cls, all_fields)
+    _check_order(cls, all_fields)
+    cls.__init__ = _first_init(cls, all_fields)
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = _repr
     compared = [f.name for f in all_fields if f.compare]
@@ -154,22 +156,41 @@ def _key(names: list) -> Callable[[Any], tuple]:
     return attrgetter(*names)
 
 
+def _check_order(cls: type, all_fields: tuple) -> None:
+    seen_default = False
+    for f in all_fields:
+        if f.default is not MISSING or f.default_factory is not MISSING:
+            seen_default = True
+        elif seen_default:
+            raise TypeError(f"{cls.__name__}: the field {f.name!r} without a default follows one with a default")
+
+
+def _first_init(cls: type, all_fields: tuple) -> Callable:
+    """An ``__init__`` that compiles the real one on the first instance (a class a command never instantiates costs
+    it nothing), puts it on the class and runs it."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init = cls.__dict__["__init__"]
+        if init is __init__:
+            init = _init(cls, all_fields)
+            cls.__init__ = init
+        init(self, *args, **kwargs)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
 def _init(cls: type, all_fields: tuple) -> Callable:
     """``__init__`` for ``all_fields``: one compiled function per class (fast per instance)."""
     params, body, env = [], [], {"_FACTORY": _FACTORY}
-    seen_default = False
     for f in all_fields:
         if f.default_factory is not MISSING:
             env[f"_factory_{f.name}"] = f.default_factory
             params.append(f"{f.name}=_FACTORY")
             body.append(f"    if {f.name} is _FACTORY: {f.name} = _factory_{f.name}()")
-            seen_default = True
         elif f.default is not MISSING:
             env[f"_default_{f.name}"] = f.default
             params.append(f"{f.name}=_default_{f.name}")
-            seen_default = True
-        elif seen_default:
-            raise TypeError(f"{cls.__name__}: the field {f.name!r} without a default follows one with a default")
         else:
             params.append(f.name)
     values = ", ".join(f"{f.name!r}: {f.name}" for f in all_fields)

@@ -15,12 +15,12 @@ validated again like any config (relative paths still resolve against the real c
 
 from __future__ import annotations
 
+import _thread  # the lock without the threading module (a cold command's import cost)
 import datetime as dt
 import json
 import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -233,7 +233,7 @@ class ConfigStore:
     def __init__(self, path: str, min_interval_s: float = 2.0) -> None:
         self.path = path
         self.min_interval_s = min_interval_s
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._config: Optional[Config] = None
         self._stamp: Optional[tuple] = None
         self._checked_at = -1e18

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 from typing import Any, Callable, Optional
 
 from ..record import record
@@ -183,6 +182,8 @@ def tasks_max(value: Any) -> str:
 
 
 def signal_name(value: Any) -> str:
+    import signal  # only a config that names a signal pays for it
+
     if not isinstance(value, str) or not value.startswith("SIG") or not hasattr(signal, value):
         raise ValueError("a signal name such as 'SIGUSR1'")
     return value

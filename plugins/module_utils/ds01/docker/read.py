@@ -14,11 +14,11 @@ longer listed are pruned on each read. ``benchmarks/allocation.py`` measures it.
 
 from __future__ import annotations
 
+import _thread  # the lock without the threading module (a cold command's import cost)
 import json
 import os
 import stat
 import sys
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -48,7 +48,7 @@ class InspectCache:
 
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._facts: dict = {}
         self._loaded = path is None
         self._dirty = False
