@@ -21,6 +21,7 @@ The allocator is called directly (``allocator.reserve``, ``allocator.Request``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from .. import allocator, docker, events, gpu, logs
@@ -103,6 +104,16 @@ class Admission:
         self.store = store
         self.upstream = upstream
         self._client: Any = None
+        # The create-time facts of every container made through the gateway, put here before its create is answered
+        # (``remember``): the allocator inspects only containers it has not seen, and an inspect of a container its
+        # owner keeps busy in the daemon (an archive upload locks it) would wait, and every GPU request with it.
+        self.facts = docker.InspectCache()
+
+    def remember(self, inspect: Mapping[str, Any]) -> None:
+        """Keep a container's create-time facts from its inspect document."""
+        cid = str(inspect.get("Id") or "")
+        if cid:
+            self.facts.put(cid, docker.create_facts(inspect))
 
     def client(self) -> Any:
         """A reader of the daemon's own socket (the allocator lists holdings with it: ``docker.Engine``)."""
@@ -112,7 +123,7 @@ class Admission:
 
     def reservation(self, login: str, ask: Any, limits: Any, details: dict, admin: bool = False) -> Reservation:
         try:
-            manager = _reserve(self.store, login, ask, limits, details, self.client(), admin)
+            manager = _reserve(self.store, login, ask, limits, details, self.client(), admin, self.facts)
         except AdmissionRefused as exc:
             return Reservation(refusal=exc)
         except Exception as exc:  # the allocator's edge
@@ -129,7 +140,16 @@ class Admission:
             return None
 
 
-def _reserve(store: Any, login: str, ask: Any, limits: Any, details: dict, client: Any, admin: bool = False) -> Any:
+def _reserve(
+    store: Any,
+    login: str,
+    ask: Any,
+    limits: Any,
+    details: dict,
+    client: Any,
+    admin: bool = False,
+    facts: Optional[docker.InspectCache] = None,
+) -> Any:
     """``allocator.reserve(...)`` for this request: its context manager, entered by ``Reservation.enter``."""
     if ask.count < 0 and not admin and ask.source != "device_requests":
         # an image's or an -e NVIDIA_VISIBLE_DEVICES=all is not a request typed for GPUs: only `--gpus all`
@@ -161,7 +181,7 @@ def _reserve(store: Any, login: str, ask: Any, limits: Any, details: dict, clien
     config = store.get()
     if config is None:
         raise _undecided("no valid configuration has ever been loaded, so the allocator has no lock path")
-    return allocator.reserve(login, request, config=config, limits=limits, client=client, source="gateway")
+    return allocator.reserve(login, request, config=config, limits=limits, client=client, cache=facts, source="gateway")
 
 
 def request_kind(ask: Any) -> dict:

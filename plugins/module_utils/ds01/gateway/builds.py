@@ -71,7 +71,7 @@ class ImageWrites:
             verdict = await claims.claim(self.gw, caller.login, refs, pull=pull)
         if verdict:
             # read the (build context, import) body first: a client still sending cannot read the answer
-            async for _piece in http.iter_body(self.reader, framing):
+            async for _piece in http.iter_body(self.reader, framing, stall_timeout_s=self.gw.body_timeout_s):
                 pass
             raise Refused(policy.Refusal(*verdict))
         if route.kind == "build" and not caller.admin:
@@ -147,7 +147,7 @@ class ImageWrites:
         refusal: Optional[policy.Refusal] = None
         try:
             # a refused body is still read to its end (dropped), so the client reads the answer
-            async for piece in http.iter_body(self.reader, framing):
+            async for piece in http.iter_body(self.reader, framing, stall_timeout_s=self.gw.body_timeout_s):
                 size += len(piece)
                 if refusal is not None:
                     if size > limit + DRAIN_AFTER_REFUSAL:
@@ -196,7 +196,7 @@ class ImageWrites:
         try:
             # a refused body is still read (dropped) for a while, in this one pass over it, so the client reads
             # the answer; past that the connection closes on the unread rest
-            async for piece in http.iter_body(self.reader, framing):
+            async for piece in http.iter_body(self.reader, framing, stall_timeout_s=self.gw.body_timeout_s):
                 size += len(piece)
                 if refusal is not None:
                     if size > limit + DRAIN_AFTER_REFUSAL:

@@ -398,7 +398,7 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
         instead of a broken pipe; past ``limit`` bytes the connection is simply closed."""
         seen = 0
         try:
-            async for piece in http.iter_body(self.reader, framing):
+            async for piece in http.iter_body(self.reader, framing, stall_timeout_s=self.gw.body_timeout_s):
                 seen += len(piece)
                 if seen > limit:
                     break

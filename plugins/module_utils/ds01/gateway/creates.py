@@ -19,6 +19,7 @@ from .policy import Refused
 from .upstream import UpstreamError
 
 log = logs.get(__name__)
+REMEMBER_TIMEOUT_S = 5.0  # the inspect of a container just made (``Creates.remember_created``)
 
 
 def told(warnings: list) -> Optional[Callable[[Any], Any]]:
@@ -114,7 +115,13 @@ class Creates:
                 if ask is None:
                     body = policy.neutralise_image_labels(policy.strip_gpu(body), (image or {}).get("Labels"))
                     keep, status, created = await self.forward(
-                        head, framing, route=route, body=body, capture=True, rewrite=told(warnings)
+                        head,
+                        framing,
+                        route=route,
+                        body=body,
+                        capture=True,
+                        before_answer=self.remember_created,
+                        rewrite=told(warnings),
                     )
                     if 200 <= status < 300:
                         await self.gw.record("container.create", caller, gpu=False, id=created, **details)
@@ -162,7 +169,13 @@ class Creates:
                 body = policy.neutralise_image_labels(body, image_labels)
             notes = [*(warnings or []), *grant.warnings]
             keep, status, created = await self.forward(
-                head, framing, route=route, body=body, capture=True, rewrite=told(notes)
+                head,
+                framing,
+                route=route,
+                body=body,
+                capture=True,
+                before_answer=self.remember_created,
+                rewrite=told(notes),
             )
             answered = True
         finally:
@@ -184,7 +197,9 @@ class Creates:
         image_env = await self.gw.upstream.image_env(str(body.get("Image") or "")) if body.get("Image") else None
         ask = policy.gpu_ask(body, image_env)
         if ask is None or str((body.get("Labels") or {}).get("ds01.protected", "")).lower() == "true":
-            keep, status, created = await self.forward(head, framing, route=route, body=body, capture=True)
+            keep, status, created = await self.forward(
+                head, framing, route=route, body=body, capture=True, before_answer=self.remember_created
+            )
             if 200 <= status < 300:
                 await self.gw.record("container.create", caller, container=name, id=created, admin=True)
             return keep
@@ -251,6 +266,17 @@ class Creates:
                 os.chown(mountpoint, ctx.uid, ctx.gid)
         except OSError as exc:
             log.warning("could not give volume %s to %s: %s", name, ctx.login, exc)
+
+    async def remember_created(self, cid: str) -> None:
+        """The new container's create-time facts go to the allocator's cache before its owner has the answer, so
+        no GPU decision ever inspects it (an inspect waits while its owner keeps it busy in the daemon)."""
+        try:  # bounded: a GPU create holds the allocator's lock here
+            info = await asyncio.wait_for(self.gw.upstream.inspect_container(cid), REMEMBER_TIMEOUT_S)
+        except (UpstreamError, asyncio.TimeoutError) as exc:
+            log.warning("could not read the new container %s: %s", cid[:12], exc or "timed out")
+            return
+        if info is not None:
+            self.gw.admission.remember(info)
 
     async def check_name_free(self, name: str) -> None:
         """A name another user's container has is refused in our words (the daemon's names its id)."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 from .. import logs
@@ -46,10 +47,13 @@ class Forwarding:
         capture: bool = False,
         body_filter: Optional[Callable[[Optional[bytes]], bytes]] = None,
         upload: Optional[Any] = None,
+        before_answer: Optional[Callable[[str], Awaitable[None]]] = None,
     ) -> Any:
         """Send the request upstream and the answer back. Returns keep-alive (and status, id if capture).
 
-        ``upload``: a spooled body (a file object at its start) sent instead of the client's."""
+        ``upload``: a spooled body (a file object at its start) sent instead of the client's.
+        ``before_answer`` (with ``capture``): awaited with the new object's id after a 2xx, before the client
+        has the answer."""
         up_reader, up_writer = await self.upstream_connection()
         head.remove("Content-Length", "Transfer-Encoding", "Expect")
         payload: Optional[bytes] = None
@@ -87,18 +91,19 @@ class Forwarding:
         else:
             await up_writer.drain()
         try:
-            try:
-                while True:
-                    raw = await http.read_head(up_reader)
-                    if raw is None:
-                        raise UpstreamError("the Docker daemon closed the connection without answering")
-                    response = http.parse_response_head(raw)
-                    if response.status == 100:
-                        continue
-                    self.gw.stats.count("forwarded", time.monotonic() - self.started)
-                    break
-            except http.HttpError as exc:
-                raise UpstreamError(exc.message) from None
+            answer = asyncio.ensure_future(self._answer_head(up_reader))
+            if sender is not None:
+                # The client's body may end before the daemon answers (a client gone or stalled mid-upload): the
+                # daemon would wait for the rest for ever, holding what the request holds (an archive upload locks
+                # its container against every inspect, the allocator's included). Its connection ends with the body.
+                await asyncio.wait((answer, sender), return_when=asyncio.FIRST_COMPLETED)
+                if sender.done() and sender.exception() is not None and not answer.done():
+                    answer.cancel()
+                    await asyncio.gather(answer, return_exceptions=True)
+                    up_writer.close()
+                    self.up_writer = None
+                    sender.result()  # raises the client-side error (a 408, a 400 or the connection's end)
+            response = await answer
             if sender is not None:
                 if response.status >= 300 and not sender.done():
                     client_close = True
@@ -139,6 +144,8 @@ class Forwarding:
                     captured = (json.loads(data) or {}).get("Id")
                 except (ValueError, AttributeError):
                     captured = None
+                if before_answer is not None and captured and 200 <= response.status < 300:
+                    await before_answer(str(captured))
             response.remove("Content-Length", "Transfer-Encoding")
             response.headers.append(("Content-Length", str(len(data))))
             if client_close or rframing.kind == "close":
@@ -180,6 +187,21 @@ class Forwarding:
         keep = not (client_close or rframing.kind == "close")
         return (keep, response.status, captured) if capture else keep
 
+    async def _answer_head(self, up_reader: asyncio.StreamReader) -> http.Head:
+        """The daemon's answer head (a 100 Continue skipped)."""
+        try:
+            while True:
+                raw = await http.read_head(up_reader)
+                if raw is None:
+                    raise UpstreamError("the Docker daemon closed the connection without answering")
+                response = http.parse_response_head(raw)
+                if response.status == 100:
+                    continue
+                self.gw.stats.count("forwarded", time.monotonic() - self.started)
+                return response
+        except http.HttpError as exc:
+            raise UpstreamError(exc.message) from None
+
     async def _send_body(
         self,
         framing: http.Framing,
@@ -193,7 +215,7 @@ class Forwarding:
         the refusal is raised, so forward() answers the client with it instead of the daemon."""
         chunked = framing.kind == "chunked"
         refused: Optional[Exception] = None
-        async for piece in http.iter_body(self.reader, framing):
+        async for piece in http.iter_body(self.reader, framing, stall_timeout_s=self.gw.body_timeout_s):
             if body_filter is not None:
                 piece = body_filter(piece)
             up_writer.write(http.chunk(piece) if chunked else piece)

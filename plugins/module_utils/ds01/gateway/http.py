@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Optional
+from typing import Any, Optional
 
 from ..record import field, record
 
@@ -214,6 +214,9 @@ def response_framing(head: Head, request_method: str) -> Framing:
 
 HEAD_TIMEOUT_S = 30.0  # from a request head's first byte to its empty line
 IDLE_TIMEOUT_S = 120.0  # for a request head's first byte (a kept-alive connection between requests)
+# Between two pieces of a request body: a client that stops sending mid-body is cut off, so the daemon's half of a
+# streamed request (which may hold a lock, e.g. on the container of an archive upload) ends with it.
+BODY_TIMEOUT_S = 60.0
 
 
 async def read_head(
@@ -249,8 +252,14 @@ async def read_head(
     return first + rest if first else rest
 
 
-async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status: int = 400) -> AsyncIterator[bytes]:
-    """Yield the body's bytes in pieces (never more than PIECE at once), validating the framing."""
+async def iter_body(
+    reader: asyncio.StreamReader, framing: Framing, error_status: int = 400, stall_timeout_s: Optional[float] = None
+) -> AsyncIterator[bytes]:
+    """Yield the body's bytes in pieces (never more than PIECE at once), validating the framing.
+
+    ``stall_timeout_s`` (a client's body): a 408 when no byte arrives for that long."""
+    if stall_timeout_s is not None:
+        reader = _Stalling(reader, stall_timeout_s)  # type: ignore[assignment]
     if framing.kind == "none":
         return
     if framing.kind == "length":
@@ -308,6 +317,31 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, error_status
         if count > MAX_HEADERS:
             raise HttpError(error_status, "too many trailer fields")
         check_trailer_field(line[:-2], error_status)
+
+
+class _Stalling:
+    """A reader whose every read ends in a 408 when no byte came within ``timeout_s``."""
+
+    def __init__(self, reader: asyncio.StreamReader, timeout_s: float) -> None:
+        self.reader = reader
+        self.timeout_s = timeout_s
+
+    async def _within(self, pending: Any) -> Any:
+        try:
+            return await asyncio.wait_for(pending, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError(
+                408, f"no byte of the request body arrived for {self.timeout_s:g} seconds; the request was cut off"
+            ) from None
+
+    async def read(self, n: int) -> bytes:
+        return await self._within(self.reader.read(n))
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        return await self._within(self.reader.readuntil(separator))
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self._within(self.reader.readexactly(n))
 
 
 async def read_body(reader: asyncio.StreamReader, framing: Framing, limit: int) -> bytes:

@@ -67,6 +67,7 @@ class Gateway:
         *,
         head_timeout_s: float = http.HEAD_TIMEOUT_S,
         idle_timeout_s: float = http.IDLE_TIMEOUT_S,
+        body_timeout_s: float = http.BODY_TIMEOUT_S,
         max_connections_per_uid: Optional[int] = MAX_CONNECTIONS_PER_UID,
         listen_backlog: int = listener.LISTEN_BACKLOG,
         accept_retry_s: float = listener.ACCEPT_RETRY_S,
@@ -75,6 +76,7 @@ class Gateway:
     ) -> None:
         self.head_timeout_s = head_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.listen_backlog = listen_backlog
         self.accept_retry_s = accept_retry_s
         self.error_log_every_s = error_log_every_s
