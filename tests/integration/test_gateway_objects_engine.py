@@ -9,6 +9,7 @@ Uses the shared attack harness (tests/integration/gwharness.py, fixture ``attack
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import subprocess
@@ -274,6 +275,15 @@ def test_other_users_volumes_and_networks_are_not_listed_or_inspected(attack_gw)
             peek = h.cli(ATTACKER, what, "inspect", name)
             assert peek.returncode != 0 and f"belongs to {VICTIM}" in peek.stderr, peek.stderr
             assert name not in peek.stdout
+        # round 12 (F2): `docker system df -v` listed every user's volumes (names, labels, sizes) and the daemon's
+        # whole build cache; it now shows the caller's own volumes and containers only, and no build cache
+        df = h.cli(VICTIM, "system", "df", "-v", "--format", "{{json .}}")
+        assert df.returncode == 0 and vol in df.stdout, df.stdout[-2000:]
+        df = h.cli(ATTACKER, "system", "df", "-v", "--format", "{{json .}}")
+        assert df.returncode == 0, df.stderr
+        seen = json.loads(df.stdout)
+        assert vol not in df.stdout and box not in df.stdout
+        assert not seen.get("BuildCache") and all(v.get("Name") != vol for v in seen.get("Volumes") or [])
         none = h.cli(ATTACKER, "network", "inspect", "none", "--format", "{{json .Containers}}")
         assert none.returncode == 0 and none.stdout.strip() in ("{}", "null"), none.stdout
         box_id = h.client.api.inspect_container(box)["Id"]

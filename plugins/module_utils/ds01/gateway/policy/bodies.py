@@ -270,9 +270,15 @@ def filter_network(body: Any, login: str) -> Any:
 
 
 def filter_system_df(body: Any, login: str) -> Any:
-    """``GET /system/df`` for a user: only their containers."""
-    if isinstance(body, dict) and isinstance(body.get("Containers"), list):
+    """``GET /system/df`` for a user: only their containers and their volumes (as ``GET /containers/json`` and
+    ``GET /volumes`` show them), and no build cache (its records name no owner, and describe each build step)."""
+    if not isinstance(body, dict):
+        return body
+    if isinstance(body.get("Containers"), list):
         body["Containers"] = [
             c for c in body["Containers"] if isinstance(c, dict) and (c.get("Labels") or {}).get("ds01.user") == login
         ]
+    filter_volumes(body, login)
+    if body.get("BuildCache") is not None:
+        body["BuildCache"] = []
     return body

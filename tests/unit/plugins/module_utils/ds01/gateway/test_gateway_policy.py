@@ -535,12 +535,22 @@ def test_build_host_network_and_foreign_cgroup_parent_are_refused():
     assert refusal is None and ("cgroupparent", "ds01-student-alice.slice") in query
 
 
-def test_system_df_shows_only_own_containers():
+def test_system_df_shows_only_own_containers_and_volumes_and_no_build_cache():
     body = {
         "Containers": [{"Id": "a", "Labels": {"ds01.user": "alice"}}, {"Id": "b", "Labels": {"ds01.user": "bob"}}],
-        "Images": [],
+        "Volumes": [
+            {"Name": "va", "Labels": {"ds01.user": "alice"}},
+            {"Name": "vb", "Labels": {"ds01.user": "bob", "secret": "x"}},
+            {"Name": "anon", "Labels": None},
+        ],
+        "BuildCache": [{"ID": "c1", "Description": "mount / from exec /bin/sh -c make secret"}],
+        "Images": [{"Id": "sha256:i"}],
+        "LayersSize": 7,
     }
-    assert [c["Id"] for c in policy.filter_system_df(body, "alice")["Containers"]] == ["a"]
+    seen = policy.filter_system_df(body, "alice")
+    assert [c["Id"] for c in seen["Containers"]] == ["a"]
+    assert [v["Name"] for v in seen["Volumes"]] == ["va"]
+    assert seen["BuildCache"] == [] and seen["Images"] == [{"Id": "sha256:i"}] and seen["LayersSize"] == 7
 
 
 @pytest.mark.parametrize(
