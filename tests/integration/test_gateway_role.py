@@ -42,7 +42,15 @@ def test_role_moves_the_socket_keeps_other_keys_and_is_idempotent(repo_root, tmp
     (root / "etc/docker").mkdir(parents=True)
     daemon_json = root / "etc/docker/daemon.json"
     daemon_json.write_text(
-        json.dumps({"log-driver": "json-file", "hosts": ["tcp://0.0.0.0:2375"], "cgroup-parent": "ds01.slice"})
+        json.dumps(
+            {
+                "log-driver": "json-file",
+                "hosts": ["tcp://0.0.0.0:2375"],
+                "cgroup-parent": "ds01.slice",
+                "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "runtimeArgs": []}},
+                "default-runtime": "nvidia",
+            }
+        )
     )
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAY.format(root=root))
@@ -59,6 +67,10 @@ def test_role_moves_the_socket_keeps_other_keys_and_is_idempotent(repo_root, tmp
         "cgroup-parent": "ds01.slice",
         "hosts": ["unix:///run/ds01/dockerd.sock"],
         "group": "root",  # the daemon's own socket: root's alone, never the docker group's
+        # attack round 12 (F5): with nvidia the default runtime, build steps (which the gateway cannot give
+        # NVIDIA_VISIBLE_DEVICES=void) reached every GPU their image's env named; the runtime stays for --gpus
+        "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "runtimeArgs": []}},
+        "default-runtime": "runc",
     }
     units = root / "etc/systemd/system"
     service = (units / "ds01-gateway.service").read_text()

@@ -20,6 +20,8 @@ LAB_DAEMON_JSON = {
     "exec-opts": ["native.umask=normal", "native.cgroupdriver=cgroupfs"],
     "hosts": ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375"],
     "builder": {"gc": {"enabled": True}},
+    "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "runtimeArgs": []}},
+    "default-runtime": "nvidia",  # the deploy makes it runc (build steps reach no GPU); remove gives it back
 }
 
 
@@ -49,6 +51,7 @@ def test_remove_keeps_only_the_state_and_gives_daemon_json_back(tmp_path):
     deployed = json.loads(daemon_json.read_text())
     assert deployed["cgroup-parent"] == "ds01.slice"
     assert deployed["hosts"] == ["unix:///run/ds01/dockerd.sock"]
+    assert deployed["default-runtime"] == "runc" and deployed["runtimes"] == LAB_DAEMON_JSON["runtimes"]
     assert (demo.root / "var/lib/ds01/daemon-json-before.json").is_file()
     installed = files_outside(demo.root, KEPT)
     for path in (
