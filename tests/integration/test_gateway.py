@@ -291,14 +291,22 @@ def test_operations_on_another_users_container_are_refused(gw, pair, what, args)
     gw.refused("gwalice", *[x.format(c=b) for x in args], phrase="NOT_OWNER", timeout=30)
 
 
-def test_id_prefix_and_versioned_path_resolve_to_the_owner(gw, pair, docker_client):
+def test_an_id_prefix_of_another_users_container_finds_nothing(gw, pair, docker_client):
+    """Attack round 12 (F3): a lookup of another user's container by an id prefix answered NOT_OWNER with its
+    name and owner, so anyone could list every container on the server and whose it is, a prefix at a time. It is
+    NOT_FOUND now, naming only what was asked, on the versioned path too; by its exact name the container is
+    still NOT_OWNER (docs/users/refusals.md). The daemon still has it (root's side)."""
     _a, b = pair
     full = docker_client.api.inspect_container(b)["Id"]
-    gw.refused("gwalice", "inspect", full[:8], phrase="belongs to gwbob")
+    said = gw.refused("gwalice", "container", "inspect", full[:8], phrase="No such container")
+    assert b not in said and "gwbob" not in said, said
     status, body = raw_request(
         gw.socket, "gwalice", f"GET /v1.41/containers/{full[:12]}/json HTTP/1.1\r\nHost: d\r\n\r\n"
     )
-    assert status == 403 and "NOT_OWNER" in body
+    assert status == 404 and "NOT_FOUND" in body and b not in body and "gwbob" not in body, body
+    said = gw.refused("gwalice", "container", "inspect", full, phrase="No such container")
+    assert b not in said and "gwbob" not in said, said
+    gw.refused("gwalice", "inspect", b, phrase="belongs to gwbob")
 
 
 def test_admins_may_do_everything(gw, pair):
@@ -318,7 +326,9 @@ def test_exec_instances_are_checked_through_their_container(gw, pair, docker_cli
         '{"Detach": true}',
     ):
         status, body = raw_request(gw.socket, "gwalice", request)
-        assert status == 403 and "NOT_OWNER" in body
+        # another user's exec instance is not there for this user (round 12: no name or owner is told)
+        assert status == 404 and "NOT_FOUND" in body and b not in body and "gwbob" not in body, body
+    assert docker_client.api.exec_inspect(exec_id)["Running"] is False  # never started (root's side)
 
 
 def test_protected_containers_are_admin_only(gw, docker_client, test_label):

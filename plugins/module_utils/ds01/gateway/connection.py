@@ -285,6 +285,11 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
             refusal = policy.object_ownership(
                 caller.login, "network", route.ref or "", (network or {}).get("Labels"), "inspect"
             )
+            if refusal and str((network or {}).get("Name") or "") != (route.ref or ""):
+                # found by an id prefix: another user's network is not there for this user
+                refusal = policy.Refusal(
+                    "NOT_FOUND", f"network {route.ref or ''} not found", status=404, event_type="auth.denied"
+                )
             if refusal:
                 raise Refused(refusal)
             return await self.forward(
@@ -390,6 +395,10 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
         labels = (info.get("Config") or {}).get("Labels") or {}
         refusal = policy.ownership(self.caller.login, info.get("Name") or ref, labels, verb)
         if refusal:
+            if str(info.get("Name") or "").lstrip("/") != ref.lstrip("/"):
+                # found by an id or an id prefix: someone else's container is not there for this user (its name
+                # and owner would let anyone list every container on the server, a prefix at a time)
+                refusal = policy.Refusal("NOT_FOUND", f"No such container: {ref}", status=404, event_type="auth.denied")
             raise Refused(refusal)
         return info
 

@@ -97,7 +97,9 @@ class Forwarding:
                 # daemon would wait for the rest for ever, holding what the request holds (an archive upload locks
                 # its container against every inspect, the allocator's included). Its connection ends with the body.
                 await asyncio.wait((answer, sender), return_when=asyncio.FIRST_COMPLETED)
-                if sender.done() and sender.exception() is not None and not answer.done():
+                failed = sender.exception() if sender.done() else None
+                # (a refused archive entry is not that: its body was finished, and the daemon answers it)
+                if failed is not None and not isinstance(failed, objects.BodyRefused) and not answer.done():
                     answer.cancel()
                     await asyncio.gather(answer, return_exceptions=True)
                     up_writer.close()
