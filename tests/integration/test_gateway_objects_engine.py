@@ -275,6 +275,14 @@ def test_other_users_volumes_and_networks_are_not_listed_or_inspected(attack_gw)
             peek = h.cli(ATTACKER, what, "inspect", name)
             assert peek.returncode != 0 and f"belongs to {VICTIM}" in peek.stderr, peek.stderr
             assert name not in peek.stdout
+        # round 12 (F4): a network named like the victim's short id (what `docker network ls` prints) would take
+        # that id from them, the daemon finding an exact name first; refused, and the daemon made none
+        short = h.network(net)["Id"][:12]
+        squat = h.cli(ATTACKER, "network", "create", "--internal", short)
+        assert squat.returncode != 0 and "hex digits" in squat.stderr, squat.stderr
+        assert [n["Name"] for n in h.client.api.networks() if n["Name"] == short] == []
+        found = h.cli(VICTIM, "network", "inspect", short, "--format", "{{.Name}}")
+        assert found.returncode == 0 and found.stdout.strip() == net, found.stderr
         # round 12 (F2): `docker system df -v` listed every user's volumes (names, labels, sizes) and the daemon's
         # whole build cache; it now shows the caller's own volumes and containers only, and no build cache
         df = h.cli(VICTIM, "system", "df", "-v", "--format", "{{json .}}")

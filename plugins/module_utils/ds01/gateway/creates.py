@@ -47,6 +47,9 @@ class Creates:
         name = route.query_value("name") or ""
         if caller.admin:
             return await self.admin_create(head, framing, route, body, name)
+        refusal = policy.id_like_name("container", name)
+        if refusal:
+            raise Refused(refusal)
         owners = {}
         for ref in policy.referenced_containers(body):
             info = await self.gw.upstream.inspect_container(ref)

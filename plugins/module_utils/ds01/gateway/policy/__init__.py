@@ -72,6 +72,7 @@ from .bodies import (
     filter_owned,
     filter_system_df,
     filter_volumes,
+    id_like_name,
     volume_refusal_by_users,
 )
 from .create import (
@@ -216,6 +217,7 @@ __all__ = [
     "harden",
     "has_host_paths",
     "healthcheck_refusal",
+    "id_like_name",
     "identity_refusal",
     "image_label_refusal",
     "is_gpu_request_entry",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Optional
 
 from ... import identity
@@ -140,9 +141,27 @@ def volume_refusal_by_users(login: str, name: str, users: list) -> Optional[Refu
     )
 
 
+_ID_LIKE = re.compile(r"[0-9a-f]{12,64}")
+
+
+def id_like_name(kind: str, name: str) -> Optional[Refusal]:
+    """A refusal for a container or network name of 12 or more hex digits: the daemon finds an exact name before
+    an id prefix, so such a name would take another user's short id (``docker ps`` and ``docker network ls``
+    print 12) away from them (attack round 12, F4)."""
+    if not _ID_LIKE.fullmatch(name.lstrip("/")):
+        return None
+    return denied(
+        f"the {kind} name '{name.lstrip('/')}' is made of hex digits like a {kind} id, and would hide the {kind} "
+        "whose id starts that way from its owner; choose a name with other letters too."
+    )
+
+
 def check_network_create(body: Any, ctx: CreateContext) -> tuple:
     if not isinstance(body, dict):
         return Refusal(POLICY_DENIED, "the network request body is not a JSON object", status=400), body
+    refusal = id_like_name("network", str(body.get("Name") or ""))
+    if refusal:
+        return refusal, body
     # dockerd 20.10 accepts a second network of a taken name unless CheckDuplicate is true, after
     # which the name no longer resolves for its owner either
     body["CheckDuplicate"] = True

@@ -758,3 +758,25 @@ def test_volume_and_network_lists_keep_the_callers_own_and_no_one_elses_containe
     assert [(n["Name"], n["Containers"]) for n in seen] == [("none", {}), ("ann-net", {"c2": {"Name": "ann-box"}})]
     assert policy.volume_inspect_refusal("ann", "b", {"ds01.user": "bo"}).code == "NOT_OWNER"
     assert policy.volume_inspect_refusal("ann", "anon", {}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("afd7a7cbf3b0", True),
+        ("/afd7a7cbf3b0", True),
+        ("0" * 64, True),
+        ("afd7a7cbf3b", False),  # 11: shorter than the short id docker prints
+        ("afd7a7cbf3bg", False),
+        ("AFD7A7CBF3B0", False),  # ids are lowercase
+        ("deface", False),
+        ("my-net", False),
+        ("", False),
+    ],
+)
+def test_id_like_names_are_refused_for_containers_and_networks(name, refused):
+    """Round 12 (F4): the daemon finds an exact name before an id prefix, so a network or container named like
+    another user's short id took that id away from its owner."""
+    assert (policy.id_like_name("network", name) is not None) is refused
+    refusal, _body = policy.check_network_create({"Name": name}, ctx())
+    assert (refusal is not None and "hex digits" in refusal.message) is refused
