@@ -300,3 +300,18 @@ def test_other_users_volumes_and_networks_are_not_listed_or_inspected(attack_gw)
         h.remove(box)
         h.cli(VICTIM, "network", "rm", net)
         h.cli(VICTIM, "volume", "rm", vol)
+
+
+def test_a_user_error_found_on_the_way_is_answered_as_one_not_as_a_fault(attack_gw):
+    """Round 12 (goal e): a network path without a name and an image reference the daemon cannot parse were
+    answered 503 "... Nothing was changed; try again", as if the daemon had failed, and logged as faults."""
+    h = attack_gw
+    status, _headers, raw = h.api(ATTACKER, "GET", "/networks/")
+    said = json.loads(raw)["message"]
+    assert status == 404 and "NOT_FOUND" in said and "try again" not in said, said
+    name = h.name("badref")
+    body = {"Image": "localhost.:5999/x", "HostConfig": {"NetworkMode": "none"}}
+    status, _headers, raw = h.api(ATTACKER, "POST", f"/containers/create?name={name}", body)
+    said = json.loads(raw)["message"]
+    assert status == 400 and "the Docker daemon says" in said and "try again" not in said, said
+    assert h.stored(name) is None  # root's side: nothing was made

@@ -25,7 +25,7 @@ from .containers import ContainerOps
 from .creates import Creates
 from .forward import Forwarding
 from .policy import Refused
-from .upstream import UpstreamError
+from .upstream import DaemonRefused, UpstreamError
 
 log = logs.get(__name__)
 
@@ -114,6 +114,10 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
                     await self.send(
                         http.json_response(exc.status, {"message": f"ds01 gateway: {exc.message}"}, close=True)
                     )
+                    self.gw.stats.count("bad_request", time.monotonic() - self.started)
+                    return
+                if isinstance(exc, DaemonRefused):  # the request named something the daemon does not take
+                    await self.send(http.json_response(exc.status, {"message": f"ds01 gateway: {exc}"}, close=True))
                     self.gw.stats.count("bad_request", time.monotonic() - self.started)
                     return
                 self.gw.stats.count("upstream_error", time.monotonic() - self.started)
@@ -281,6 +285,8 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
                 raise Refused(refusal)
             return await self.forward(head, framing, route=route)
         if kind == "network" and route.action == "inspect":
+            if not route.ref:  # GET /networks/ is no network (the daemon would answer with its list)
+                raise Refused(policy.Refusal("NOT_FOUND", "network '' not found: name a network", status=404))
             network = await self.gw.upstream.inspect_network(route.ref or "")
             refusal = policy.object_ownership(
                 caller.login, "network", route.ref or "", (network or {}).get("Labels"), "inspect"

@@ -35,6 +35,23 @@ class UpstreamError(Exception):
     """The daemon could not be asked (socket missing, timeout, garbage)."""
 
 
+class DaemonRefused(UpstreamError):
+    """The daemon answered a question the gateway asked for a request with a 4xx: the request named something it
+    does not take (an ambiguous id prefix, a malformed image reference). The client's error, not a fault."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def failure(what: str, status: int, data: Any) -> UpstreamError:
+    """The error for a question (``what``: "inspecting network 'x'") the daemon answered with ``status``."""
+    said = str(data.get("message") or "") if isinstance(data, dict) else ""
+    if 400 <= status < 500:
+        return DaemonRefused(status, f"{what}: the Docker daemon says: {said or f'HTTP {status}'}")
+    return UpstreamError(f"{what} failed with HTTP {status}")
+
+
 class Upstream:
     def __init__(self, path: str, timeout_s: float = QUERY_TIMEOUT_S) -> None:
         self.path = path
@@ -97,7 +114,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting container {ref!r} failed with HTTP {status}")
+            raise failure(f"inspecting container {ref!r}", status, data)
         return data
 
     async def inspect_exec(self, exec_id: str) -> Optional[dict]:
@@ -105,7 +122,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting exec {exec_id!r} failed with HTTP {status}")
+            raise failure(f"inspecting exec {exec_id!r}", status, data)
         return data
 
     async def image_config(self, image: str) -> Optional[dict]:
@@ -114,7 +131,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting image {image!r} failed with HTTP {status}")
+            raise failure(f"inspecting image {image!r}", status, data)
         return dict(data.get("Config") or {})
 
     async def image_env(self, image: str) -> Optional[list]:
@@ -128,14 +145,14 @@ class Upstream:
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting {kind} {name!r} failed with HTTP {status}")
+            raise failure(f"inspecting {kind} {name!r}", status, data)
         return data.get("Labels") or {}
 
     async def containers_of(self, login: str) -> list:
         filters = json.dumps({"label": [f"ds01.user={login}"]})
         status, data = await self.request("GET", f"/containers/json?all=1&filters={quote(filters)}")
         if status != 200 or not isinstance(data, list):
-            raise UpstreamError(f"listing containers failed with HTTP {status}")
+            raise failure("listing containers", status, data)
         return data
 
     async def image_tags(self, name: str) -> Optional[tuple]:
@@ -144,7 +161,7 @@ class Upstream:
         if status in (400, 404):
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting image {name!r} failed with HTTP {status}")
+            raise failure(f"inspecting image {name!r}", status, data)
         return (
             str(data.get("Id") or ""),
             list(data.get("RepoTags") or []),
@@ -157,7 +174,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"inspecting network {ref!r} failed with HTTP {status}")
+            raise failure(f"inspecting network {ref!r}", status, data)
         return data
 
     async def container_owners_of_volume(self, name: str) -> list:
@@ -165,7 +182,7 @@ class Upstream:
         filters = json.dumps({"volume": [name]})
         status, data = await self.request("GET", f"/containers/json?all=1&filters={quote(filters)}")
         if status != 200 or not isinstance(data, list):
-            raise UpstreamError(f"listing the containers of volume {name!r} failed with HTTP {status}")
+            raise failure(f"listing the containers of volume {name!r}", status, data)
         owners = []
         for item in data:
             names = (item.get("Names") or [""]) if isinstance(item, dict) else [""]
