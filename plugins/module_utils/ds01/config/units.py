@@ -101,10 +101,9 @@ def boolean(value: Any) -> bool:
 
 
 def string(pattern: Optional[str] = None, desc: str = "a string") -> Callable[[Any], Any]:
-    rx = re.compile(pattern) if pattern else None
-
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not value or (rx and not rx.match(value)):
+        # re.match compiles ``pattern`` on first use (and caches it): the schema's tables cost no compile at import
+        if not isinstance(value, str) or not value or (pattern and not re.match(pattern, value)):
             raise ValueError(desc)
         return value
 
