@@ -24,7 +24,12 @@ main() {
   start="$(now_s)"
   log="$DS01_CACHE/logs/pytest-$suite.log"
   mkdir -p "$(dirname "$log")"
-  DS01_FORBID_SKIPS=1 python -m pytest -p no:cacheprovider "tests/$suite" "$@" </dev/null 2>&1 | tee "$log" || rc="${PIPESTATUS[0]}"
+  local workers=()
+  # The unit suite is pure and runs on every core (pytest-xdist); the integration suite shares one Docker engine,
+  # Unix users and sockets between its tests, so it runs one test at a time.
+  [ "$suite" = unit ] && workers=(-n "$(nproc)")
+  DS01_FORBID_SKIPS=1 python -m pytest -p no:cacheprovider "${workers[@]}" "tests/$suite" "$@" </dev/null 2>&1 |
+    tee "$log" || rc="${PIPESTATUS[0]}"
   summary="$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$log" | tail -n 1 || true)"
   info "$suite summary: ${summary:-<no summary line>} ($(($(now_s) - start)) s)"
   case "$rc" in
