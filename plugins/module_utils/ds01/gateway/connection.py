@@ -390,7 +390,9 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
         except canonical.BodyError as exc:
             raise Refused(policy.Refusal(policy.POLICY_DENIED, exc.sentence, status=400)) from None
 
-    async def owned_container(self, ref: str, verb: str) -> dict:
+    async def owned_container(self, ref: str, verb: str, missing: str = "") -> dict:
+        """The container ``ref`` when the caller may ``verb`` it, else the refusal. ``missing``: the NOT_FOUND
+        sentence when ``ref`` is not what the caller asked for (an exec instance's container)."""
         if self.caller is None:  # identity is established before any request is handled
             raise AssertionError("request handled before the caller was identified")
         info = await self.gw.upstream.inspect_container(ref) if ref else None
@@ -401,10 +403,12 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
         labels = (info.get("Config") or {}).get("Labels") or {}
         refusal = policy.ownership(self.caller.login, info.get("Name") or ref, labels, verb)
         if refusal:
-            if str(info.get("Name") or "").lstrip("/") != ref.lstrip("/"):
+            if missing or str(info.get("Name") or "").lstrip("/") != ref.lstrip("/"):
                 # found by an id or an id prefix: someone else's container is not there for this user (its name
                 # and owner would let anyone list every container on the server, a prefix at a time)
-                refusal = policy.Refusal("NOT_FOUND", f"No such container: {ref}", status=404, event_type="auth.denied")
+                refusal = policy.Refusal(
+                    "NOT_FOUND", missing or f"No such container: {ref}", status=404, event_type="auth.denied"
+                )
             raise Refused(refusal)
         return info
 

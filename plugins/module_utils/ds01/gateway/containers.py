@@ -110,7 +110,11 @@ class ContainerOps:
         info = await self.gw.upstream.inspect_exec(route.ref or "")
         if info is None:
             raise Refused(policy.Refusal("NOT_FOUND", f"No such exec instance: {route.ref}", status=404))
-        await self.owned_container(str(info.get("ContainerID") or ""), policy.EXEC_ACTIONS[route.action])
+        await self.owned_container(
+            str(info.get("ContainerID") or ""),
+            policy.EXEC_ACTIONS[route.action],
+            missing=f"No such exec instance: {route.ref}",
+        )
         body = await self.read_model(framing, "exec.start") if route.action == "start" else None
         if route.action == "start":
             self.gw.execs.started(str(info.get("ID") or route.ref or ""))
