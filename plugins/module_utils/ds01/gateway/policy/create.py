@@ -325,6 +325,8 @@ def _create_problems(body: dict, host: dict, ctx: CreateContext) -> Iterator[Opt
     for device in host.get("Devices") or []:
         path = str((device or {}).get("PathOnHost") or "") if isinstance(device, dict) else str(device)
         yield _check_device(path, ctx)
+    for key in host.get("Sysctls") or {}:
+        yield _check_sysctl(str(key), network)
     if host.get("OomKillDisable"):
         yield denied("--oom-kill-disable can leave the host out of memory; remove it.")
     if isinstance(host.get("OomScoreAdj"), int) and host["OomScoreAdj"] < 0:
@@ -341,6 +343,35 @@ def _create_problems(body: dict, host: dict, ctx: CreateContext) -> Iterator[Opt
         yield check_bind_source(source, readonly, ctx) if source.startswith("/") else check_volume_name(source, ctx)
     for mount in host.get("Mounts") or []:
         yield from _mount_problems(mount, ctx)
+
+
+# The kernel settings a container has a namespace of its own for (runc's list, as dockerd's --sysctl takes it):
+# the IPC ones, POSIX message queues and its network namespace's net.*. Any other would be the whole server's.
+_IPC_SYSCTLS = frozenset(
+    (
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    )
+)
+
+
+def _check_sysctl(key: str, network: str) -> Optional[Refusal]:
+    """A ``--sysctl`` the container has a namespace for, else the refusal (runc would refuse it only at start,
+    in its own words)."""
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return None
+    if key.startswith("net.") and network != "host":
+        return None
+    return denied(
+        f"--sysctl {key} is not one the container has its own copy of: it would set the whole server's kernel. "
+        "Only net.* (with the container's own network), fs.mqueue.* and kernel.msg*/sem/shm* are per container."
+    )
 
 
 def _check_capability(name: str, ctx: CreateContext) -> Optional[Refusal]:

@@ -235,6 +235,13 @@ ESCAPES = [
     ("oom kill disable", create({"OomKillDisable": True}), "--oom-kill-disable"),
     ("oom score", create({"OomScoreAdj": -1000}), "--oom-score-adj"),
     ("nvidia volume trick", create({"Binds": ["/home/alice/x:/var/run/nvidia-container-devices/all"]}), "--gpus"),
+    ("host kernel sysctl", create({"Sysctls": {"kernel.domainname": "x"}}), "--sysctl kernel.domainname"),
+    ("vm sysctl", create({"Sysctls": {"vm.overcommit_memory": "1"}}), "whole server"),
+    (
+        "net sysctl on the host network",
+        create({"NetworkMode": "host", "Sysctls": {"net.ipv4.ip_forward": "1"}}),
+        "--sysctl net.ipv4.ip_forward",
+    ),
 ]
 
 
@@ -265,6 +272,10 @@ LEGITIMATE = [
     ("own slice cgroupfs", create({"CgroupParent": "/ds01.slice/ds01-student.slice/ds01-student-alice.slice"})),
     ("gpus", create({"DeviceRequests": [{"Count": 1, "Capabilities": [["gpu"]]}]})),
     ("nvidia runtime", create({"Runtime": "nvidia"})),
+    (
+        "namespaced sysctls",
+        create({"Sysctls": {"net.ipv4.tcp_keepalive_time": "60", "kernel.shmmax": "1", "fs.mqueue.msg_max": "20"}}),
+    ),
 ]
 
 
