@@ -585,7 +585,7 @@ def cmd_list(ctx: cli.Context) -> int:
     limits = ctx.config.resolve(login)
     client = _client()
     try:
-        infos = docker.list_containers(client)
+        infos = docker.list_containers(client, on_error=docker.skip_unreadable)
     except docker.DockerStateError as exc:
         raise cli.CommandError(f"{exc}.", cli.EXIT_FAULT) from None
     finally:

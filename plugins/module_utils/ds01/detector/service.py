@@ -47,7 +47,9 @@ def allocator_hook(config: Any) -> Callable[[], None]:
 
     def hook() -> None:
         inventory = gpu.inventory_from_config(config)
-        holdings = docker.list_containers(docker.reader_from_env(), inventory, cache=cache)
+        holdings = docker.list_containers(
+            docker.reader_from_env(), inventory, cache=cache, on_error=docker.skip_unreadable
+        )
         allocator.sync_job_mapping(inventory, holdings, config.section("gpu_allocation")["mapping_dir"])
 
     return hook

@@ -35,7 +35,7 @@ from .reach import (
     gpu_reach,
     is_cdi_name,
 )
-from .read import FACTS_FILE, InspectCache, facts_cache_path, list_containers, reader_from_env
+from .read import FACTS_FILE, InspectCache, facts_cache_path, list_containers, reader_from_env, skip_unreadable
 from .records import (
     GPU_FROM_DEVICE_REQUESTS,
     GPU_FROM_ENV,
@@ -128,5 +128,6 @@ __all__ = [
     "list_containers",
     "parse_time",
     "reader_from_env",
+    "skip_unreadable",
     "split_ids",
 ]

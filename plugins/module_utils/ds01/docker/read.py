@@ -157,6 +157,13 @@ def _not_found(exc: BaseException) -> bool:
     return sdk is not None and isinstance(exc, sdk.NotFound)
 
 
+def skip_unreadable(summary: Mapping[str, Any], error: Exception) -> None:
+    """``list_containers``' ``on_error`` for a reader that can do without one container (metrics, a user's own
+    listing, the DCGM job mapping): it is left out, with a warning. A container can stay unreadable for as long as
+    its owner keeps it busy in the daemon (an upload into it still arriving holds it); the allocator never skips."""
+    log.warning("left out container %s, which the Docker daemon did not let be read: %s", summary.get("Names"), error)
+
+
 def list_containers(
     client: Any,
     inventory: Any = None,

@@ -19,7 +19,7 @@ def docker_containers(client: Any, inventory: Any = None, cache: Any = None) -> 
     GPU inventory; a container Docker gave no state is ``unknown``."""
     return [
         info if info.state else replace(info, state="unknown")
-        for info in docker.list_containers(client, inventory, cache=cache)
+        for info in docker.list_containers(client, inventory, cache=cache, on_error=docker.skip_unreadable)
     ]
 
 

@@ -391,6 +391,15 @@ def test_detail_reads_times_of_chosen_containers_and_a_failed_inspect_goes_to_on
         docker.list_containers(client, DEMO, docker.InspectCache())
 
 
+def test_skip_unreadable_leaves_the_container_out_with_a_warning(caplog):
+    client = Client([])
+    client.api = RunningApi([doc("a", GPU_UUID), doc("c", GPU_UUID)])
+    with caplog.at_level("WARNING"):
+        infos = docker.list_containers(client, DEMO, docker.InspectCache(), on_error=docker.skip_unreadable)
+    assert [i.name for i in infos] == ["a"]
+    assert "left out container ['/c']" in caplog.text and "the daemon said no" in caplog.text
+
+
 def test_the_label_views_and_the_create_facts_views():
     labels = {
         "ds01.user": "alice",
