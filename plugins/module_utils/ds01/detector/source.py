@@ -6,7 +6,7 @@ import contextlib
 from typing import Any, Optional
 
 from .. import docker
-from ..docker.sdk import DOCKER_ERRORS, HAS_DOCKER, DockerException, NotFound, RequestException
+from ..docker.sdk import DOCKER_ERRORS, HAS_DOCKER, APIError, DockerException, NotFound, ReadTimeout, RequestException
 
 
 class DockerUnavailable(Exception):
@@ -65,11 +65,16 @@ class DockerSource:
 
 
 def _list_all_attrs(client: Any) -> list:
-    """Every container's inspect dict (all states)."""
+    """Every container's inspect dict (all states). The list answered, so the daemon is up: a container whose
+    inspect times out or is answered with an error (its owner keeps it busy in the daemon: an upload into it still
+    arriving holds it) is left out
+    of this scan, with a warning, instead of the whole scan failing as if Docker were down."""
     out = []
     for summary in client.api.containers(all=True):
         try:
             out.append(client.api.inspect_container(summary["Id"]))
         except NotFound:
             continue  # removed between the list and the inspect
+        except (ReadTimeout, APIError) as exc:  # this container only (a daemon gone fails the next call)
+            docker.skip_unreadable(summary, exc)
     return out

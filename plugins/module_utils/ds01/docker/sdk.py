@@ -39,10 +39,13 @@ except ImportError:  # the core imports without the SDK; callers say what is mis
 
 
 try:  # the SDK's transport errors come from requests
-    from requests.exceptions import RequestException
+    from requests.exceptions import ReadTimeout, RequestException
 except ImportError:  # pragma: no cover - requests comes with docker
 
     class RequestException(Exception):  # type: ignore[no-redef]
+        pass
+
+    class ReadTimeout(RequestException):  # type: ignore[no-redef]
         pass
 
 
@@ -73,6 +76,7 @@ __all__ = [
     "DockerException",
     "ImageNotFound",
     "NotFound",
+    "ReadTimeout",
     "RequestException",
     "client_from_env",
     "device_request",
