@@ -243,7 +243,9 @@ def reserve(
             if client is None:
                 own_client = docker.reader_from_env()
             reader = client if client is not None else own_client
-            holdings = docker.list_containers(reader, inv, cache if cache is not None else _DEFAULT_CACHE)
+            holdings = docker.list_containers(
+                reader, inv, cache if cache is not None else _DEFAULT_CACHE, managed_by_labels=True
+            )
         except docker.DockerStateError as exc:
             raise refuse(_unavailable(user, str(exc))) from None
         intent_dir = intents.dir_of(lock_path)
@@ -283,7 +285,9 @@ def reserve(
         _drop_intent(intent_dir, intent)
         if mapping_dir:
             try:
-                after = docker.list_containers(reader, inv, cache if cache is not None else _DEFAULT_CACHE)
+                after = docker.list_containers(
+                    reader, inv, cache if cache is not None else _DEFAULT_CACHE, managed_by_labels=True
+                )
                 sync_job_mapping(inv, after, mapping_dir)
             except (docker.DockerStateError, OSError) as exc:
                 log.warning("the dcgm-exporter job mapping was not updated: %s", exc)

@@ -97,7 +97,8 @@ def _read(ctx: cli.Context) -> tuple:
     try:  # one list call; only containers never seen before are inspected (the facts cache)
         client = docker.reader_from_env()
         try:
-            holdings = docker.list_containers(client, inventory, docker.InspectCache(docker.facts_cache_path(config)))
+            cache = docker.InspectCache(docker.facts_cache_path(config))
+            holdings = docker.list_containers(client, inventory, cache, managed_by_labels=True)  # as the allocator
         finally:
             client.close()
     except docker.DockerStateError as exc:

@@ -171,6 +171,7 @@ def list_containers(
     detail: Union[bool, Callable[[Mapping[str, Any]], bool]] = False,
     filters: Optional[Mapping[str, Any]] = None,
     on_error: Optional[Callable[[Mapping[str, Any], DockerStateError], None]] = None,
+    managed_by_labels: bool = False,
 ) -> list:
     """Every container (all states) as ``ContainerInfo``: one list call, then inspects of the
     containers the cache does not know, and of every container ``detail`` asks for (True: all of
@@ -178,7 +179,10 @@ def list_containers(
     ``started_at``/``finished_at``/``pid``/``exit_code``/``restart_count`` and ``attrs``.
     ``client``: an ``Engine`` or an SDK client. A cache with a file is flushed after the read.
     ``DockerStateError`` when Docker does not answer; a container whose inspect fails is left out
-    and given to ``on_error`` when there is one (else the whole read fails)."""
+    and given to ``on_error`` when there is one (else the whole read fails). ``managed_by_labels`` (the
+    allocator): a container the gateway made (``ds01.managed=true``) whose inspect fails is read from its list
+    summary, whose ``ds01.gpu.*`` labels are what the gateway wrote into its DeviceRequests, and which no user can
+    change; its owner can keep it unreadable for as long as an upload into it trickles in."""
     errors = _errors(client)
     try:
         summaries = client.api.containers(all=True, filters=filters) if filters else client.api.containers(all=True)
@@ -200,6 +204,14 @@ def list_containers(
                     raise
                 if _not_found(exc):
                     continue  # removed between the list and the inspect
+                if managed_by_labels and (summary.get("Labels") or {}).get("ds01.managed") == "true":
+                    log.warning(
+                        "read container %s from its labels: the daemon did not let it be inspected (%s)",
+                        summary.get("Names"),
+                        exc,
+                    )
+                    out.append(container_info(summary, None, inventory, facts={}))
+                    continue
                 failure = DockerStateError(f"cannot inspect container {summary.get('Names')} ({exc})")
                 if on_error is None:
                     raise failure from exc

@@ -391,6 +391,22 @@ def test_detail_reads_times_of_chosen_containers_and_a_failed_inspect_goes_to_on
         docker.list_containers(client, DEMO, docker.InspectCache())
 
 
+def test_a_gateway_made_container_that_cannot_be_inspected_is_read_from_its_labels():
+    """The allocator's read: a container the gateway made keeps its GPUs in its ds01.gpu.* labels (what the
+    gateway wrote into its DeviceRequests); one its owner keeps unreadable still counts as holding them."""
+    locked = doc("c", GPU_UUID)
+    locked["Config"]["Labels"] = {"ds01.user": "bob", "ds01.managed": "true", docker.UUIDS_LABEL: GPU_UUID}
+    client = Client([])
+    client.api = RunningApi([doc("a", GPU_UUID), locked])
+    with pytest.raises(docker.DockerStateError):
+        docker.list_containers(client, DEMO, docker.InspectCache())
+    infos = docker.list_containers(client, DEMO, docker.InspectCache(), managed_by_labels=True)
+    assert [(i.name, i.owner, i.gpu.ids) for i in infos] == [("a", "alice", (GPU_UUID,)), ("c", "bob", (GPU_UUID,))]
+    locked["Config"]["Labels"] = {"ds01.user": "bob", docker.UUIDS_LABEL: GPU_UUID}  # not the gateway's
+    with pytest.raises(docker.DockerStateError):
+        docker.list_containers(client, DEMO, docker.InspectCache(), managed_by_labels=True)
+
+
 def test_skip_unreadable_leaves_the_container_out_with_a_warning(caplog):
     client = Client([])
     client.api = RunningApi([doc("a", GPU_UUID), doc("c", GPU_UUID)])
