@@ -241,7 +241,7 @@ def reserve(
             raise refuse(_unavailable(user, str(exc))) from None
         try:
             if client is None:
-                own_client = docker.reader_from_env()
+                own_client = docker.reader_from_env(docker.DECISION_TIMEOUT_S)
             reader = client if client is not None else own_client
             holdings = docker.list_containers(
                 reader, inv, cache if cache is not None else _DEFAULT_CACHE, managed_by_labels=True

@@ -95,7 +95,7 @@ def _read(ctx: cli.Context) -> tuple:
     except gpu.GpuInventoryError as exc:
         raise cli.CommandError(str(exc), cli.EXIT_FAULT) from exc
     try:  # one list call; only containers never seen before are inspected (the facts cache)
-        client = docker.reader_from_env()
+        client = docker.reader_from_env(docker.DECISION_TIMEOUT_S)
         try:
             cache = docker.InspectCache(docker.facts_cache_path(config))
             holdings = docker.list_containers(client, inventory, cache, managed_by_labels=True)  # as the allocator

@@ -35,7 +35,15 @@ from .reach import (
     gpu_reach,
     is_cdi_name,
 )
-from .read import FACTS_FILE, InspectCache, facts_cache_path, list_containers, reader_from_env, skip_unreadable
+from .read import (
+    DECISION_TIMEOUT_S,
+    FACTS_FILE,
+    InspectCache,
+    facts_cache_path,
+    list_containers,
+    reader_from_env,
+    skip_unreadable,
+)
 from .records import (
     GPU_FROM_DEVICE_REQUESTS,
     GPU_FROM_ENV,
@@ -86,6 +94,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CDI_GPU_PREFIX",
+    "DECISION_TIMEOUT_S",
     "FACTS_FILE",
     "GPUEQ_LABEL",
     "GPU_FROM_DEVICE_REQUESTS",

@@ -130,6 +130,12 @@ def _read_facts_file(path: str) -> dict:
     return facts
 
 
+# How long a GPU decision waits for one answer of the daemon (a list, an inspect: milliseconds when it is well). A
+# container its owner keeps busy (an upload into it) makes its inspect wait until this runs out, while the
+# allocator's lock is held, so it is short.
+DECISION_TIMEOUT_S = 10.0
+
+
 def reader_from_env(timeout: float = 30.0) -> Any:
     """A client that can list and inspect: the standard-library ``Engine`` on a Unix socket, else
     the SDK's client (``sdk.client_from_env``). ``DockerStateError`` when there is none."""

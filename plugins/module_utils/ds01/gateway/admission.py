@@ -118,7 +118,7 @@ class Admission:
     def client(self) -> Any:
         """A reader of the daemon's own socket (the allocator lists holdings with it: ``docker.Engine``)."""
         if self._client is None and self.upstream:
-            self._client = docker.Engine(self.upstream, timeout=30)
+            self._client = docker.Engine(self.upstream, timeout=docker.DECISION_TIMEOUT_S)
         return self._client
 
     def reservation(self, login: str, ask: Any, limits: Any, details: dict, admin: bool = False) -> Reservation:
