@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -508,7 +509,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(attack_gw: Harness) -> World:
+def world(attack_gw: Harness) -> Iterator[World]:
     h = attack_gw
     tag = uuid.uuid4().hex[:10]
     w = World(h, tag, secret=f"victim-secret-{uuid.uuid4().hex}", marker=f"secret-marker-{uuid.uuid4().hex[:12]}")
@@ -526,7 +527,12 @@ def world(attack_gw: Harness) -> World:
         "pre": h.name("pre") + ":1",
     }
     w.make()
-    return w
+    yield w
+    # the attacker's and the victim's containers count against their limits in the modules after this one
+    h.remove(*(w.names[key] for key in ("vic", "vstop", "vnetc", "taken", "an")))
+    for key in ("vnet", "anet"):
+        with contextlib.suppress(Exception):
+            h.client.api.remove_network(w.names[key])
 
 
 @pytest.fixture

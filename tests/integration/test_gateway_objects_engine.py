@@ -315,3 +315,31 @@ def test_a_user_error_found_on_the_way_is_answered_as_one_not_as_a_fault(attack_
     said = json.loads(raw)["message"]
     assert status == 400 and "the Docker daemon says" in said and "try again" not in said, said
     assert h.stored(name) is None  # root's side: nothing was made
+
+
+def test_container_references_reach_the_daemon_as_the_ids_that_were_checked(attack_gw):
+    """Round 13 (F1): mallory named a container like a 4-digit prefix of victor's id, passed it as --volumes-from
+    and renamed it away while the create was in flight; the daemon then read the name as victor's id prefix and
+    mounted his volume in her container. Hex names are refused, and the daemon gets the full id the gateway
+    checked (root's side: what it stored). Another user's container named by a prefix is NOT_FOUND (F3)."""
+    h = attack_gw
+    mine, theirs, made = h.name("mine"), h.name("theirs"), h.name("from")
+    assert h.cli(ATTACKER, "create", "--name", mine, "--network", "none", IMAGE, "true").returncode == 0
+    assert h.cli(VICTIM, "create", "--name", theirs, "--network", "none", IMAGE, "true").returncode == 0
+    try:
+        squat = h.cli(ATTACKER, "create", "--name", "57ec", "--network", "none", IMAGE, "true")
+        assert squat.returncode != 0 and "hex digits" in squat.stderr, squat.stderr
+        assert h.stored("57ec") is None
+        made_ok = h.cli(
+            ATTACKER, "create", "--name", made, "--volumes-from", f"{mine}:ro", "--network", "none", IMAGE, "true"
+        )
+        assert made_ok.returncode == 0, made_ok.stderr
+        assert h.stored(made)["HostConfig"]["VolumesFrom"] == [h.stored(mine)["Id"] + ":ro"]
+        h.remove(made)  # the attacker's container count stays under the limit for the next create
+        prefix = h.stored(theirs)["Id"][:6]
+        peek = h.cli(ATTACKER, "create", "--volumes-from", prefix, "--network", "none", IMAGE, "true")
+        assert peek.returncode != 0 and f"No such container: {prefix}" in peek.stderr, peek.stderr
+        assert theirs not in peek.stderr and VICTIM not in peek.stderr
+    finally:
+        for name in (made, mine, theirs):
+            h.remove(name)

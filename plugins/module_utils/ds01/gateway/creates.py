@@ -50,10 +50,17 @@ class Creates:
         refusal = policy.id_like_name("container", name)
         if refusal:
             raise Refused(refusal)
-        owners = {}
+        owners: dict = {}
+        pinned: dict = {}  # ref -> the full id it named when it was checked
         for ref in policy.referenced_containers(body):
             info = await self.gw.upstream.inspect_container(ref)
-            owners[ref] = ((info or {}).get("Config") or {}).get("Labels") if info else None
+            labels = ((info or {}).get("Config") or {}).get("Labels") if info else None
+            if info is not None:
+                pinned[ref] = str(info.get("Id") or ref)
+                shown = str(info.get("Name") or "")
+                if shown.lstrip("/") != ref.lstrip("/") and policy.ownership(caller.login, shown, labels, "use"):
+                    labels = None  # another user's, named by an id or a prefix: not there for this user (round 13)
+            owners[ref] = labels
         volumes: dict = {}
         missing = []
         for volume in policy.referenced_volumes(body):
@@ -73,6 +80,9 @@ class Creates:
         refusal = policy.check_create(body, ctx) or policy.healthcheck_refusal(body, image)
         if refusal:
             raise Refused(refusal)
+        # the daemon gets the full ids that were checked: a name can be renamed away while the create is in flight,
+        # and the daemon would then read it as another container's id prefix (attack round 13)
+        body = policy.pin_container_refs(body, pinned)
         try:
             dockerfile.check_changes(list(body.get("OnBuild") or []), "OnBuild")
         except dockerfile.DockerfileRefused as exc:

@@ -141,13 +141,13 @@ def volume_refusal_by_users(login: str, name: str, users: list) -> Optional[Refu
     )
 
 
-_ID_LIKE = re.compile(r"[0-9a-f]{12,64}")
+_ID_LIKE = re.compile(r"[0-9a-f]+")
 
 
 def id_like_name(kind: str, name: str) -> Optional[Refusal]:
-    """A refusal for a container or network name of 12 or more hex digits: the daemon finds an exact name before
-    an id prefix, so such a name would take another user's short id (``docker ps`` and ``docker network ls``
-    print 12) away from them (attack round 12, F4)."""
+    """A refusal for a container or network name made only of hex digits: the daemon finds an exact name before an
+    id prefix, so such a name would take another user's id prefix (``docker ps`` prints 12 digits, people type 4)
+    away from them (attack rounds 12 and 13)."""
     if not _ID_LIKE.fullmatch(name.lstrip("/")):
         return None
     return denied(

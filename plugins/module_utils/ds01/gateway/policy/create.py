@@ -111,8 +111,17 @@ def _mode_refusal(mode: str, key: str, flag: str, ctx: CreateContext) -> Optiona
         )
     if mode.startswith("container:"):
         ref = mode.split(":", 1)[1]
-        return ownership(ctx.login, ref, ctx.container_owners.get(ref), f"share the namespaces of ({flag})")
+        return _referenced(ref, ctx, f"share the namespaces of ({flag})")
     return None
+
+
+def _referenced(ref: str, ctx: CreateContext, verb: str) -> Optional[Refusal]:
+    """A container a create body names (``container:REF``, ``--volumes-from``): the caller's own, else NOT_FOUND
+    when there is none for them (missing, or another user's named by an id), else NOT_OWNER."""
+    labels = ctx.container_owners.get(ref)
+    if labels is None:  # 400, not 404: a create answered 404 makes the docker CLI pull the image
+        return Refusal("NOT_FOUND", f"No such container: {ref}", status=400)
+    return ownership(ctx.login, ref, labels, verb)
 
 
 SECURITY_OPT_OK = re.compile(r"no-new-privileges([:=]true)?|apparmor[:=]docker-default|seccomp[:=]builtin")
@@ -304,7 +313,7 @@ def _create_problems(body: dict, host: dict, ctx: CreateContext) -> Iterator[Opt
         yield _mode_refusal(network, "NetworkMode", "--network", ctx)
     for item in host.get("VolumesFrom") or []:
         ref = str(item).split(":", 1)[0]
-        yield ownership(ctx.login, ref, ctx.container_owners.get(ref), "mount the volumes of (--volumes-from)")
+        yield _referenced(ref, ctx, "mount the volumes of (--volumes-from)")
     runtime = str(host.get("Runtime") or "")
     if runtime not in SAFE_RUNTIMES and runtime != "nvidia":
         yield denied(f"the runtime '{runtime}' is not available to users; leave --runtime unset.")

@@ -185,6 +185,26 @@ def referenced_containers(body: dict) -> list:
     return refs
 
 
+def pin_container_refs(body: dict, pinned: dict) -> dict:
+    """``body`` with each container reference of ``referenced_containers`` replaced by the full id it named when
+    the gateway checked it (``pinned``: ref -> id). A full id is the daemon's first match, so it cannot be
+    shadowed by a name or read as a prefix of another container's id."""
+    host = body.get("HostConfig")
+    if not isinstance(host, dict):
+        return body
+    for key in ("NetworkMode", "PidMode", "IpcMode"):
+        value = str(host.get(key) or "")
+        if value.startswith("container:") and value.split(":", 1)[1] in pinned:
+            host[key] = "container:" + pinned[value.split(":", 1)[1]]
+    if host.get("VolumesFrom"):
+        out = []
+        for item in host["VolumesFrom"]:
+            ref, sep, mode = str(item).partition(":")
+            out.append(pinned.get(ref, ref) + sep + mode)
+        host["VolumesFrom"] = out
+    return body
+
+
 def referenced_volumes(body: dict) -> list:
     host = body.get("HostConfig") or {}
     names = []

@@ -164,7 +164,6 @@ ESCAPES = [
     ("pid of another's container", create({"PidMode": "container:bobs"}), "belongs to bob"),
     ("network of another's container", create({"NetworkMode": "container:bobs"}), "belongs to bob"),
     ("volumes-from another's", create({"VolumesFrom": ["bobs:ro"]}), "belongs to bob"),
-    ("volumes-from missing", create({"VolumesFrom": ["gone"]}), "no owner"),
     ("root bind", create({"Binds": ["/:/host"]}), "outside the directories"),
     ("etc bind", create({"Binds": ["/etc:/etc:ro"]}), "outside the directories"),
     ("dotdot bind", create({"Binds": ["/home/alice/../bob:/b"]}), "/home/bob"),
@@ -777,17 +776,50 @@ def test_volume_and_network_lists_keep_the_callers_own_and_no_one_elses_containe
         ("afd7a7cbf3b0", True),
         ("/afd7a7cbf3b0", True),
         ("0" * 64, True),
-        ("afd7a7cbf3b", False),  # 11: shorter than the short id docker prints
+        ("afd7a7cbf3b", True),  # shorter than the short id docker prints: still a prefix people type
+        ("57ec", True),  # round 13: the prefix a renamed container raced into
+        ("a", True),
         ("afd7a7cbf3bg", False),
         ("AFD7A7CBF3B0", False),  # ids are lowercase
-        ("deface", False),
+        ("deface-2", False),
         ("my-net", False),
         ("", False),
     ],
 )
 def test_id_like_names_are_refused_for_containers_and_networks(name, refused):
-    """Round 12 (F4): the daemon finds an exact name before an id prefix, so a network or container named like
-    another user's short id took that id away from its owner."""
+    """Rounds 12 and 13: the daemon finds an exact name before an id prefix, so a network or container named like
+    another user's id prefix took that prefix away from its owner (and, renamed during a create, raced the
+    gateway's check of a --volumes-from)."""
     assert (policy.id_like_name("network", name) is not None) is refused
     refusal, _body = policy.check_network_create({"Name": name}, ctx())
     assert (refusal is not None and "hex digits" in refusal.message) is refused
+
+
+def test_container_references_are_pinned_to_the_ids_that_were_checked():
+    """Round 13 (F1): a --volumes-from NAME checked as the caller's own could be renamed away before the daemon
+    read it, which then took NAME as a prefix of another user's id. The daemon gets the full ids."""
+    body = {
+        "HostConfig": {
+            "VolumesFrom": ["57ec:ro", "mine"],
+            "NetworkMode": "container:57ec",
+            "PidMode": "container:mine",
+            "IpcMode": "private",
+        }
+    }
+    pinned = {"57ec": "a" * 64, "mine": "b" * 64}
+    host = policy.pin_container_refs(body, pinned)["HostConfig"]
+    assert host["VolumesFrom"] == ["a" * 64 + ":ro", "b" * 64]
+    assert (host["NetworkMode"], host["PidMode"], host["IpcMode"]) == (
+        "container:" + "a" * 64,
+        "container:" + "b" * 64,
+        "private",
+    )
+
+
+def test_a_referenced_container_that_is_not_there_for_the_caller_is_not_found():
+    """Round 13 (F3): container:<prefix> and --volumes-from <prefix> of another user's container said whose it was;
+    a missing one said it had no owner. Both are NOT_FOUND, naming only the reference."""
+    body = create({"VolumesFrom": ["57ec"], "PidMode": "container:57ec"})
+    refusal = policy.check_create(body, ctx(container_owners={"57ec": None}))
+    assert refusal is not None and refusal.code == "NOT_FOUND" and "No such container: 57ec" in refusal.sentence
+    assert "belongs" not in refusal.message and "owner" not in refusal.message
