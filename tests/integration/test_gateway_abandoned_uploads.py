@@ -78,6 +78,16 @@ def _ensure_user(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def gateway_socket():
+    yield from _gateway()
+
+
+@pytest.fixture(scope="module")
+def capped_socket():
+    """A gateway that lets one user hold only 3 connections (the cap is MAX_CONNECTIONS_PER_UID otherwise)."""
+    yield from _gateway(max_connections_per_uid=3)
+
+
+def _gateway(**options):
     if os.geteuid() != 0:
         pytest.fail("these tests create Unix users and run as them: run them as root (make integration)")
     for user in (UPLOADER, OTHER):
@@ -100,6 +110,7 @@ def gateway_socket():
         upstream="/var/run/docker.sock",
         socket_group="docker",
         body_timeout_s=BODY_TIMEOUT_S,
+        **options,
     )
     started = threading.Event()
 
@@ -218,3 +229,30 @@ def test_a_container_locked_by_its_owners_upload_does_not_stop_another_users_gpu
     finally:
         _stop(upload)
     _released(name, 20)
+
+
+def test_streams_whose_clients_were_interrupted_give_their_connections_back(capped_socket):
+    """Round 13 (F2): an interrupted `docker events` (or `logs -f`, `wait`) left the gateway holding its connection
+    and the daemon's for as long as the daemon said nothing, each one counted against the user's connection cap,
+    until every command of theirs was refused. Three are interrupted here, at a cap of 3."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": f"/home/{UPLOADER}",
+        "DOCKER_HOST": f"unix://{capped_socket}",
+    }
+    argv = ["runuser", "-u", UPLOADER, "--", "env", *[f"{k}={v}" for k, v in env.items()], DOCKER_BIN, "events"]
+    streams = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)]
+    streams += [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)]
+    streams += [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)]
+    time.sleep(2)
+    held = _docker(UPLOADER, capped_socket, "ps", "-q")
+    assert held.returncode != 0 and "connections open" in held.stderr, held  # the cap is reached: 3 streams hold it
+    for stream in streams:
+        _stop(stream)
+    start = time.monotonic()
+    while True:  # the gateway notices each client gone within a few seconds of quiet
+        again = _docker(UPLOADER, capped_socket, "ps", "-q")
+        if again.returncode == 0:
+            break
+        assert time.monotonic() - start < 60, again.stderr  # a connection never given back fails here
+        time.sleep(1)

@@ -23,7 +23,7 @@ from . import canonical, claims, http, objects, peer, pins, policy
 from .builds import ImageWrites
 from .containers import ContainerOps
 from .creates import Creates
-from .forward import Forwarding
+from .forward import ClientGone, Forwarding
 from .policy import Refused
 from .upstream import DaemonRefused, UpstreamError
 
@@ -98,6 +98,9 @@ class Connection(ImageWrites, ContainerOps, Creates, Forwarding):
             try:
                 keep = await self.handle(head, framing)
             except (Refused, http.HttpError, UpstreamError, ConnectionError, EOFError) as caught:
+                if isinstance(caught, ClientGone):  # nobody to answer: the connections close (server.handle)
+                    log.debug("%s %s: %s", head.method, head.target, caught)
+                    return
                 exc: Any = caught
                 if isinstance(caught, (ConnectionError, EOFError)):  # a daemon that died mid-request
                     exc = UpstreamError(f"the Docker daemon dropped the connection ({caught})")

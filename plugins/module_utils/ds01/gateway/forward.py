@@ -26,6 +26,41 @@ SPLICE_GRACE_S = 5.0
 HIJACK_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
 
 
+CLIENT_CHECK_S = 5.0  # while a streamed answer is quiet, how often the client is looked at
+
+
+class ClientGone(ConnectionError):
+    """The client closed its end while its answer was streaming (an interrupted ``docker logs -f``, ``events``)."""
+
+
+class _ClientWatch:
+    """The daemon's side of a streamed answer, read until the client goes away: while no byte comes, the client
+    is looked at every ``CLIENT_CHECK_S``, and a client that closed its end ends the read (``ClientGone``).
+    Without it, an interrupted ``docker events`` or ``logs -f`` held its connection and the daemon's until the
+    daemon said something, which may be never, and each counted against the user's connection cap."""
+
+    def __init__(self, reader: asyncio.StreamReader, gone: Callable[[], bool]) -> None:
+        self.reader = reader
+        self.gone = gone
+
+    async def _watch(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        while True:
+            try:
+                return await asyncio.wait_for(make(), CLIENT_CHECK_S)
+            except asyncio.TimeoutError:
+                if self.gone():
+                    raise ClientGone("the client closed its connection during a streamed answer") from None
+
+    async def read(self, n: int) -> bytes:
+        return await self._watch(lambda: self.reader.read(n))
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        return await self._watch(lambda: self.reader.readuntil(separator))
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self._watch(lambda: self.reader.readexactly(n))
+
+
 class Forwarding:
     """The forwarding half of a client connection (connection.Connection): its upstream connection and
     what is sent on it."""
@@ -163,10 +198,11 @@ class Forwarding:
             # log is copied once rather than de-chunked and re-chunked.
             self.response_started = True
             self.writer.write(response.serialize_response())
+            streamed: Any = _ClientWatch(up_reader, self.client_gone)
             if rframing.kind == "chunked":
                 copier = http.ChunkedCopy(error_status=502)
                 while not copier.done:
-                    data = await up_reader.read(http.PIECE)
+                    data = await streamed.read(http.PIECE)
                     if not data:
                         raise UpstreamError("the Docker daemon closed the connection inside a chunked body")
                     out = copier.feed(data)
@@ -178,7 +214,7 @@ class Forwarding:
                     log.warning("the Docker daemon sent bytes after a response; dropping that connection")
                     upstream_close = True
             else:
-                async for piece in http.iter_body(up_reader, rframing, error_status=502):
+                async for piece in http.iter_body(streamed, rframing, error_status=502):
                     self.writer.write(piece)
                     await self.writer.drain()
                     await gather_more(up_writer.transport, len(piece))
@@ -188,6 +224,10 @@ class Forwarding:
             self.up_writer = None
         keep = not (client_close or rframing.kind == "close")
         return (keep, response.status, captured) if capture else keep
+
+    def client_gone(self) -> bool:
+        """The client closed its end of the connection (its EOF arrived, with nothing of it left to read)."""
+        return self.reader.at_eof() or self.writer.transport.is_closing()
 
     async def _answer_head(self, up_reader: asyncio.StreamReader) -> http.Head:
         """The daemon's answer head (a 100 Continue skipped)."""
