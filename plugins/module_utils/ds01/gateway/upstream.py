@@ -110,7 +110,8 @@ class Upstream:
 
     # -- questions ----------------------------------------------------------------------------
     async def inspect_container(self, ref: str) -> Optional[dict]:
-        status, data = await self.request("GET", f"/containers/{quote(ref, safe='')}/json")
+        # "/name" is how the daemon writes names; in a path, "%2Fname" gets a redirect instead of the container
+        status, data = await self.request("GET", f"/containers/{quote(ref.lstrip('/'), safe='')}/json")
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
