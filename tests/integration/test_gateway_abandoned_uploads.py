@@ -43,7 +43,8 @@ BODY_TIMEOUT_S = 2.0
 
 # argv: socket, container, mode (close | stall | trickle). Sends the head of an archive upload that declares 1 GB,
 # a tar header for a 1 GB file and 1 KiB of it; then closes (close), waits for the gateway's answer (stall), or
-# sends 1 KiB every 0.5 s until killed (trickle). Prints "sent", then (stall) what came back.
+# keeps sending until killed or cut off (trickle: 64 KiB every 0.5 s; slow: 1 KiB every 0.5 s). Prints "sent",
+# then (stall, or a trickle cut off) the status line that came back.
 UPLOAD = textwrap.dedent(
     r"""
     import io, socket, sys, tarfile, time
@@ -63,10 +64,20 @@ UPLOAD = textwrap.dedent(
     elif mode == "stall":
         s.settimeout(30)
         print(s.recv(4096).decode(errors="replace").split("\r\n")[0], flush=True)
-    else:
+    else:  # trickle: 64 KiB every 0.5 s, well over the gateway's floor; slow: 1 KiB every 0.5 s, under it
+        piece = b"x" * (65536 if mode == "trickle" else 1024)
+        s.settimeout(0.5)
         while True:
             time.sleep(0.5)
-            s.sendall(b"x" * 1024)
+            try:
+                s.sendall(piece)
+            except OSError:
+                break
+        s.settimeout(10)
+        try:
+            print(s.recv(4096).decode(errors="replace").split("\r\n")[0], flush=True)
+        except OSError as exc:
+            print(f"no answer: {exc}", flush=True)
     """
 )
 
@@ -256,3 +267,14 @@ def test_streams_whose_clients_were_interrupted_give_their_connections_back(capp
             break
         assert time.monotonic() - start < 60, again.stderr  # a connection never given back fails here
         time.sleep(1)
+
+
+def test_an_upload_trickled_below_the_floor_is_cut_off(gateway_socket):
+    """Round 13: an upload trickled a byte every few seconds never stalled, so its owner could keep their container
+    locked in the daemon (past the lifecycle's reach) for as long as they liked. Under 64 KiB in a body timeout
+    (2 s here) it is cut off, and the daemon lets the container go."""
+    name = _running_container(gateway_socket)
+    upload = _upload(gateway_socket, name, "slow")
+    out, _err = upload.communicate(timeout=60)
+    assert out.strip().splitlines()[-1] == "HTTP/1.1 408 Request Timeout", out
+    _released(name, 20)

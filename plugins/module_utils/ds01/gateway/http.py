@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
@@ -217,6 +218,7 @@ IDLE_TIMEOUT_S = 120.0  # for a request head's first byte (a kept-alive connecti
 # Between two pieces of a request body: a client that stops sending mid-body is cut off, so the daemon's half of a
 # streamed request (which may hold a lock, e.g. on the container of an archive upload) ends with it.
 BODY_TIMEOUT_S = 60.0
+BODY_MIN_BYTES = 64 << 10  # ... and a body must bring at least this much in each BODY_TIMEOUT_S (about 1 KiB/s)
 
 
 async def read_head(
@@ -320,19 +322,34 @@ async def iter_body(
 
 
 class _Stalling:
-    """A reader whose every read ends in a 408 when no byte came within ``timeout_s``."""
+    """A reader of a client's body that ends in a 408 when no byte came within ``timeout_s``, or when fewer than
+    ``BODY_MIN_BYTES`` came in a whole ``timeout_s``: a body trickled in a byte at a time never stalls, and the
+    daemon's half of the request would hold what it holds (an archive upload, its container) for as long."""
 
     def __init__(self, reader: asyncio.StreamReader, timeout_s: float) -> None:
         self.reader = reader
         self.timeout_s = timeout_s
+        self.window_start = time.monotonic()
+        self.window_bytes = 0
 
     async def _within(self, pending: Any) -> Any:
         try:
-            return await asyncio.wait_for(pending, self.timeout_s)
+            data = await asyncio.wait_for(pending, self.timeout_s)
         except asyncio.TimeoutError:
             raise HttpError(
                 408, f"no byte of the request body arrived for {self.timeout_s:g} seconds; the request was cut off"
             ) from None
+        self.window_bytes += len(data)
+        now = time.monotonic()
+        if now - self.window_start >= self.timeout_s:
+            if self.window_bytes < BODY_MIN_BYTES:
+                raise HttpError(
+                    408,
+                    f"the request body arrived at {self.window_bytes} bytes in {now - self.window_start:.0f} seconds, "
+                    f"under {BODY_MIN_BYTES // 1024} KiB in {self.timeout_s:g} seconds; the request was cut off",
+                )
+            self.window_start, self.window_bytes = now, 0
+        return data
 
     async def read(self, n: int) -> bytes:
         return await self._within(self.reader.read(n))
