@@ -112,6 +112,7 @@ class SlowUpstream:
         self._release = threading.Event()
         self.answered = threading.Event()
         self.orphan_answers: list = []
+        self.trace: list = []  # what happened to the held request (said when the daemon's answer never comes)
         self._socks: list = []
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(path)
@@ -152,13 +153,17 @@ class SlowUpstream:
             if not data:
                 break
             if self.pattern.search(data):
+                self.trace.append(f"held {len(data)} bytes: {data[:80]!r}")
                 self.held.set()
                 self._release.wait(120)
                 state["held_sent"] = True
             try:
                 up.sendall(data)
-            except OSError:
+            except OSError as exc:
+                self.trace.append(f"sending {len(data)} bytes to the daemon failed: {exc}")
                 return
+            if state["held_sent"]:
+                self.trace.append(f"sent {len(data)} bytes to the daemon after the release")
         state["client_gone"] = True
         if state["held_sent"]:
             self.answered.wait(120)  # the daemon finishes the create nobody waits for
@@ -172,9 +177,13 @@ class SlowUpstream:
             except OSError:
                 return
             if not data:
+                if state["held_sent"]:
+                    self.trace.append("the daemon closed the held connection")
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
                 return
+            if state["held_sent"]:
+                self.trace.append(f"the daemon sent {data[:40]!r}")
             delivered = False
             if not state["client_gone"]:
                 try:
@@ -348,7 +357,7 @@ def test_gateway_killed_mid_create_the_slot_is_never_granted_twice(site, docker_
 
         # The daemon finishes the create nobody waits for.
         proxy.release()
-        assert proxy.answered.wait(60), "the daemon never answered the held create"
+        assert proxy.answered.wait(60), f"the daemon never answered the held create: {proxy.trace}"
         assert [a.split()[1] for a in proxy.orphan_answers] == ["201"], proxy.orphan_answers
         again = site.docker(
             "fltb",
@@ -570,7 +579,7 @@ def test_sigkill_of_the_lock_holder_at_each_step_never_double_books(docker_clien
                 outcomes[step] = f"free after {time.monotonic() - killed_at:.2f} s (settle {SETTLE_IN_TEST_S:g} s)"
             if step == "in_flight":  # the daemon finishes the dead child's create
                 proxy.release()
-                assert proxy.answered.wait(60), "the daemon never answered the held create"
+                assert proxy.answered.wait(60), f"the daemon never answered the held create: {proxy.trace}"
                 assert second_try(device, f"{prefix}{step}-c", settle=0.0) == allocator.NO_GPU_AVAILABLE
                 outcomes[step] = "held by the recovered container"
             if step in ("created", "released"):
